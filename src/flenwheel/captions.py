@@ -1,0 +1,53 @@
+"""Caption templates with the trigger token and class word, in seed 001's prompt style."""
+
+from __future__ import annotations
+
+import string
+
+from flenwheel.errors import InvalidInput
+
+DEFAULT_TEMPLATE = "photo of {token} {class_word}, {expression} expression, {angle} view, {shot}"
+FIELDS = {"token", "class_word", "angle", "shot", "expression"}
+
+
+def validate_template(template: str) -> str:
+    """Refuse templates with unknown placeholders or without the trigger token."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise InvalidInput(
+            f"caption template {template!r} is malformed ({exc}); use {{token}}-style fields"
+        ) from None
+    unknown = names - FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"caption template uses unknown field(s) {sorted(unknown)}; allowed: {sorted(FIELDS)}"
+        )
+    if "token" not in names:
+        raise InvalidInput("caption template must contain {token}: trainers learn the character from it")
+    return template
+
+
+def render_caption(
+    template: str, token: str, class_word: str, angle: str | None, shot: str | None, expression: str | None
+) -> str:
+    """Fill the template; a clause whose fact is unknown is dropped rather than printed as 'None'."""
+    facts = {"token": token, "class_word": class_word, "angle": angle, "shot": shot, "expression": expression}
+    clauses = []
+    for clause in template.split(","):
+        names = {name for _, name, _, _ in string.Formatter().parse(clause) if name}
+        if any(facts.get(name) is None for name in names):
+            continue
+        clauses.append(clause.strip().format(**facts))
+    return ", ".join(clause for clause in clauses if clause)
+
+
+def check_caption(caption: str, token: str) -> str:
+    caption = " ".join(caption.split())
+    if not caption:
+        raise InvalidInput("caption is empty: kohya refuses empty caption files")
+    if token not in caption:
+        raise InvalidInput(
+            f"caption must contain the trigger token {token!r} so the trainer ties it to the character"
+        )
+    return caption

@@ -1,0 +1,37 @@
+"""The Typer application and the global --project option; command groups register themselves here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flenwheel.cli import curation, dataset, demo, project
+from flenwheel.cli.common import state
+
+app = typer.Typer(
+    name="flenwheel",
+    help="Keep an AI character the same person: curate a dataset, train and measure a LoRA, generate on-model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _global(
+    project_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--project", "-p", help="Project folder (default: $FLENWHEEL_PROJECT, else the current folder)."
+        ),
+    ] = None,
+) -> None:
+    state.project = project_path
+
+
+project.register(app)
+curation.register(app)
+app.add_typer(dataset.app, name="dataset")
+demo.register(app)

@@ -1,0 +1,49 @@
+"""`flenwheel demo`: the whole flow on the embedded defaults and the bundled example photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flenwheel.cli.common import JsonOption, console, err_console, print_json, progress_bar, safe
+from flenwheel.cli.curation import print_curate_report
+from flenwheel.cli.dataset import print_composition
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="Project folder for the demo (reused if it exists)")
+    ] = Path("demo-project"),
+    examples: Annotated[Path | None, typer.Option("--examples", help="Folder of example photos")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the flow on the example photos: ingest, curate, build a dataset, export, write report.html."""
+    from flenwheel.pipeline.demo import run_demo
+
+    def stage(text: str) -> None:
+        if not json_output:
+            err_console.print(f"[bold cyan]»[/] {safe(text)}")
+
+    with progress_bar("Analysing faces", 1, enabled=not json_output) as advance:
+        result = run_demo(out, examples, on_stage=stage, on_progress=advance)
+    if json_output:
+        print_json(result)
+        return
+    rejected = [o for o in result.ingested if o.status == "rejected"]
+    if rejected:
+        table = Table("file", "rejected because", title="Rejected at ingest")
+        for outcome in rejected:
+            table.add_row(safe(outcome.path), safe(outcome.detail))
+        console.print(table)
+    print_curate_report(result.curation)
+    print_composition(result.dataset.version)
+    for export in result.exports:
+        console.print(f"Exported {export.format.value}: {safe(export.files[0])}")
+    console.print(f"Report: [bold]{safe(result.report)}[/]  (open it in a browser)")

@@ -1,0 +1,92 @@
+"""`flenwheel init` and `flenwheel character …`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flenwheel.cli.common import JsonOption, console, open_project, print_json, project_dir, safe, state
+
+character_app = typer.Typer(help="Create and list characters.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.add_typer(character_app, name="character")
+
+
+def init(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Folder for the new project (default: --project or .)")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a project: a SQLite database (WAL) and a content-addressed blob folder."""
+    from flenwheel.config import Settings
+    from flenwheel.store.project import Project
+
+    root = directory or project_dir()
+    project = Project.init(Settings(project=root))
+    result = {"project": str(root.resolve()), "database": project.db.url, "blobs": str(project.blobs.root)}
+    project.close()
+    if json_output:
+        print_json(result)
+    else:
+        console.print(f"Project ready at [bold]{safe(result['project'])}[/]")
+        console.print(
+            f"Next: flenwheel --project {safe(root)} character create NAME --token TOKEN --class person"
+        )
+    state.project = root
+
+
+@character_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Character name, e.g. lisa")],
+    token: Annotated[str, typer.Option("--token", help="Trigger token the LoRA learns, e.g. ohwx_char")],
+    class_word: Annotated[str, typer.Option("--class", help="Class word, e.g. person, woman, man")],
+    nsfw: Annotated[
+        bool, typer.Option("--nsfw", help="Allow NSFW work (kept on self-hosted engines)")
+    ] = False,
+    budget: Annotated[float, typer.Option("--budget", help="Spending cap in USD")] = 5.0,
+    caption_template: Annotated[
+        str | None,
+        typer.Option("--caption-template", help="e.g. 'photo of {token} {class_word}, {angle} view'"),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a character with its trigger token and class word."""
+    from flenwheel.characters import create_character
+
+    project = open_project()
+    info = create_character(project, name, token, class_word, nsfw, budget, caption_template)
+    if json_output:
+        print_json(info)
+    else:
+        console.print(
+            f"Created [bold]{safe(info.name)}[/] (token {safe(info.token)}, class {safe(info.class_word)})"
+        )
+
+
+@character_app.command("list")
+def list_(json_output: JsonOption = False) -> None:
+    """List the project's characters."""
+    from flenwheel.characters import list_characters
+
+    infos = list_characters(open_project())
+    if json_output:
+        print_json(infos)
+        return
+    table = Table("name", "token", "class", "nsfw", "budget", "assets")
+    for info in infos:
+        table.add_row(
+            safe(info.name),
+            safe(info.token),
+            safe(info.class_word),
+            str(info.nsfw),
+            f"${info.budget_usd:.2f}",
+            str(info.assets),
+        )
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Datasets: ingest, curate (quality + identity gate), versions and exports."""

@@ -1,0 +1,74 @@
+"""Analyse assets once (quality + faces + pose/shot/expression), in parallel processes, and cache the result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from PIL import Image
+
+from flenwheel.domain import AssetAnalysis
+from flenwheel.faces.base import FaceAnalyzer
+from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
+from flenwheel.images import open_stored
+from flenwheel.quality import measure_quality
+
+_worker_analyzer: FaceAnalyzer | None = None
+
+
+def analyze_image(image: Image.Image, analyzer: FaceAnalyzer) -> AssetAnalysis:
+    """Everything curate needs from one decoded image."""
+    faces = analyzer.analyze(image)
+    main = faces[0] if faces else None
+    return AssetAnalysis(
+        analyzer=analyzer.id,
+        quality=measure_quality(image),
+        faces=faces,
+        angle=angle_bucket(main.yaw) if main else None,
+        shot=shot_type(main, image.height) if main else None,
+        expression=expression_of(main) if main else None,
+    )
+
+
+def _init_worker(detect_max_side: int) -> None:
+    global _worker_analyzer
+    from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
+
+    _worker_analyzer = DlibFaceAnalyzer(detect_max_side=detect_max_side)
+
+
+def _analyze_file(job: tuple[int, str]) -> tuple[int, AssetAnalysis]:
+    asset_id, path = job
+    assert _worker_analyzer is not None
+    return asset_id, analyze_image(open_stored(Path(path).read_bytes()), _worker_analyzer)
+
+
+def analyze_files(
+    jobs: list[tuple[int, Path]],
+    detect_max_side: int,
+    workers: int,
+    on_result: Callable[[int, AssetAnalysis], None],
+) -> None:
+    """Analyse (asset_id, blob path) pairs; `on_result` runs in this process as each one finishes."""
+    if not jobs:
+        return
+    count = workers or os.cpu_count() or 1
+    count = max(1, min(count, len(jobs)))
+    payload = [(asset_id, str(path)) for asset_id, path in jobs]
+    if count == 1:
+        _init_worker(detect_max_side)
+        for job in payload:
+            on_result(*_analyze_file(job))
+        return
+    # fork: workers inherit the imported modules, so each only loads the dlib models once.
+    with ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=get_context("fork"),
+        initializer=_init_worker,
+        initargs=(detect_max_side,),
+    ) as pool:
+        for asset_id, analysis in pool.map(_analyze_file, payload, chunksize=1):
+            on_result(asset_id, analysis)

@@ -1,0 +1,185 @@
+"""Curate a character's assets: analyse what is new, run the gates, record suggested labels and captions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
+from flenwheel.datasets.analysis import analyze_files
+from flenwheel.datasets.gate import GateInput, run_gates
+from flenwheel.domain import AssetAnalysis, ReviewLabel, ReviewSource
+from flenwheel.quality import QualityThresholds, quality_grade
+from flenwheel.store.models import Analysis, Asset, Character, IngestRejection, Review
+from flenwheel.store.project import Project, get_character
+
+
+@dataclass(frozen=True)
+class AssetDecision:
+    """One asset's current label (the user's if they set one, else the gate's) and the facts behind it."""
+
+    asset_id: int
+    file: str
+    sha256: str
+    label: ReviewLabel
+    decided_by: ReviewSource
+    reason: str
+    identity_distance: float | None
+    angle: str | None
+    shot: str | None
+    expression: str | None
+    quality: str
+    faces: int
+    is_reference: bool
+    caption: str | None
+
+
+@dataclass(frozen=True)
+class CurateReport:
+    character: str
+    identity_source: str
+    threshold: float
+    analysed_now: int
+    decisions: list[AssetDecision]
+    ingest_rejections: list[tuple[str, str, str]]  # path, reason code, detail
+
+    def count(self, label: ReviewLabel) -> int:
+        return sum(1 for decision in self.decisions if decision.label == label)
+
+
+def curate(
+    project: Project,
+    character_name: str,
+    thresholds: QualityThresholds | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CurateReport:
+    thresholds = thresholds or QualityThresholds()
+    settings = project.settings
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        character_id = character.id
+        pending = session.execute(
+            select(Asset.id, Asset.sha256)
+            .outerjoin(Analysis, Analysis.asset_id == Asset.id)
+            .where(Asset.character_id == character_id, Analysis.asset_id.is_(None))
+            .order_by(Asset.id)
+        ).all()
+
+    done = 0
+
+    def store_analysis(asset_id: int, analysis: AssetAnalysis) -> None:
+        nonlocal done
+        with project.db.session() as session:  # one commit each: an interrupted curate keeps its work
+            session.add(Analysis(asset_id=asset_id, analyzer=analysis.analyzer, data=analysis.model_dump()))
+        done += 1
+        if on_progress is not None:
+            on_progress(done, len(pending))
+
+    jobs = [(row.id, project.blobs.path(row.sha256)) for row in pending]
+    analyze_files(jobs, settings.detect_max_side, settings.workers, store_analysis)
+
+    with project.db.session() as session:
+        character = session.get_one(Character, character_id)
+        assets = _assets_with_analysis(session, character_id)
+        analyses = {
+            asset.id: AssetAnalysis.model_validate(asset.analysis.data) for asset in assets if asset.analysis
+        }
+        gate = run_gates(
+            [GateInput(a.id, a.source_name, analyses[a.id], a.is_reference) for a in assets],
+            settings.identity_threshold,
+            settings.near_duplicate_bits,
+            thresholds,
+        )
+        decisions = []
+        for asset in assets:
+            suggestion = gate.suggestions[asset.id]
+            _record_suggestion(
+                session, asset, suggestion.label, suggestion.reason, suggestion.identity_distance
+            )
+            analysis = analyses[asset.id]
+            if not asset.caption_edited:
+                asset.caption = render_caption(
+                    character.caption_template or DEFAULT_TEMPLATE,
+                    character.token,
+                    character.class_word,
+                    analysis.angle,
+                    analysis.shot,
+                    analysis.expression,
+                )
+            decisions.append(_decision(asset, analysis, suggestion.identity_distance, thresholds))
+        rejections = [
+            (r.path, r.reason, r.detail)
+            for r in session.scalars(
+                select(IngestRejection)
+                .where(IngestRejection.character_id == character_id)
+                .order_by(IngestRejection.id)
+            )
+        ]
+    return CurateReport(
+        character=character_name,
+        identity_source=f"{gate.identity.source} ({len(gate.identity.asset_ids)} images)",
+        threshold=gate.threshold,
+        analysed_now=len(pending),
+        decisions=decisions,
+        ingest_rejections=rejections,
+    )
+
+
+def _assets_with_analysis(session: Session, character_id: int) -> list[Asset]:
+    return list(
+        session.scalars(
+            select(Asset)
+            .where(Asset.character_id == character_id)
+            .options(selectinload(Asset.analysis), selectinload(Asset.reviews))
+            .order_by(Asset.id)
+        )
+    )
+
+
+def _record_suggestion(
+    session: Session, asset: Asset, label: ReviewLabel, reason: str, distance: float | None
+) -> None:
+    """Add a gate review only when it differs from the last one, so re-running curate adds no noise."""
+    last = next((r for r in reversed(asset.reviews) if r.source == ReviewSource.GATE), None)
+    if last is not None and last.label == label and last.reason == reason:
+        return
+    review = Review(
+        asset_id=asset.id, label=label, reason=reason, source=ReviewSource.GATE, identity_distance=distance
+    )
+    session.add(review)
+    asset.reviews.append(review)
+
+
+def current_review(asset: Asset) -> Review | None:
+    """The newest user label, else the newest gate suggestion."""
+    for source in (ReviewSource.USER, ReviewSource.GATE):
+        for review in reversed(asset.reviews):
+            if review.source == source:
+                return review
+    return None
+
+
+def _decision(
+    asset: Asset, analysis: AssetAnalysis, distance: float | None, thresholds: QualityThresholds
+) -> AssetDecision:
+    review = current_review(asset)
+    assert review is not None
+    return AssetDecision(
+        asset_id=asset.id,
+        file=asset.source_name,
+        sha256=asset.sha256,
+        label=ReviewLabel(review.label),
+        decided_by=ReviewSource(review.source),
+        reason=review.reason,
+        identity_distance=None if distance is None else round(distance, 4),
+        angle=analysis.angle,
+        shot=analysis.shot,
+        expression=analysis.expression,
+        quality=quality_grade(analysis.quality, thresholds),
+        faces=len(analysis.faces),
+        is_reference=asset.is_reference,
+        caption=asset.caption,
+    )

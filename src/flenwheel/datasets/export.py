@@ -1,0 +1,258 @@
+"""Export a dataset version in the formats trainers read: kohya folders + TOML, ai-toolkit YAML, fal zip.
+
+Every export also writes metadata.json in seed 001's shape. Nothing is written outside the --out folder:
+file names are ours (token + index), never taken from user input, and each path is checked before writing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flenwheel.datasets.versions import get_dataset_version
+from flenwheel.errors import ExportError
+from flenwheel.store.models import Asset, DatasetVersion
+from flenwheel.store.project import Project, get_character
+
+# The model card prompts of seed 001, used as ai-toolkit sample prompts.
+SAMPLE_PROMPTS = [
+    "portrait of [trigger], neutral expression, front view, clean background, studio lighting",
+    "portrait of [trigger], smiling, profile-left view, clean background, studio lighting",
+    "full body photo of [trigger] standing, front view, neutral pose, clean background",
+    "full body photo of [trigger] sitting on a chair, side view, clean background",
+]
+
+
+class ExportFormat(StrEnum):
+    KOHYA = "kohya"
+    AI_TOOLKIT = "ai-toolkit"
+    ZIP = "zip"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: ExportFormat
+    out: Path
+    version: str
+    images: int
+    files: list[Path]  # the main entry points: config file, zip, metadata.json
+
+
+def default_repeats(images: int) -> int:
+    """About 200 image-steps an epoch, as kohya users size small character sets; 1–40."""
+    return max(1, min(40, math.ceil(200 / max(1, images))))
+
+
+def export_dataset(
+    project: Project,
+    character_name: str,
+    fmt: ExportFormat | str,
+    out: Path,
+    version_number: int | None = None,
+    repeats: int | None = None,
+) -> ExportResult:
+    try:
+        fmt = ExportFormat(fmt)
+    except ValueError:
+        allowed = ", ".join(f.value for f in ExportFormat)
+        raise ExportError(f"unknown export format {fmt!r}: use one of {allowed}") from None
+    if repeats is not None and not 1 <= repeats <= 1000:
+        raise ExportError(f"--repeats {repeats} is out of range: use 1–1000")
+    out = _prepare_out(out)
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        token, class_word, name = character.token, character.class_word, character.name
+    version = get_dataset_version(project, character_name, version_number)
+    writer = _Writer(project, out)
+    repeats = repeats or default_repeats(len(version.items))
+    if fmt == ExportFormat.KOHYA:
+        image_dir = writer.write_images(version, f"img/{repeats}_{token} {class_word}", token, lambda c: c)
+        files = [
+            writer.write_text("dataset_config.toml", _kohya_toml(image_dir, repeats, f"{token} {class_word}"))
+        ]
+    elif fmt == ExportFormat.AI_TOOLKIT:
+        image_dir = writer.write_images(version, "dataset", token, lambda c: c.replace(token, "[trigger]"))
+        config = _ai_toolkit_config(f"{name}_{version.label}", image_dir, token)
+        files = [
+            writer.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        ]
+    else:
+        files = [writer.write_zip(f"{token}_{version.label}.zip", version, token)]
+    document = metadata(version, token, writer.formats(version))
+    files.append(writer.write_text("metadata.json", json.dumps(document, indent=2) + "\n"))
+    return ExportResult(fmt, out, version.label, len(version.items), files)
+
+
+def metadata(version: DatasetVersion, token: str, formats: dict[int, str]) -> dict[str, Any]:
+    """seed 001 step 1.1's metadata.json."""
+    return {
+        "dataset_version": version.label,
+        "images": [
+            {
+                "filename": _image_name(token, item.position, formats[item.asset_id]),
+                "caption": item.caption,
+                "angle": item.angle,
+                "expression": item.expression,
+                "shot": item.shot,
+                "quality": item.quality,
+                "sha256": item.sha256,
+            }
+            for item in version.items
+        ],
+    }
+
+
+def _image_name(token: str, position: int, extension: str) -> str:
+    return f"{token}_{position + 1:03d}.{extension}"
+
+
+def _prepare_out(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder")
+    if out.is_symlink():
+        raise ExportError(f"--out {out} is a symbolic link: give a real folder")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(
+            f"--out {out} is not empty: export into a new or empty folder so nothing is overwritten"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve()
+
+
+class _Writer:
+    """Writes files under one root and refuses any path that would land outside it."""
+
+    def __init__(self, project: Project, root: Path) -> None:
+        self.project = project
+        self.root = root
+
+    def _target(self, relative: str) -> Path:
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root):
+            raise ExportError(f"refusing to write {relative!r}: it would land outside {self.root}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_text(self, relative: str, text: str) -> Path:
+        target = self._target(relative)
+        target.write_text(text, encoding="utf-8")
+        return target
+
+    def formats(self, version: DatasetVersion) -> dict[int, str]:
+        with self.project.db.session() as session:
+            return {item.asset_id: session.get_one(Asset, item.asset_id).format for item in version.items}
+
+    def write_images(self, version: DatasetVersion, folder: str, token: str, caption_of: Any) -> Path:
+        formats = self.formats(version)
+        for item in version.items:
+            name = _image_name(token, item.position, formats[item.asset_id])
+            self._target(f"{folder}/{name}").write_bytes(self.project.blobs.get(item.sha256))
+            self.write_text(f"{folder}/{Path(name).stem}.txt", caption_of(item.caption) + "\n")
+        return self._target(folder)
+
+    def write_zip(self, relative: str, version: DatasetVersion, token: str) -> Path:
+        target = self._target(relative)
+        formats = self.formats(version)
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for item in version.items:
+                name = _image_name(token, item.position, formats[item.asset_id])
+                archive.writestr(name, self.project.blobs.get(item.sha256))
+                archive.writestr(f"{Path(name).stem}.txt", item.caption + "\n")
+        return target
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def _kohya_toml(image_dir: Path, repeats: int, class_tokens: str) -> str:
+    # kohya's default caption extension is ".caption" and it ignores folder names when a TOML is used,
+    # so every setting is stated explicitly.
+    return "\n".join(
+        [
+            "# kohya sd-scripts dataset config written by flenwheel",
+            "[general]",
+            "shuffle_caption = false",
+            'caption_extension = ".txt"',
+            "keep_tokens = 1",
+            "",
+            "[[datasets]]",
+            "resolution = 512",
+            "batch_size = 1",
+            "enable_bucket = true",
+            "",
+            "  [[datasets.subsets]]",
+            f"  image_dir = {_toml_string(str(image_dir))}",
+            f"  num_repeats = {repeats}",
+            f"  class_tokens = {_toml_string(class_tokens)}",
+            '  caption_extension = ".txt"',
+            "",
+        ]
+    )
+
+
+def _ai_toolkit_config(job_name: str, image_dir: Path, token: str) -> dict[str, Any]:
+    """An ai-toolkit `job: extension` config with one sd_trainer process (FLUX.1-dev on a 24 GB card)."""
+    return {
+        "job": "extension",
+        "config": {
+            "name": job_name,
+            "process": [
+                {
+                    "type": "sd_trainer",
+                    "training_folder": "output",
+                    "device": "cuda:0",
+                    "trigger_word": token,
+                    "network": {"type": "lora", "linear": 16, "linear_alpha": 16},
+                    "save": {"dtype": "float16", "save_every": 250, "max_step_saves_to_keep": 4},
+                    "datasets": [
+                        {
+                            "folder_path": str(image_dir),
+                            "caption_ext": "txt",
+                            "caption_dropout_rate": 0.05,
+                            "shuffle_tokens": False,
+                            "cache_latents_to_disk": True,
+                            "resolution": [512, 768, 1024],
+                        }
+                    ],
+                    "train": {
+                        "batch_size": 1,
+                        "steps": 1000,
+                        "gradient_accumulation_steps": 1,
+                        "train_unet": True,
+                        "train_text_encoder": False,
+                        "gradient_checkpointing": True,
+                        "noise_scheduler": "flowmatch",
+                        "optimizer": "adamw8bit",
+                        "lr": 1e-4,
+                        "dtype": "bf16",
+                    },
+                    "model": {
+                        "name_or_path": "black-forest-labs/FLUX.1-dev",
+                        "is_flux": True,
+                        "quantize": True,
+                    },
+                    "sample": {
+                        "sampler": "flowmatch",
+                        "sample_every": 250,
+                        "width": 1024,
+                        "height": 1024,
+                        "prompts": SAMPLE_PROMPTS,
+                        "neg": "",
+                        "seed": 42,
+                        "walk_seed": True,
+                        "guidance_scale": 4,
+                        "sample_steps": 20,
+                    },
+                }
+            ],
+        },
+        "meta": {"name": "[name]", "version": "1.0"},
+    }

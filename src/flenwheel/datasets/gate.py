@@ -1,0 +1,123 @@
+"""The curation gates as a pure function: quality, face presence, identity, crowding and near-duplicates.
+
+Each asset gets one suggested review label with a reason a user can act on. Nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flenwheel.domain import AssetAnalysis, ReviewLabel
+from flenwheel.faces.identity import IdentityReference, find_identity
+from flenwheel.quality import QualityThresholds, hash_distance, quality_problems
+
+# A second face at least this share of the main face's area makes the image a multi-person shot.
+CROWD_AREA_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class GateInput:
+    asset_id: int
+    name: str
+    analysis: AssetAnalysis
+    is_reference: bool
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    label: ReviewLabel
+    reason: str
+    identity_distance: float | None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    identity: IdentityReference
+    threshold: float
+    suggestions: dict[int, Suggestion]
+
+
+def run_gates(
+    items: list[GateInput], threshold: float, duplicate_bits: int, thresholds: QualityThresholds
+) -> GateResult:
+    suggestions: dict[int, Suggestion] = {}
+    usable: list[GateInput] = []
+    for item in items:
+        problems = quality_problems(item.analysis.quality, thresholds)
+        if problems:
+            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, "; ".join(problems), None)
+        elif not item.analysis.faces:
+            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, "no face found", None)
+        else:
+            usable.append(item)
+
+    main_faces = {item.asset_id: np.asarray(item.analysis.faces[0].embedding) for item in usable}
+    references = [item.asset_id for item in usable if item.is_reference]
+    identity = find_identity(main_faces, references, threshold)
+
+    survivors: list[tuple[GateInput, float]] = []
+    for item in usable:
+        suggestion = _identity_decision(item, identity, threshold)
+        if suggestion is None:
+            distance = identity.distance(main_faces[item.asset_id], item.asset_id)
+            survivors.append((item, distance))
+        else:
+            suggestions[item.asset_id] = suggestion
+
+    # Near-duplicates: keep the sharpest, largest copy; later copies point at it.
+    survivors.sort(key=lambda pair: _keep_priority(pair[0]), reverse=True)
+    kept: list[GateInput] = []
+    for item, distance in survivors:
+        twin = next(
+            (
+                other
+                for other in kept
+                if hash_distance(other.analysis.quality.phash, item.analysis.quality.phash) <= duplicate_bits
+            ),
+            None,
+        )
+        if twin is not None:
+            reason = f"near-duplicate of asset {twin.asset_id} ({twin.name}); keeping the sharper copy"
+            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, reason, distance)
+            continue
+        kept.append(item)
+        note = _background_faces_note(item)
+        reason = f"the character (distance {distance:.2f} ≤ {threshold:.2f}){note}"
+        suggestions[item.asset_id] = Suggestion(ReviewLabel.GOOD, reason, distance)
+    return GateResult(identity, threshold, suggestions)
+
+
+def _identity_decision(item: GateInput, identity: IdentityReference, threshold: float) -> Suggestion | None:
+    """A rejection for someone else or a crowded frame; None when the main face is the character alone."""
+    faces = item.analysis.faces
+    distances = [identity.distance(np.asarray(face.embedding), item.asset_id) for face in faces]
+    main_distance = distances[0]
+    if main_distance > threshold:
+        if any(d <= threshold for d in distances[1:]):
+            reason = (
+                f"the main face is another person (distance {main_distance:.2f}); the character is only "
+                "in the background — crop to the character and ingest the crop"
+            )
+        else:
+            reason = f"another person (identity distance {main_distance:.2f} > {threshold:.2f})"
+        return Suggestion(ReviewLabel.REJECT, reason, main_distance)
+    crowd = [face for face in faces[1:] if face.area >= CROWD_AREA_SHARE * faces[0].area]
+    if crowd:
+        reason = (
+            f"{len(crowd) + 1} people in frame (identity distance {main_distance:.2f}); "
+            "crop to the character and ingest the crop"
+        )
+        return Suggestion(ReviewLabel.REJECT, reason, main_distance)
+    return None
+
+
+def _background_faces_note(item: GateInput) -> str:
+    extra = len(item.analysis.faces) - 1
+    return f"; {extra} small background face(s) ignored" if extra else ""
+
+
+def _keep_priority(item: GateInput) -> tuple[float, int, int]:
+    quality = item.analysis.quality
+    return (quality.sharpness * quality.width * quality.height, int(item.is_reference), -item.asset_id)

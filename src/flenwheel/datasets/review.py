@@ -1,0 +1,59 @@
+"""Human review: the user's label (good / needs_correction / reject, with a reason) and caption edits."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flenwheel.captions import check_caption
+from flenwheel.domain import ReviewLabel, ReviewSource
+from flenwheel.errors import AssetNotFound, InvalidInput
+from flenwheel.store.models import Asset, Review
+from flenwheel.store.project import Project, get_character
+
+
+def find_asset(session: Session, character_id: int, character_name: str, ref: str) -> Asset:
+    """An asset by id, by sha256 prefix (6+ hex digits) or by its original file name when unique."""
+    ref = ref.strip()
+    query = select(Asset).where(Asset.character_id == character_id)
+    candidates: list[Asset] = []
+    if ref.isdigit():
+        candidates = list(session.scalars(query.where(Asset.id == int(ref))))
+    if not candidates and len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref.lower()):
+        candidates = list(session.scalars(query.where(Asset.sha256.startswith(ref.lower()))))
+    if not candidates:
+        candidates = list(session.scalars(query.where(Asset.source_name == ref)))
+    if len(candidates) > 1:
+        ids = ", ".join(str(asset.id) for asset in candidates)
+        raise InvalidInput(f"{ref!r} matches several assets ({ids}): give the asset id instead")
+    if not candidates:
+        raise AssetNotFound(ref, character_name)
+    return candidates[0]
+
+
+def review_asset(project: Project, character_name: str, ref: str, label: str, reason: str = "") -> Review:
+    try:
+        parsed = ReviewLabel(label)
+    except ValueError:
+        allowed = ", ".join(item.value for item in ReviewLabel)
+        raise InvalidInput(f"unknown label {label!r}: use one of {allowed}") from None
+    if parsed != ReviewLabel.GOOD and not reason.strip():
+        raise InvalidInput(
+            f"say why with --reason when labelling {parsed.value} (seed 001: reasons are documented)"
+        )
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        asset = find_asset(session, character.id, character_name, ref)
+        review = Review(asset_id=asset.id, label=parsed, reason=reason.strip(), source=ReviewSource.USER)
+        session.add(review)
+        session.flush()
+        return review
+
+
+def set_caption(project: Project, character_name: str, ref: str, caption: str) -> str:
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        asset = find_asset(session, character.id, character_name, ref)
+        asset.caption = check_caption(caption, character.token)
+        asset.caption_edited = True
+        return asset.caption

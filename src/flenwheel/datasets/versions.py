@@ -1,0 +1,163 @@
+"""Dataset versions: immutable snapshots (v1, v2, …) of the good images with a composition report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+
+from flenwheel.captions import check_caption
+from flenwheel.datasets.curate import current_review
+from flenwheel.domain import AssetAnalysis, ReviewLabel, Shot
+from flenwheel.errors import DatasetEmpty, FlenwheelError, InvalidInput
+from flenwheel.quality import QualityThresholds, quality_grade
+from flenwheel.store.models import Asset, DatasetItem, DatasetVersion
+from flenwheel.store.project import Project, get_character
+
+# Seed 000 step 3 / seed 001 step 1.1 targets, with the tolerance within which a share counts as met.
+SHOT_TARGETS = {Shot.UPPER_BODY: 0.70, Shot.CLOSE_UP: 0.20, Shot.FULL_BODY: 0.10}
+SHARE_TOLERANCE = 0.15
+MIN_IMAGES = 10
+MIN_ANGLES = 2
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    version: DatasetVersion
+    created: bool  # False when the good set is unchanged since the latest version
+
+
+def build_dataset_version(project: Project, character_name: str) -> BuildResult:
+    """Snapshot the images currently labelled good; an unchanged set returns the latest version."""
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        assets = session.scalars(
+            select(Asset)
+            .where(Asset.character_id == character.id)
+            .options(selectinload(Asset.reviews), selectinload(Asset.analysis))
+            .order_by(Asset.id)
+        ).all()
+        good = [a for a in assets if (r := current_review(a)) is not None and r.label == ReviewLabel.GOOD]
+        if not good:
+            raise DatasetEmpty(
+                f"No images of {character_name!r} are labelled good: run `flenwheel curate {character_name}` "
+                f"or label some with `flenwheel review {character_name} ASSET --label good`."
+            )
+        items = []
+        for position, asset in enumerate(good):
+            if asset.analysis is None:
+                raise FlenwheelError(
+                    f"asset {asset.id} is labelled good but was never analysed: run `flenwheel curate {character_name}`"
+                )
+            analysis = AssetAnalysis.model_validate(asset.analysis.data)
+            try:
+                caption = check_caption(asset.caption or "", character.token)
+            except InvalidInput as exc:
+                raise InvalidInput(f"asset {asset.id} ({asset.source_name}): {exc}") from None
+            items.append(
+                DatasetItem(
+                    asset_id=asset.id,
+                    position=position,
+                    sha256=asset.sha256,
+                    caption=caption,
+                    angle=analysis.angle,
+                    shot=analysis.shot,
+                    expression=analysis.expression,
+                    quality=quality_grade(analysis.quality, QualityThresholds()),
+                )
+            )
+        latest = session.scalars(
+            select(DatasetVersion)
+            .where(DatasetVersion.character_id == character.id)
+            .options(selectinload(DatasetVersion.items))
+            .order_by(DatasetVersion.number.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and _fingerprint(latest.items) == _fingerprint(items):
+            return BuildResult(latest, created=False)
+        number = (
+            session.scalar(
+                select(func.max(DatasetVersion.number)).where(DatasetVersion.character_id == character.id)
+            )
+            or 0
+        ) + 1
+        version = DatasetVersion(
+            character_id=character.id,
+            number=number,
+            parent_id=latest.id if latest else None,
+            composition=composition_report(items, latest.items if latest else None),
+        )
+        version.items = items
+        session.add(version)
+        session.flush()
+        return BuildResult(version, created=True)
+
+
+def _fingerprint(items: list[DatasetItem]) -> list[tuple[str, str]]:
+    return sorted((item.sha256, item.caption) for item in items)
+
+
+def composition_report(items: list[DatasetItem], parent_items: list[DatasetItem] | None) -> dict[str, Any]:
+    """Counts by shot/angle/expression and each seed target marked met or not."""
+    total = len(items)
+    shots = {shot.value: sum(1 for i in items if i.shot == shot) for shot in Shot}
+    angles = sorted({i.angle for i in items if i.angle})
+    expressions = sorted({i.expression for i in items if i.expression})
+    targets: list[dict[str, Any]] = [
+        {"target": f"at least {MIN_IMAGES} images", "actual": str(total), "met": total >= MIN_IMAGES},
+    ]
+    for shot, share in SHOT_TARGETS.items():
+        actual = shots[shot.value] / total if total else 0.0
+        targets.append(
+            {
+                "target": f"about {share:.0%} {shot.value}",
+                "actual": f"{actual:.0%} ({shots[shot.value]})",
+                "met": abs(actual - share) <= SHARE_TOLERANCE,
+            }
+        )
+    targets.append(
+        {
+            "target": f"at least {MIN_ANGLES} angles",
+            "actual": ", ".join(angles) or "none",
+            "met": len(angles) >= MIN_ANGLES,
+        }
+    )
+    captioned = sum(1 for i in items if i.caption)
+    targets.append(
+        {"target": "all images captioned", "actual": f"{captioned}/{total}", "met": captioned == total}
+    )
+    lineage: dict[str, Any] = {}
+    if parent_items is not None:
+        before = {i.sha256 for i in parent_items}
+        after = {i.sha256 for i in items}
+        lineage = {"added": len(after - before), "removed": len(before - after)}
+    return {
+        "images": total,
+        "shots": shots,
+        "angles": {a: sum(1 for i in items if i.angle == a) for a in angles},
+        "expressions": {e: sum(1 for i in items if i.expression == e) for e in expressions},
+        "targets": targets,
+        "lineage": lineage,
+    }
+
+
+def get_dataset_version(project: Project, character_name: str, number: int | None = None) -> DatasetVersion:
+    """A version by number, or the latest one."""
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        query = (
+            select(DatasetVersion)
+            .where(DatasetVersion.character_id == character.id)
+            .options(selectinload(DatasetVersion.items))
+        )
+        if number is not None:
+            query = query.where(DatasetVersion.number == number)
+        version = session.scalars(query.order_by(DatasetVersion.number.desc()).limit(1)).first()
+        if version is None:
+            which = f"version v{number}" if number is not None else "dataset version"
+            raise DatasetEmpty(
+                f"{character_name!r} has no {which}: build one with `flenwheel dataset build {character_name}`."
+            )
+        return version

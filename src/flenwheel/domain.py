@@ -1,0 +1,103 @@
+"""Enums and frozen value types shared by every layer. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    """Base for value types: immutable, and unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AssetKind(StrEnum):
+    SOURCE = "source"
+    BASE = "base"
+    ANCHOR = "anchor"
+    VARIATION = "variation"
+    ENRICHED = "enriched"
+    SYNTHETIC = "synthetic"
+    GENERATED = "generated"
+    EDITED = "edited"
+    UPSCALED = "upscaled"
+
+
+class ReviewLabel(StrEnum):
+    """The three labels of seed 001 step 1.3."""
+
+    GOOD = "good"
+    NEEDS_CORRECTION = "needs_correction"
+    REJECT = "reject"
+
+
+class ReviewSource(StrEnum):
+    GATE = "gate"  # suggested by curate
+    USER = "user"  # set with `flenwheel review`; always wins over a suggestion
+
+
+class Angle(StrEnum):
+    """Head yaw bucket, named from the viewer's side: `left` means the face turns toward image left."""
+
+    FRONT = "front"
+    THREE_QUARTER_LEFT = "three-quarter left"
+    THREE_QUARTER_RIGHT = "three-quarter right"
+    PROFILE_LEFT = "profile left"
+    PROFILE_RIGHT = "profile right"
+
+
+class Shot(StrEnum):
+    CLOSE_UP = "close-up"
+    UPPER_BODY = "upper body"
+    FULL_BODY = "full body"
+
+
+class Expression(StrEnum):
+    NEUTRAL = "neutral"
+    SMILING = "smiling"
+
+
+class QualityMetrics(Frozen):
+    """Measured image quality; thresholds live in `quality.QualityThresholds`."""
+
+    width: int
+    height: int
+    sharpness: float  # variance of the Laplacian on a 512 px grey copy
+    brightness: float  # mean luminance 0..1
+    clipped_dark: float  # fraction of pixels at the bottom of the range
+    clipped_bright: float
+    phash: str  # 64-bit perceptual hash, 16 hex digits
+
+
+class Face(Frozen):
+    """One detected face, in the coordinates of the stored (normalised) image."""
+
+    box: tuple[int, int, int, int]  # left, top, right, bottom
+    landmarks: list[tuple[float, float]]  # 68 points (iBUG 300-W order)
+    embedding: list[float] = Field(min_length=128, max_length=128)
+    yaw: float  # degrees, negative = turned toward image left
+    detector_score: float
+
+    @property
+    def area(self) -> int:
+        left, top, right, bottom = self.box
+        return max(0, right - left) * max(0, bottom - top)
+
+
+class AssetAnalysis(Frozen):
+    """Everything curate derives from one image; computed once per asset and cached."""
+
+    analyzer: str
+    quality: QualityMetrics
+    faces: list[Face]
+    angle: Angle | None
+    shot: Shot | None
+    expression: Expression | None
+
+
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$")
+CLASS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z ]{0,31}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-. ]{0,63}$")

@@ -1,0 +1,146 @@
+"""Safe image decoding and normalisation: every accepted image becomes 8-bit sRGB RGB, upright, as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from flenwheel.errors import ImageRejected
+
+# 50 megapixels: above any camera a user would train from, far below a decompression bomb.
+MAX_PIXELS = 50_000_000
+MAX_FILE_BYTES = 80 * 1024 * 1024
+MIN_SIDE = 64
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "HEIF", "GIF", "MPO"}
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+        except ImportError:  # HEIC support is optional
+            pass
+        _heif_registered = True
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A normalised image and what was done to it."""
+
+    image: Image.Image  # mode RGB, 8-bit, EXIF orientation applied
+    source_format: str
+    notes: tuple[str, ...]  # e.g. "converted CMYK to RGB", "rotated per EXIF"
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Decode untrusted bytes into an upright 8-bit sRGB RGB image, or raise `ImageRejected` with a reason."""
+    _register_heif()
+    if not data:
+        raise ImageRejected("empty", "the file is empty (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageRejected("too_large", f"the file is {len(data) // 2**20} MiB; the limit is 80 MiB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            fmt = image.format or "unknown"
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"{width}x{height} is {width * height / 1e6:.0f} megapixels; the limit is "
+                    f"{max_pixels / 1e6:.0f} (a possible decompression bomb) — downscale it first",
+                )
+            if fmt not in ACCEPTED_FORMATS:
+                raise ImageRejected("unsupported_format", f"{fmt} images are not supported; use JPEG or PNG")
+            frames = int(getattr(image, "n_frames", 1))
+            if frames > 1 and fmt != "MPO":
+                raise ImageRejected(
+                    "animated", f"animated {fmt} with {frames} frames; export one frame as PNG"
+                )
+            image.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            "too_many_pixels",
+            f"the image declares over {(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.0f} (a possible decompression bomb) — downscale it first",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not_an_image", "not an image file (no known image format recognised)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected("corrupt", f"the image data is broken or truncated ({exc})") from exc
+
+    if min(image.size) < MIN_SIDE:
+        raise ImageRejected(
+            "too_small", f"{image.width}x{image.height} is too small; the short side must be ≥ {MIN_SIDE} px"
+        )
+    notes: list[str] = []
+    return DecodedImage(image=_normalise(image, notes), source_format=fmt, notes=tuple(notes))
+
+
+def _normalise(image: Image.Image, notes: list[str]) -> Image.Image:
+    orientation = image.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        image = ImageOps.exif_transpose(image)
+        notes.append(f"rotated per EXIF orientation {orientation}")
+    icc = image.info.get("icc_profile")
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = _to_8bit_grey(image)
+        notes.append(f"converted {mode} to 8-bit")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        notes.append("expanded palette")
+    if icc and image.mode in ("RGB", "CMYK", "L"):
+        converted = _to_srgb(image, icc)
+        if converted is not None:
+            image = converted
+            notes.append("converted embedded colour profile to sRGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        image = background
+        notes.append("flattened transparency onto white")
+    if image.mode != "RGB":
+        notes.append(f"converted {image.mode} to RGB")
+        image = image.convert("RGB")
+    return image
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    array = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if array.max() > 255 else 255.0
+    return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image | None:
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        target = ImageCms.createProfile("sRGB")
+        return ImageCms.profileToProfile(image, source, target, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None  # a broken profile is not worth rejecting the photo for
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def open_stored(data: bytes) -> Image.Image:
+    """Open bytes that flenwheel itself stored (already normalised)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image.convert("RGB")

@@ -1,0 +1,1 @@
+"""The stages of the flow as plain functions over the store."""

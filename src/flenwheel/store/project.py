@@ -1,0 +1,62 @@
+"""A flenwheel project: a folder holding the database and the blob store, opened from Settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flenwheel.config import DATABASE_FILE, Settings
+from flenwheel.errors import CharacterNotFound, ProjectNotFound
+from flenwheel.store.blobs import LocalBlobStore
+from flenwheel.store.database import Database, migrate
+from flenwheel.store.models import Character
+
+PROJECT_MARKER = "flenwheel.project"
+
+
+class Project:
+    """The database and blob store of one project folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url())
+        self.blobs = LocalBlobStore(settings.resolved_blob_dir())
+
+    @classmethod
+    def init(cls, settings: Settings) -> Project:
+        """Create the folder, database schema and blob folder; safe to run on an existing project."""
+        root = settings.project
+        if root.exists() and not root.is_dir():
+            raise ProjectNotFound(f"{root} (it is a file, not a folder)")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / PROJECT_MARKER).write_text("flenwheel project v1\n")
+        project = cls(settings)
+        project.blobs.root.mkdir(parents=True, exist_ok=True)
+        migrate(project.db.engine)
+        return project
+
+    @classmethod
+    def open(cls, settings: Settings) -> Project:
+        root = settings.project
+        if not (root / PROJECT_MARKER).exists() and not (root / DATABASE_FILE).exists():
+            raise ProjectNotFound(str(root))
+        project = cls(settings)
+        migrate(project.db.engine)  # a no-op when current; upgrades a project made by an older release
+        return project
+
+    @property
+    def root(self) -> Path:
+        return self.settings.project
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def get_character(session: Session, name: str) -> Character:
+    character = session.scalar(select(Character).where(Character.name == name))
+    if character is None:
+        known = list(session.scalars(select(Character.name).order_by(Character.name)))
+        raise CharacterNotFound(name, known)
+    return character

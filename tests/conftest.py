@@ -1,0 +1,66 @@
+"""Shared fixtures: real photos from tests/fixtures/faces, projects on SQLite and on the local PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flenwheel.config import Settings
+from flenwheel.store.project import Project
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FACES = FIXTURES / "faces"
+LISA = sorted((FACES / "identities" / "lisa").glob("*.jpg"))
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FLENWHEEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def london(n: int, expression: str = "neutral") -> Path:
+    return FACES / "identities" / f"london_{n:03d}" / f"{expression}.jpg"
+
+
+def _postgres_database() -> Iterator[str]:
+    """A fresh database on the local server, dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"flenwheel_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # the server is part of CI's machine; locally it may be missing
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    """A fresh project, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        project = Project.init(Settings(project=tmp_path / "project"))
+        yield project
+        project.close()
+        return
+    for url in _postgres_database():
+        project = Project.init(Settings(project=tmp_path / "project", database_url=url))
+        yield project
+        project.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    """A fresh SQLite project (the embedded default)."""
+    project = Project.init(Settings(project=tmp_path / "project", workers=2))
+    yield project
+    project.close()

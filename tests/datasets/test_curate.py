@@ -1,0 +1,125 @@
+"""Curate on real photos with the real dlib model: who is kept, who is rejected, and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFilter
+
+from conftest import FACES, LISA, london
+from flenwheel.characters import create_character
+from flenwheel.datasets.curate import curate
+from flenwheel.datasets.ingest import ingest
+from flenwheel.datasets.review import review_asset, set_caption
+from flenwheel.errors import IdentityUnknown, InvalidInput
+from flenwheel.store.project import Project
+
+
+def _compose(
+    path: Path, parts: list[tuple[Path, tuple[int, int], tuple[int, int]]], size=(1000, 700)
+) -> Path:
+    """Paste photos (resized to `box`, placed at `at`) on a grey canvas: a staged group photo."""
+    canvas = Image.new("RGB", size, (128, 128, 128))
+    for source, box, at in parts:
+        canvas.paste(Image.open(source).convert("RGB").resize(box), at)
+    canvas.save(path, quality=95)
+    return path
+
+
+@pytest.fixture
+def lisa_project(project: Project) -> Project:
+    create_character(project, "lisa", "ohwx", "woman")
+    return project
+
+
+def _by_file(report):
+    return {d.file: d for d in report.decisions}
+
+
+def test_keeps_the_character_and_rejects_intruders_and_non_faces(lisa_project: Project) -> None:
+    ingest(
+        lisa_project, "lisa", [*LISA, london(3), london(7, "smiling"), FACES / "non_face" / "5_chelsea.jpg"]
+    )
+    report = curate(lisa_project, "lisa")
+    decisions = _by_file(report)
+    assert {f for f, d in decisions.items() if d.label == "good"} == {p.name for p in LISA}
+    assert "another person" in decisions["neutral.jpg"].reason
+    assert decisions["neutral.jpg"].identity_distance > report.threshold
+    assert decisions["smiling.jpg"].label == "reject"
+    assert decisions["5_chelsea.jpg"].reason == "no face found"  # a cat is not a person
+    assert report.identity_source.startswith("dominant cluster (8")
+    for name in (p.name for p in LISA):
+        d = decisions[name]
+        assert d.angle == "front" and d.shot in {"close-up", "upper body"}
+        assert d.caption.startswith("photo of ohwx woman")
+
+
+def test_analysis_is_cached_and_user_labels_survive_recuration(lisa_project: Project) -> None:
+    ingest(lisa_project, "lisa", LISA[:4])
+    first = curate(lisa_project, "lisa")
+    assert first.analysed_now == 4
+    review_asset(lisa_project, "lisa", "2.jpg", "needs_correction", "hair covers one eye")
+    set_caption(lisa_project, "lisa", "3.jpg", "photo of ohwx woman laughing at the camera")
+    ingest(lisa_project, "lisa", LISA[4:6])
+    second = _by_file(curate(lisa_project, "lisa"))
+    assert curate(lisa_project, "lisa").analysed_now == 0
+    assert second["2.jpg"].label == "needs_correction" and second["2.jpg"].decided_by == "user"
+    assert second["3.jpg"].caption == "photo of ohwx woman laughing at the camera"
+    assert second["5.jpg"].label == "good"
+
+
+def test_group_photos_and_background_faces(lisa_project: Project, tmp_path: Path) -> None:
+    pair = _compose(
+        tmp_path / "pair.jpg", [(LISA[0], (420, 560), (20, 60)), (london(5), (480, 480), (500, 110))]
+    )
+    background = _compose(
+        tmp_path / "background.jpg", [(london(6), (620, 620), (10, 40)), (LISA[1], (240, 320), (700, 300))]
+    )
+    ingest(lisa_project, "lisa", [*LISA[2:8], pair, background])
+    decisions = _by_file(curate(lisa_project, "lisa"))
+    assert decisions["pair.jpg"].label == "reject" and "2 people in frame" in decisions["pair.jpg"].reason
+    assert decisions["pair.jpg"].faces == 2
+    assert decisions["background.jpg"].label == "reject"
+    assert "main face is another person" in decisions["background.jpg"].reason
+
+
+def test_blurry_copies_and_near_duplicates_are_rejected(lisa_project: Project, tmp_path: Path) -> None:
+    Image.open(LISA[0]).resize((480, 640)).save(tmp_path / "smaller_copy.png")
+    Image.open(LISA[1]).filter(ImageFilter.GaussianBlur(8)).save(tmp_path / "blurred.jpg")
+    ingest(lisa_project, "lisa", [*LISA, tmp_path / "smaller_copy.png", tmp_path / "blurred.jpg"])
+    decisions = _by_file(curate(lisa_project, "lisa"))
+    assert decisions["1.jpg"].label == "good"  # the larger original is the one kept
+    copy = decisions["smaller_copy.png"]
+    assert copy.label == "reject" and "near-duplicate of asset" in copy.reason and "1.jpg" in copy.reason
+    assert decisions["blurred.jpg"].label == "reject" and "blurry" in decisions["blurred.jpg"].reason
+
+
+def test_reference_images_define_the_identity(project: Project) -> None:
+    create_character(project, "sam", "ohwx_sam", "person")
+    ingest(project, "sam", [london(11)], reference=True)
+    ingest(project, "sam", [london(11, "smiling"), *LISA[:3]])
+    report = curate(project, "sam")
+    assert report.identity_source.startswith("user references (1")
+    decisions = _by_file(report)
+    assert decisions["smiling.jpg"].label == "good"
+    assert all(
+        decisions[p.name].label == "reject" for p in LISA[:3]
+    )  # lisa is the majority, not the character
+
+
+def test_identity_unknown_when_nobody_appears_twice(project: Project) -> None:
+    create_character(project, "x", "ohwx_x", "person")
+    ingest(project, "x", [london(1), london(2), london(3)])
+    with pytest.raises(IdentityUnknown, match="--reference"):
+        curate(project, "x")
+
+
+def test_review_requires_a_known_label_and_a_reason(lisa_project: Project) -> None:
+    ingest(lisa_project, "lisa", LISA[:1])
+    with pytest.raises(InvalidInput, match="use one of good, needs_correction, reject"):
+        review_asset(lisa_project, "lisa", "1.jpg", "great")
+    with pytest.raises(InvalidInput, match="--reason"):
+        review_asset(lisa_project, "lisa", "1.jpg", "reject")
+    with pytest.raises(InvalidInput, match="trigger token"):
+        set_caption(lisa_project, "lisa", "1.jpg", "a photo of a woman")

@@ -1,0 +1,145 @@
+"""Exports read back the way kohya sd-scripts, ai-toolkit and fal's trainer read them."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import LISA, london
+from flenwheel.characters import create_character
+from flenwheel.datasets.curate import curate
+from flenwheel.datasets.export import export_dataset
+from flenwheel.datasets.ingest import ingest
+from flenwheel.datasets.versions import build_dataset_version
+from flenwheel.errors import DatasetEmpty, ExportError
+from flenwheel.store.project import Project
+
+# sd-scripts library/train_util.py IMAGE_EXTENSIONS; ai-toolkit's data loader list.
+KOHYA_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+AI_TOOLKIT_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    from flenwheel.config import Settings
+
+    project = Project.init(Settings(project=tmp_path_factory.mktemp("export") / "p"))
+    create_character(project, "lisa", "ohwx", "woman")
+    ingest(project, "lisa", [*LISA, london(4)])
+    curate(project, "lisa")
+    build_dataset_version(project, "lisa")
+    return project
+
+
+def read_like_kohya(config_path: Path) -> list[tuple[Path, str, int, str]]:
+    """What sd-scripts' DreamBooth dataset sees: (image, caption, repeats, class_tokens) per image."""
+    config = tomllib.loads(config_path.read_text())
+    seen = []
+    for dataset in config["datasets"]:
+        for subset in dataset["subsets"]:
+            extension = subset.get(
+                "caption_extension", config["general"].get("caption_extension", ".caption")
+            )
+            image_dir = Path(subset["image_dir"])
+            for image in sorted(p for p in image_dir.glob("*") if p.suffix.lower() in KOHYA_EXTENSIONS):
+                caption_file = image.with_suffix(extension)
+                lines = caption_file.read_text(encoding="utf-8").splitlines()
+                assert lines and lines[0].strip(), f"kohya: caption file is empty for {image}"
+                seen.append((image, lines[0].strip(), subset["num_repeats"], subset["class_tokens"]))
+    return seen
+
+
+def test_kohya_export(built: Project, tmp_path: Path) -> None:
+    result = export_dataset(built, "lisa", "kohya", tmp_path / "kohya")
+    images = read_like_kohya(result.files[0])
+    assert len(images) == 8
+    folder = images[0][0].parent
+    match = re.fullmatch(r"(\d+)_(.+)", folder.name)  # also right for kohya runs without the TOML
+    assert match and int(match.group(1)) == images[0][2] and match.group(2) == "ohwx woman"
+    assert all(caption.startswith("photo of ohwx woman") for _, caption, _, _ in images)
+    assert all(Image.open(image).size == (600, 800) for image, *_ in images)
+    assert all(tokens == "ohwx woman" for *_, tokens in images)
+
+
+def test_ai_toolkit_export(built: Project, tmp_path: Path) -> None:
+    result = export_dataset(built, "lisa", "ai-toolkit", tmp_path / "ait")
+    config = yaml.safe_load(result.files[0].read_text())
+    assert config["job"] == "extension" and "meta" in config
+    [process] = config["config"]["process"]
+    assert process["type"] == "sd_trainer" and process["network"]["type"] == "lora"
+    trigger = process["trigger_word"]
+    [dataset] = process["datasets"]
+    folder = Path(dataset["folder_path"])
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AI_TOOLKIT_EXTENSIONS)
+    assert len(images) == 8
+    for image in images:
+        raw = image.with_suffix("." + dataset["caption_ext"].lstrip(".")).read_text(encoding="utf-8")
+        assert "[trigger]" in raw
+        caption = raw.replace("[trigger]", trigger).strip()  # ai-toolkit's inject_trigger_into_prompt
+        assert caption.startswith("photo of ohwx woman")
+    assert all("[trigger]" in prompt for prompt in process["sample"]["prompts"])
+
+
+def test_fal_zip_export(built: Project, tmp_path: Path) -> None:
+    result = export_dataset(built, "lisa", "zip", tmp_path / "fal")
+    archive = next(f for f in result.files if f.suffix == ".zip")
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        images = [n for n in names if Path(n).suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}]
+        assert len(images) >= 4  # fal's trainer wants at least four
+        for name in images:
+            assert "/" not in name and not name.startswith("__MACOSX")
+            caption = z.read(str(Path(name).with_suffix(".txt"))).decode()
+            assert "ohwx" in caption  # fal ignores trigger_word when captions exist
+        assert len(names) == 2 * len(images)
+
+
+def test_metadata_json_has_seed_001_shape(built: Project, tmp_path: Path) -> None:
+    result = export_dataset(built, "lisa", "kohya", tmp_path / "k")
+    document = json.loads((result.out / "metadata.json").read_text())
+    assert document["dataset_version"] == "v1"
+    first = document["images"][0]
+    assert {"filename", "caption", "angle", "expression", "quality"} <= set(first)
+    exported = {p.name for p in (result.out / "img").rglob("*.jpg")}
+    assert {image["filename"] for image in document["images"]} == exported
+
+
+def test_export_refuses_to_overwrite_or_escape(built: Project, tmp_path: Path) -> None:
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        export_dataset(built, "lisa", "kohya", occupied)
+    assert (occupied / "keep.txt").read_text() == "mine"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        export_dataset(built, "lisa", "zip", tmp_path / "a_file")
+    with pytest.raises(ExportError, match="unknown export format"):
+        export_dataset(built, "lisa", "diffusers", tmp_path / "new")
+    before = {p for p in tmp_path.parent.iterdir()}
+    export_dataset(built, "lisa", "kohya", tmp_path / "inside")
+    assert {p for p in tmp_path.parent.iterdir()} == before  # nothing written beside --out
+
+
+def test_composition_report_marks_targets(built: Project) -> None:
+    from flenwheel.datasets.versions import get_dataset_version
+
+    composition = get_dataset_version(built, "lisa").composition
+    targets = {t["target"]: t for t in composition["targets"]}
+    assert targets["at least 10 images"]["met"] is False and targets["at least 10 images"]["actual"] == "8"
+    assert targets["all images captioned"]["met"] is True
+    assert targets["at least 2 angles"]["met"] is False  # every demo photo is frontal
+    assert sum(composition["shots"].values()) == 8
+
+
+def test_building_with_nothing_good_says_what_to_do(project: Project) -> None:
+    create_character(project, "empty", "ohwx_e", "person")
+    with pytest.raises(DatasetEmpty, match="flenwheel curate empty"):
+        build_dataset_version(project, "empty")
