@@ -1,0 +1,255 @@
+"""Decoding untrusted uploads: every input is built here with Pillow, in memory."""
+
+from __future__ import annotations
+
+import io
+import random
+import resource
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from flenwheel.errors import ImageRejected
+from flenwheel.images import decode_image, encode_png, open_stored
+
+RED, BLUE = (220, 20, 30), (20, 40, 220)
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def two_colour(size: tuple[int, int] = (120, 90), mode: str = "RGB") -> Image.Image:
+    """Left half red, right half blue, so orientation and colour changes are visible."""
+    image = Image.new("RGB", size, RED)
+    ImageDraw.Draw(image).rectangle((size[0] // 2, 0, size[0], size[1]), fill=BLUE)
+    return image.convert(mode)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares its size in IHDR but carries no pixel data at all."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def rejection(data: bytes, **kwargs: int) -> ImageRejected:
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data, **kwargs)
+    return info.value
+
+
+def test_empty_file_is_rejected_as_empty() -> None:
+    assert rejection(b"").reason == "empty"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [random.Random(0).randbytes(4096), b"shopping list:\n- eggs\n- flour\n" * 20],
+    ids=["random-bytes", "text-file"],
+)
+def test_non_image_bytes_are_rejected_as_not_an_image(data: bytes) -> None:
+    assert rejection(data).reason == "not_an_image"
+
+
+def test_truncated_jpeg_is_rejected_as_corrupt() -> None:
+    noise = Image.effect_noise((256, 256), 80).convert("RGB")
+    jpeg = encoded(noise, "JPEG", quality=90)
+    error = rejection(jpeg[: len(jpeg) // 2])
+    assert error.reason == "corrupt"
+    assert "truncated" in str(error)
+
+
+def test_header_claiming_60000x60000_is_refused_before_any_pixels_are_allocated() -> None:
+    peak_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    error = rejection(png_header_only(60_000, 60_000))
+    peak_after_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the file holds no pixel data, so any attempt to decode it would have said "corrupt" instead
+    assert error.reason == "too_many_pixels"
+    # 60000x60000 RGB is 10 GiB; refusing from the header alone leaves the peak memory where it was
+    assert peak_after_kib - peak_before_kib < 50 * 1024
+
+
+def test_header_over_our_own_limit_is_refused_with_its_size_in_the_message() -> None:
+    # 64 MP: under Pillow's own bomb threshold, over flenwheel's 50 MP limit
+    error = rejection(png_header_only(8000, 8000))
+    assert error.reason == "too_many_pixels"
+    assert "8000x8000" in str(error)
+
+
+def test_max_pixels_argument_is_honoured() -> None:
+    data = encoded(two_colour((200, 200)), "PNG")
+    assert rejection(data, max_pixels=10_000).reason == "too_many_pixels"
+    assert decode_image(data, max_pixels=40_000).image.size == (200, 200)
+
+
+def test_animated_gif_is_rejected_as_animated() -> None:
+    frames = [Image.new("RGB", (100, 100), colour) for colour in (RED, BLUE, (0, 200, 0))]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    error = rejection(data)
+    assert error.reason == "animated"
+    assert "3 frames" in str(error)
+
+
+def test_32px_image_is_rejected_as_too_small() -> None:
+    error = rejection(encoded(two_colour((32, 32)), "PNG"))
+    assert error.reason == "too_small"
+    assert "32x32" in str(error)
+
+
+def test_cmyk_jpeg_becomes_rgb_with_its_colours() -> None:
+    decoded = decode_image(encoded(two_colour(mode="CMYK"), "JPEG", quality=95))
+    assert decoded.image.mode == "RGB"
+    left, right = decoded.image.getpixel((10, 45)), decoded.image.getpixel((110, 45))
+    assert np.abs(np.subtract(left, RED)).max() <= 12
+    assert np.abs(np.subtract(right, BLUE)).max() <= 12
+
+
+def test_16_bit_greyscale_png_becomes_8_bit_rgb_keeping_its_tones() -> None:
+    grey16 = np.full((80, 100), 32768, dtype=np.uint16)
+    grey16[:, 50:] = 16384
+    source = Image.fromarray(grey16)
+    assert source.mode == "I;16"
+    decoded = decode_image(encoded(source, "PNG"))
+    pixels = np.asarray(decoded.image)
+    assert decoded.image.mode == "RGB"
+    assert pixels.dtype == np.uint8
+    assert abs(int(pixels[40, 10, 0]) - 128) <= 1  # mid-grey stays mid-grey, not white
+    assert abs(int(pixels[40, 90, 0]) - 64) <= 1
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_transparent_png_is_flattened_onto_white() -> None:
+    image = Image.new("RGBA", (100, 100), (*RED, 0))
+    ImageDraw.Draw(image).rectangle((30, 30, 70, 70), fill=(*BLUE, 255))
+    decoded = decode_image(encoded(image, "PNG"))
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.getpixel((2, 2)) == (255, 255, 255)
+    assert decoded.image.getpixel((50, 50)) == BLUE
+    assert any("transparency" in note for note in decoded.notes)
+
+
+def test_palette_png_becomes_rgb() -> None:
+    source = two_colour().convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    assert source.mode == "P"
+    decoded = decode_image(encoded(source, "PNG"))
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.getpixel((10, 45)) == RED
+    assert decoded.image.getpixel((110, 45)) == BLUE
+
+
+def test_exif_orientation_6_is_applied_and_noted() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    # 160x80 rather than 120x60: a 60 px short side would be refused as too small
+    decoded = decode_image(encoded(two_colour((160, 80)), "JPEG", quality=95, exif=exif))
+    assert decoded.image.size == (80, 160)
+    # the left (red) edge of the stored pixels is the top of the upright photo
+    assert np.abs(np.subtract(decoded.image.getpixel((40, 5)), RED)).max() <= 12
+    assert np.abs(np.subtract(decoded.image.getpixel((40, 155)), BLUE)).max() <= 12
+    assert any("rotated" in note for note in decoded.notes)
+
+
+def test_ordinary_rgb_jpeg_needs_no_notes() -> None:
+    decoded = decode_image(encoded(two_colour(), "JPEG"))
+    assert decoded.image.mode == "RGB"
+    assert decoded.source_format == "JPEG"
+    assert decoded.notes == ()
+
+
+def test_stored_png_reopens_with_identical_pixels() -> None:
+    decoded = decode_image(encoded(two_colour(mode="CMYK"), "JPEG"))
+    stored = encode_png(decoded.image)
+    assert stored.startswith(b"\x89PNG")
+    reopened = open_stored(stored)
+    assert reopened.mode == "RGB"
+    assert np.array_equal(np.asarray(reopened), np.asarray(decoded.image))
+
+
+def accepted_or_rejected(data: bytes) -> None:
+    """The contract every caller relies on: an RGB image or an `ImageRejected`, nothing else."""
+    try:
+        decoded = decode_image(data)
+    except ImageRejected as error:
+        assert error.reason
+        return
+    assert decoded.image.mode == "RGB"
+
+
+@pytest.mark.xfail(
+    strict=True, raises=SyntaxError, reason="getexif() on a bad eXIf chunk raises SyntaxError outside the try"
+)
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_broken_exif_block_is_rejected_not_crashing(fmt: str) -> None:
+    accepted_or_rejected(encoded(two_colour(), fmt, exif=b"garbage!not-a-tiff-header"))
+
+
+@pytest.mark.xfail(
+    strict=True, raises=TypeError, reason="exif_transpose re-serialises a mistyped tag and raises TypeError"
+)
+def test_rotated_jpeg_with_mistyped_exif_tag_is_rejected_not_crashing() -> None:
+    # orientation 6 plus XPosition (0x011E, a RATIONAL tag) stored as the ASCII string "Cam"
+    exif = (
+        b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02"
+        b"\x01\x1e\x00\x02\x00\x00\x00\x04Cam\x00"
+        b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    )
+    accepted_or_rejected(encoded(two_colour(), "JPEG", exif=exif))
+
+
+@pytest.mark.xfail(
+    strict=True, raises=TypeError, reason="n_frames on a TIFF whose 2nd IFD is empty raises TypeError"
+)
+def test_tiff_with_broken_second_page_is_rejected_not_crashing() -> None:
+    data = bytearray(encoded(two_colour(), "TIFF"))
+    first_ifd = struct.unpack_from("<I", data, 4)[0]
+    next_pointer = first_ifd + 2 + 12 * struct.unpack_from("<H", data, first_ifd)[0]
+    data += b"\x00" * (len(data) % 2)
+    struct.pack_into("<I", data, next_pointer, len(data))
+    data += b"\x00\x00" + b"\x00\x00\x00\x00"  # an IFD with no tags, so no width or height
+    accepted_or_rejected(bytes(data))
+
+
+SEEDS = {
+    "PNG": encoded(two_colour((80, 72)), "PNG"),
+    "JPEG": encoded(two_colour((80, 72)), "JPEG", quality=85),
+}
+
+
+@st.composite
+def mutated_images(draw: st.DrawFn) -> bytes:
+    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+    for _ in range(draw(st.integers(0, 6))):
+        position = draw(st.integers(0, len(data) - 1))
+        data[position] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        position = draw(st.integers(0, len(data)))
+        data[position:position] = draw(st.binary(min_size=1, max_size=16))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data)
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_give_an_rgb_image_or_a_rejection(data: bytes) -> None:
+    accepted_or_rejected(data)
+
+
+@FUZZ
+@given(mutated_images())
+def test_mutated_png_and_jpeg_give_an_rgb_image_or_a_rejection(data: bytes) -> None:
+    accepted_or_rejected(data)

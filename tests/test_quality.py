@@ -1,0 +1,113 @@
+"""Quality gates and perceptual hashes on real photos from tests/fixtures/faces."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from flenwheel.quality import (
+    QualityThresholds,
+    hash_distance,
+    measure_quality,
+    perceptual_hash,
+    quality_grade,
+    quality_problems,
+)
+
+FACES = Path(__file__).parent / "fixtures" / "faces"
+THRESHOLDS = QualityThresholds()
+
+
+def photo(relative: str) -> Image.Image:
+    with Image.open(FACES / relative) as image:
+        return image.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def lisa() -> Image.Image:
+    return photo("identities/lisa/1.jpg")
+
+
+def problems(image: Image.Image) -> list[str]:
+    return quality_problems(measure_quality(image), THRESHOLDS)
+
+
+def has_problem(image: Image.Image, word: str) -> bool:
+    return any(problem.startswith(word) for problem in problems(image))
+
+
+def test_a_good_photo_passes_every_gate(lisa: Image.Image) -> None:
+    metrics = measure_quality(lisa)
+    assert (metrics.width, metrics.height) == lisa.size
+    assert problems(lisa) == []
+
+
+def test_blurred_copy_is_reported_blurry(lisa: Image.Image) -> None:
+    blurred = lisa.filter(ImageFilter.GaussianBlur(radius=6))
+    assert measure_quality(blurred).sharpness < measure_quality(lisa).sharpness / 5
+    assert has_problem(blurred, "blurry")
+    assert not has_problem(lisa, "blurry")
+
+
+def test_very_dark_copy_is_reported_underexposed(lisa: Image.Image) -> None:
+    dark = ImageEnhance.Brightness(lisa).enhance(0.08)
+    assert has_problem(dark, "underexposed")
+    assert not has_problem(dark, "overexposed")
+
+
+def test_near_white_copy_is_reported_overexposed(lisa: Image.Image) -> None:
+    washed_out = Image.blend(lisa, Image.new("RGB", lisa.size, "white"), 0.95)
+    assert has_problem(washed_out, "overexposed")
+    assert not has_problem(washed_out, "underexposed")
+
+
+def test_small_copy_is_reported_low_resolution_with_its_size(lisa: Image.Image) -> None:
+    small = lisa.resize((200, 150), Image.Resampling.LANCZOS)
+    reported = problems(small)
+    assert any(problem.startswith("low resolution 200x150") for problem in reported)
+    assert not has_problem(lisa, "low resolution")
+
+
+def test_thresholds_are_what_decide(lisa: Image.Image) -> None:
+    strict = QualityThresholds(min_side=1024)
+    assert any("low resolution" in p for p in quality_problems(measure_quality(lisa), strict))
+
+
+def test_quality_grade_orders_good_smaller_and_bad_photos(lisa: Image.Image) -> None:
+    def grade(image: Image.Image) -> str:
+        return quality_grade(measure_quality(image), THRESHOLDS)
+
+    assert grade(lisa) == "high"  # 600x800 and sharp
+    assert grade(lisa.resize((300, 400), Image.Resampling.LANCZOS)) == "medium"  # sharp but < 512 px
+    assert grade(lisa.filter(ImageFilter.GaussianBlur(radius=6))) == "low"
+    assert grade(lisa.resize((200, 150))) == "low"
+
+
+def test_perceptual_hash_is_64_bits_of_hex(lisa: Image.Image) -> None:
+    digest = perceptual_hash(lisa)
+    assert len(digest) == 16
+    int(digest, 16)
+    assert measure_quality(lisa).phash == digest
+    assert hash_distance(digest, digest) == 0
+
+
+def test_resized_recompressed_copy_is_a_near_duplicate(lisa: Image.Image) -> None:
+    buffer = io.BytesIO()
+    lisa.resize((lisa.width // 2, lisa.height // 2), Image.Resampling.BILINEAR).save(
+        buffer, "JPEG", quality=70
+    )
+    copy = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    assert hash_distance(perceptual_hash(lisa), perceptual_hash(copy)) <= 6
+
+
+@pytest.mark.parametrize("other", ["identities/london_001/neutral.jpg", "non_face/4_brick.jpg"])
+def test_different_photos_are_not_near_duplicates(lisa: Image.Image, other: str) -> None:
+    assert hash_distance(perceptual_hash(lisa), perceptual_hash(photo(other))) > 6
+
+
+def test_hash_distance_counts_differing_bits() -> None:
+    assert hash_distance("0000000000000000", "ffffffffffffffff") == 64
+    assert hash_distance("00000000000000ff", "000000000000000f") == 4
