@@ -13,11 +13,16 @@ FIELDS = {"token", "class_word", "angle", "shot", "expression"}
 def validate_template(template: str) -> str:
     """Refuse templates with unknown placeholders or without the trigger token."""
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise InvalidInput(
             f"caption template {template!r} is malformed ({exc}); use {{token}}-style fields"
         ) from None
+    if any(spec or conversion for _, _, spec, conversion in parsed):
+        raise InvalidInput(
+            f"caption template {template!r} uses a format spec or conversion (':' or '!'); write plain {{field}}s"
+        )
+    names = {name for _, name, _, _ in parsed if name is not None}
     unknown = names - FIELDS
     if unknown:
         raise InvalidInput(
@@ -31,14 +36,16 @@ def validate_template(template: str) -> str:
 def render_caption(
     template: str, token: str, class_word: str, angle: str | None, shot: str | None, expression: str | None
 ) -> str:
-    """Fill the template; a clause whose fact is unknown is dropped rather than printed as 'None'."""
+    """Fill the template. A comma-separated clause whose fact is unknown is dropped rather than printed as
+    'None' — except the clause with the trigger token, where only the unknown fact is left out."""
     facts = {"token": token, "class_word": class_word, "angle": angle, "shot": shot, "expression": expression}
     clauses = []
     for clause in template.split(","):
         names = {name for _, name, _, _ in string.Formatter().parse(clause) if name}
-        if any(facts.get(name) is None for name in names):
+        if "token" not in names and any(facts.get(name) is None for name in names):
             continue
-        clauses.append(clause.strip().format(**facts))
+        filled = clause.format(**{name: "" if value is None else value for name, value in facts.items()})
+        clauses.append(" ".join(filled.split()))
     return ", ".join(clause for clause in clauses if clause)
 
 

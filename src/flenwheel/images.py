@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -68,6 +69,13 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
                     "animated", f"animated {fmt} with {frames} frames; export one frame as PNG"
                 )
             image.load()
+            if min(image.size) < MIN_SIDE:
+                raise ImageRejected(
+                    "too_small",
+                    f"{image.width}x{image.height} is too small; the short side must be ≥ {MIN_SIDE} px",
+                )
+            notes: list[str] = []
+            normalised = _normalise(image, notes)  # EXIF and colour profiles are untrusted input too
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -78,15 +86,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         ) from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not_an_image", "not an image file (no known image format recognised)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, struct.error) as exc:
         raise ImageRejected("corrupt", f"the image data is broken or truncated ({exc})") from exc
-
-    if min(image.size) < MIN_SIDE:
-        raise ImageRejected(
-            "too_small", f"{image.width}x{image.height} is too small; the short side must be ≥ {MIN_SIDE} px"
-        )
-    notes: list[str] = []
-    return DecodedImage(image=_normalise(image, notes), source_format=fmt, notes=tuple(notes))
+    return DecodedImage(image=normalised, source_format=fmt, notes=tuple(notes))
 
 
 def _normalise(image: Image.Image, notes: list[str]) -> Image.Image:
