@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     blob_url: str | None = None  # default: content-addressed folder inside the project
     # Identity gate: dlib embedding distance at or below which a face is the character.
     # Calibrated on ../shared/faces with bench/calibrate_identity.py (see README "Identity threshold").
-    identity_threshold: float = 0.50
+    identity_threshold: float = 0.48
     # Perceptual-hash Hamming distance at or below which two images are near-duplicates.
     near_duplicate_bits: int = 6
     # Faces are detected on a copy whose long side is at most this many pixels.
