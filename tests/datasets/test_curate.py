@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFilter
 
-from conftest import FACES, LISA, london
 from flenwheel.characters import create_character
 from flenwheel.datasets.curate import curate
 from flenwheel.datasets.ingest import ingest
 from flenwheel.datasets.review import review_asset, set_caption
 from flenwheel.errors import IdentityUnknown, InvalidInput
 from flenwheel.store.project import Project
+
+from conftest import FACES, LISA, london
 
 
 def _compose(

@@ -12,7 +12,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import LISA, london
 from flenwheel.characters import create_character
 from flenwheel.datasets.curate import curate
 from flenwheel.datasets.export import export_dataset
@@ -20,6 +19,8 @@ from flenwheel.datasets.ingest import ingest
 from flenwheel.datasets.versions import build_dataset_version
 from flenwheel.errors import DatasetEmpty, ExportError
 from flenwheel.store.project import Project
+
+from conftest import LISA, london
 
 # sd-scripts library/train_util.py IMAGE_EXTENSIONS; ai-toolkit's data loader list.
 KOHYA_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}

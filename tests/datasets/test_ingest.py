@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from conftest import FACES, LISA
 from flenwheel.characters import create_character
 from flenwheel.datasets.ingest import ingest
 from flenwheel.images import open_stored
 from flenwheel.store.models import Asset, IngestRejection
 from flenwheel.store.project import Project
+
+from conftest import FACES, LISA
 
 
 @pytest.fixture

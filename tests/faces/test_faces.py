@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FACES, LISA
 from PIL import Image, ImageOps
 
 from flenwheel.config import Settings
@@ -12,6 +11,8 @@ from flenwheel.domain import Angle, Expression, Shot
 from flenwheel.faces.calibration import gate_distances, pair_distances
 from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
 from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
+
+from conftest import FACES, LISA
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, select
 
-from conftest import LISA, london
 from flenwheel.characters import create_character, list_characters
 from flenwheel.config import Settings
 from flenwheel.datasets.curate import curate
@@ -15,6 +14,8 @@ from flenwheel.datasets.versions import build_dataset_version, get_dataset_versi
 from flenwheel.errors import CharacterExists, CharacterNotFound, InvalidInput, ProjectNotFound
 from flenwheel.store.models import Asset
 from flenwheel.store.project import Project
+
+from conftest import LISA, london
 
 
 def test_init_creates_every_table_and_reopens(any_project: Project) -> None:
