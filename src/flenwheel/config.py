@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flenwheel.errors import InvalidInput
 
 DATABASE_FILE = "flenwheel.db"
 BLOB_DIR = "blobs"
@@ -21,12 +23,12 @@ class Settings(BaseSettings):
     blob_url: str | None = None  # default: content-addressed folder inside the project
     # Identity gate: dlib embedding distance at or below which a face is the character.
     # Calibrated on ../shared/faces with bench/calibrate_identity.py (see README "Identity threshold").
-    identity_threshold: float = 0.48
+    identity_threshold: float = Field(default=0.48, gt=0.0, lt=2.0)
     # Perceptual-hash Hamming distance at or below which two images are near-duplicates.
-    near_duplicate_bits: int = 6
+    near_duplicate_bits: int = Field(default=6, ge=0, le=32)
     # Faces are detected on a copy whose long side is at most this many pixels.
-    detect_max_side: int = 640
-    workers: int = 0  # 0 = one per CPU core
+    detect_max_side: int = Field(default=640, ge=160, le=4096)
+    workers: int = Field(default=0, ge=0, le=256)  # 0 = one per CPU core
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -37,3 +39,15 @@ class Settings(BaseSettings):
         if self.blob_url:
             return Path(self.blob_url)
         return (self.project / BLOB_DIR).resolve()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit values; a bad value is a clear error, not a traceback."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FLENWHEEL_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']} (got {error.get('input')!r})"
+            for error in exc.errors()
+        )
+        raise InvalidInput(f"invalid setting — {problems}") from None

@@ -32,18 +32,18 @@ state = CliState()
 
 
 def project_dir() -> Path:
-    from flenwheel.config import Settings
+    from flenwheel.config import load_settings
 
     if state.project is not None:
         return state.project
-    return Settings().project
+    return load_settings().project
 
 
 def open_project() -> Any:
-    from flenwheel.config import Settings
+    from flenwheel.config import load_settings
     from flenwheel.store.project import Project
 
-    return Project.open(Settings(project=project_dir()))
+    return Project.open(load_settings(project=project_dir()))
 
 
 def to_jsonable(value: Any) -> Any:

@@ -69,6 +69,12 @@ def ingest(
 
 def curate(
     name: Annotated[str, typer.Argument(help="Character name")],
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", min=0.05, max=1.5, help="Identity distance cut-off (default 0.48, calibrated)"
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Measure quality, find faces and run the identity gate; every image gets a suggested label with a reason."""
@@ -76,7 +82,7 @@ def curate(
 
     project = open_project()
     with progress_bar("Analysing faces", 1, enabled=not json_output) as advance:
-        report = run_curate(project, name, on_progress=advance)
+        report = run_curate(project, name, on_progress=advance, identity_threshold=threshold)
     if json_output:
         print_json(report)
         return

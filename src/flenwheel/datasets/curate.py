@@ -55,7 +55,9 @@ def curate(
     character_name: str,
     thresholds: QualityThresholds | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    identity_threshold: float | None = None,
 ) -> CurateReport:
+    """Analyse new assets (cached), then label every asset; `identity_threshold` overrides the setting."""
     thresholds = thresholds or QualityThresholds()
     settings = project.settings
     with project.db.session() as session:
@@ -89,7 +91,7 @@ def curate(
         }
         gate = run_gates(
             [GateInput(a.id, a.source_name, analyses[a.id], a.is_reference) for a in assets],
-            settings.identity_threshold,
+            identity_threshold or settings.identity_threshold,
             settings.near_duplicate_bits,
             thresholds,
         )

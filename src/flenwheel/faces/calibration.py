@@ -48,7 +48,8 @@ class Distances:
 def pair_distances(people: dict[str, list[np.ndarray]]) -> Distances:
     """Every pair of photos: same person → genuine, different people → impostor."""
     labelled = [(person, e) for person, embeddings in people.items() for e in embeddings]
-    genuine, impostor = [], []
+    genuine: list[float] = []
+    impostor: list[float] = []
     for (a, ea), (b, eb) in itertools.combinations(labelled, 2):
         (genuine if a == b else impostor).append(float(np.linalg.norm(ea - eb)))
     return Distances(genuine, impostor)
@@ -56,7 +57,8 @@ def pair_distances(people: dict[str, list[np.ndarray]]) -> Distances:
 
 def gate_distances(people: dict[str, list[np.ndarray]]) -> Distances:
     """The gate's view: each person with ≥ 2 photos is a character whose other photos are the references."""
-    genuine, impostor = [], []
+    genuine: list[float] = []
+    impostor: list[float] = []
     for person, references in people.items():
         if len(references) < 2:
             continue

@@ -1,7 +1,8 @@
 """dlib face analysis with the face_recognition models (weights ship on PyPI in face_recognition_models).
 
-Detection runs on a downscaled copy (HOG, one upsample); landmarks and the 128-d embedding are computed on
-the full image so small faces keep their detail. The embedding uses the 5-point alignment exactly as
+Detection runs on a copy at most `detect_max_side` pixels long, first without upsampling (finds faces of
+~80 px and up, four times cheaper), then with one upsample only when nothing was found (faces down to ~40
+px). Landmarks and the 128-d embedding are computed on the full image so small faces keep their detail. The embedding uses the 5-point alignment exactly as
 face_recognition.face_encodings does, so distances match that library's (and its 0.6 convention).
 """
 
@@ -22,7 +23,7 @@ class DlibFaceAnalyzer:
 
     id = "dlib-hog-v1"
 
-    def __init__(self, detect_max_side: int = 640, upsample: int = 1) -> None:
+    def __init__(self, detect_max_side: int = 640, max_upsample: int = 1) -> None:
         try:
             import dlib
             import face_recognition_models as models
@@ -34,7 +35,7 @@ class DlibFaceAnalyzer:
         self._pose5 = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
         self._encoder = dlib.face_recognition_model_v1(models.face_recognition_model_location())
         self.detect_max_side = detect_max_side
-        self.upsample = upsample
+        self.max_upsample = max_upsample
 
     def analyze(self, image: Image.Image) -> list[Face]:
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
@@ -47,7 +48,10 @@ class DlibFaceAnalyzer:
             small = np.ascontiguousarray(np.asarray(small_image.convert("RGB")))
         else:
             small = rgb
-        rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+        for upsample in range(self.max_upsample + 1):
+            rects, scores, _ = self._detector.run(small, upsample, 0.0)
+            if len(rects):
+                break
         faces = []
         for rect, score in zip(rects, scores, strict=True):
             left = max(0, round(rect.left() / scale))

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 import flenwheel
 from flenwheel.characters import create_character
-from flenwheel.config import Settings
+from flenwheel.config import load_settings
 from flenwheel.datasets.curate import CurateReport, curate
 from flenwheel.datasets.export import ExportFormat, ExportResult, export_dataset
 from flenwheel.datasets.ingest import IngestOutcome, ingest
@@ -54,7 +54,7 @@ def run_demo(
             f"Example photos not found at {examples}: run the demo from a flenwheel checkout or pass --examples DIR."
         )
     on_stage("Creating the project")
-    project = Project.init(Settings(project=project_dir))
+    project = Project.init(load_settings(project=project_dir))
     try:
         with project.db.session() as session:
             exists = session.scalar(select(Character).where(Character.name == DEMO_CHARACTER)) is not None
