@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import string
+import unicodedata
 
 from flenwheel.errors import InvalidInput
 
@@ -49,11 +51,23 @@ def render_caption(
     return ", ".join(clause for clause in clauses if clause)
 
 
+MAX_CAPTION_CHARS = 2000
+
+
+def token_pattern(token: str) -> re.Pattern[str]:
+    """The token as a whole word: `ohwx` is in 'photo of ohwx woman' but not in 'ohwxyz'."""
+    return re.compile(rf"(?<![\w-]){re.escape(token)}(?![\w-])")
+
+
 def check_caption(caption: str, token: str) -> str:
+    if any(unicodedata.category(char) == "Cc" and char not in "\t\n\r" for char in caption):
+        raise InvalidInput("caption contains control characters: write plain text")
     caption = " ".join(caption.split())
     if not caption:
         raise InvalidInput("caption is empty: kohya refuses empty caption files")
-    if token not in caption:
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise InvalidInput(f"caption is {len(caption)} characters; keep it under {MAX_CAPTION_CHARS}")
+    if not token_pattern(token).search(caption):
         raise InvalidInput(
             f"caption must contain the trigger token {token!r} so the trainer ties it to the character"
         )

@@ -36,8 +36,8 @@ class InvalidInput(FlenwheelError):
 class AssetNotFound(FlenwheelError):
     def __init__(self, ref: str, character: str) -> None:
         super().__init__(
-            f"No asset {ref!r} for character {character!r}: use an asset id or sha256 prefix "
-            f"from `flenwheel curate {character} --json`."
+            f"No asset {ref!r} for character {character!r}: use an asset id, a sha256 prefix or the file "
+            f"name shown by `flenwheel curate {character}`."
         )
 
 

@@ -1,8 +1,7 @@
 """The `flenwheel` command as a user runs it: the installed script in a subprocess, real photos, fresh projects.
 
-Tests marked xfail(strict=True) pin behaviour that is wrong today (found by trying the CLI as a careless user);
-each reason says what a user sees. They turn into failures the moment the behaviour is fixed, so the mark
-can be dropped then.
+Many tests here pin behaviour first found wrong by trying the CLI as a careless user (odd names, links,
+parallel runs, huge files, bad settings), and fixed since.
 """
 
 from __future__ import annotations
@@ -451,11 +450,6 @@ def test_demo_keeps_lisa_and_rejects_everyone_else_with_a_reason(demo: DemoRuns)
         assert rejected_at_ingest[_shown(photo)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`flenwheel demo --json` does all the work, then crashes with a traceback (exit 1): "
-    "TypeError: Object of type DatasetVersion is not JSON serializable",
-)
 def test_demo_json_rerun_reports_nothing_reanalysed(demo: DemoRuns, tmp_path: Path) -> None:
     out = copy_project(demo.out, tmp_path / "demo-project")
     result = ok_json("demo", "--out", out)
@@ -463,11 +457,6 @@ def test_demo_json_rerun_reports_nothing_reanalysed(demo: DemoRuns, tmp_path: Pa
     assert _decisions(result["curation"]) == _decisions(demo.curate_after_second)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every run of the demo (every ingest) records the broken files again: after two runs curate and "
-    "report.html list each broken file twice and the report says '4 file(s) could not be read' for 2 files",
-)
 def test_demo_rerun_lists_each_broken_file_once(demo: DemoRuns) -> None:
     broken = _demo_photos("broken")
     paths = [path for path, _code, _detail in demo.curate_after_second["ingest_rejections"]]
@@ -588,11 +577,6 @@ def test_parallel_ingest_of_the_same_folder_stores_each_photo_once(parallel_inge
     assert parallel_ingest.assets == parallel_ingest.photos
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when two ingests of one folder race on the same file, the loser reports it as 'duplicate' "
-    "with asset_id null (a sequential re-ingest names the asset it duplicates)",
-)
 def test_parallel_ingest_names_the_asset_each_duplicate_is_of(parallel_ingest: ParallelIngest) -> None:
     for run in parallel_ingest.runs:
         for outcome in json.loads(run.stdout)["files"]:
@@ -604,11 +588,6 @@ def test_parallel_ingest_names_the_asset_each_duplicate_is_of(parallel_ingest: P
 # Wrong today (xfail, strict): each test states the behaviour a user should get.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two `curate` runs at once on one character: the slower one crashes with a traceback "
-    "(sqlite3.IntegrityError: UNIQUE constraint failed: analysis.asset_id), exit 1",
-)
 def test_parallel_curate_runs_both_finish(tmp_path: Path) -> None:
     root = _fresh_project(tmp_path)
     ok("--project", root, "ingest", "lisa", *LISA[:4])
@@ -618,11 +597,6 @@ def test_parallel_curate_runs_both_finish(tmp_path: Path) -> None:
         assert len(json.loads(run.stdout)["decisions"]) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file name that is not valid UTF-8 crashes ingest with a traceback (UnicodeEncodeError: "
-    "surrogates not allowed, from the database insert) and stops the batch",
-)
 def test_ingest_survives_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
     root = _fresh_project(tmp_path)
     photos = tmp_path / "photos"
@@ -640,11 +614,6 @@ def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 * GIB, 2 * GIB))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest reads a whole file into memory before its 80 MiB size check: a 4 GiB video in a photo "
-    "folder costs 4 GiB of RAM (here: MemoryError traceback under a 2 GiB limit)",
-)
 def test_ingest_rejects_a_huge_file_without_reading_it(tmp_path: Path) -> None:
     root = _fresh_project(tmp_path)
     photos = tmp_path / "photos"
@@ -666,11 +635,6 @@ def test_ingest_rejects_a_huge_file_without_reading_it(tmp_path: Path) -> None:
     assert (files["holiday.mp4"]["status"], files["holiday.mp4"]["reason"]) == ("rejected", "too_large")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="re-ingesting a folder records its broken files again: curate lists each one once per ingest "
-    "under 'Files that never became images'",
-)
 def test_reingesting_a_folder_lists_each_broken_file_once(flow: Flow, tmp_path: Path) -> None:
     root = copy_project(flow.root, tmp_path / "project")
     again = ok_json("--project", root, "ingest", "lisa", flow.photos)
@@ -679,11 +643,6 @@ def test_reingesting_a_folder_lists_each_broken_file_once(flow: Flow, tmp_path: 
     assert [Path(path).name for path, _code, _detail in curated["ingest_rejections"]] == ["broken.jpg"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`flenwheel demo --out MYPROJECT` reuses any existing project and ingests the 13 demo photos into "
-    "the user's own character 'lisa' (6 -> 14 assets) and builds a new dataset version from them",
-)
 def test_demo_leaves_an_existing_users_character_alone(flow: Flow, tmp_path: Path) -> None:
     root = copy_project(flow.root, tmp_path / "project")
     result = run_cli("demo", "--out", root)
@@ -692,11 +651,6 @@ def test_demo_leaves_an_existing_users_character_alone(flow: Flow, tmp_path: Pat
     assert lisa["assets"] == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after `ingest lisa photos/`, an asset cannot be named by its original file name ('lisa_1.jpg'): "
-    "it is stored as 'photos/lisa_1.jpg', and the error only suggests ids and sha256 prefixes",
-)
 def test_an_asset_from_a_folder_can_be_named_by_its_file_name(flow: Flow, tmp_path: Path) -> None:
     root = copy_project(flow.root, tmp_path / "project")
     reviewed = ok_json("--project", root, "review", "lisa", "lisa_1.jpg", "--label", "good")
@@ -704,11 +658,6 @@ def test_an_asset_from_a_folder_can_be_named_by_its_file_name(flow: Flow, tmp_pa
     assert reviewed["asset_id"] == ingested["lisa_1.jpg"]["asset_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`caption` (and dataset build) accept a caption where the trigger token only appears inside "
-    "another word ('ohwxyz' passes for token 'ohwx'): the check is a substring test",
-)
 def test_caption_must_contain_the_token_as_a_word(flow: Flow, tmp_path: Path) -> None:
     root = copy_project(flow.root, tmp_path / "project")
     asset = flow.build["items"][0]["asset_id"]
@@ -716,11 +665,6 @@ def test_caption_must_contain_the_token_as_a_word(flow: Flow, tmp_path: Path) ->
     assert "ohwx" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ai-toolkit export swaps the token for [trigger] by substring: with token 'art' the caption "
-    "'a smart portrait' is exported as 'a sm[trigger] portrait'",
-)
 def test_ai_toolkit_export_replaces_only_the_token_word(flow: Flow, tmp_path: Path) -> None:
     root = copy_project(flow.root, tmp_path / "project")
     project = ["--project", root]
@@ -746,11 +690,6 @@ def test_ai_toolkit_export_replaces_only_the_token_word(flow: Flow, tmp_path: Pa
     assert captions == ["photo of [trigger] woman, a smart portrait"] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="curate on a character with no photos, or with photos none of which shows a face, fails with "
-    "'no two photos show the same person' instead of saying so (and never shows the 'no face found' reasons)",
-)
 @pytest.mark.parametrize("photos", [[], sorted((FACES / "non_face").glob("*.jpg"))], ids=["none", "no faces"])
 def test_curate_says_why_when_no_photo_shows_a_face(tmp_path: Path, photos: list[Path]) -> None:
     root = _fresh_project(tmp_path)
@@ -767,11 +706,6 @@ def test_curate_says_why_when_no_photo_shows_a_face(tmp_path: Path, photos: list
         assert re.search(r"\bno (photos|images|faces?)\b", message, re.IGNORECASE), message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`init FILE` says 'run `flenwheel init FILE (it is a file, not a folder)` first': the fix it "
-    "suggests is the command that just failed, with the explanation pasted into the path",
-)
 def test_init_on_a_file_gives_a_sensible_fix(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("mine\n")
@@ -780,11 +714,6 @@ def test_init_on_a_file_gives_a_sensible_fix(tmp_path: Path) -> None:
     assert notes.read_text() == "mine\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a path below a file ends in a traceback (NotADirectoryError), exit 1, for `init FILE/sub` "
-    "and for `dataset export --out FILE/sub`",
-)
 @pytest.mark.parametrize("command", ["init", "export"])
 def test_a_path_below_a_file_is_one_clear_error(flow: Flow, tmp_path: Path, command: str) -> None:
     notes = tmp_path / "notes.txt"
@@ -798,11 +727,6 @@ def test_a_path_below_a_file_is_one_clear_error(flow: Flow, tmp_path: Path, comm
     clean_error(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed export still creates its --out folder (it is made before the version or character is "
-    "looked up), leaving an empty folder behind",
-)
 @pytest.mark.parametrize(
     "bad", [["lisa", "--version", "99"], ["bob"]], ids=["no such version", "no such character"]
 )
@@ -812,11 +736,6 @@ def test_a_failed_export_leaves_no_folder_behind(flow: Flow, tmp_path: Path, bad
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --json, usage errors (a missing option, a non-number) still print rich's boxed usage text "
-    "on stderr and nothing on stdout, not the {'error', 'type'} object",
-)
 @pytest.mark.parametrize(
     "args",
     [
@@ -836,11 +755,6 @@ def test_a_malformed_setting_is_one_clear_error(flow: Flow) -> None:
     assert "FLENWHEEL_IDENTITY_THRESHOLD" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a malformed FLENWHEEL_DATABASE_URL ends in a traceback (sqlalchemy ArgumentError: Could not "
-    "parse SQLAlchemy URL), exit 1, instead of an error naming the variable",
-)
 def test_a_malformed_database_url_is_one_clear_error(flow: Flow) -> None:
     env = {"FLENWHEEL_DATABASE_URL": "not a url"}
     message = clean_error(run_cli("--project", flow.root, "character", "list", env=env))

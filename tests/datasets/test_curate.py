@@ -48,7 +48,7 @@ def test_keeps_the_character_and_rejects_intruders_and_non_faces(lisa_project: P
     assert "another person" in decisions["neutral.jpg"].reason
     assert decisions["neutral.jpg"].identity_distance > report.threshold
     assert decisions["smiling.jpg"].label == "reject"
-    assert decisions["5_chelsea.jpg"].reason == "no face found"  # a cat is not a person
+    assert decisions["5_chelsea.jpg"].reason.startswith("no face found")  # a cat is not a person
     assert report.identity_source.startswith("dominant cluster (8")
     for name in (p.name for p in LISA):
         d = decisions[name]

@@ -69,3 +69,15 @@ def test_full_curation_flow_and_versions_are_immutable(any_project: Project) -> 
 
     with any_project.db.session() as session:
         assert session.scalar(select(Asset).where(Asset.source_name == "1.jpg")) is not None
+
+
+def test_head_revision_constant_matches_the_migrations(any_project: Project) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from flenwheel.store.database import HEAD_REVISION, MIGRATIONS_DIR, current_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+    assert current_revision(any_project.db.engine) == HEAD_REVISION

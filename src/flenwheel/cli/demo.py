@@ -34,7 +34,18 @@ def demo(
     with progress_bar("Analysing faces", 1, enabled=not json_output) as advance:
         result = run_demo(out, examples, on_stage=stage, on_progress=advance)
     if json_output:
-        print_json(result)
+        from flenwheel.cli.dataset import version_summary
+
+        print_json(
+            {
+                "project": result.project,
+                "ingested": result.ingested,
+                "curation": result.curation,
+                "dataset": {"created": result.dataset.created, **version_summary(result.dataset.version)},
+                "exports": result.exports,
+                "report": result.report,
+            }
+        )
         return
     rejected = [o for o in result.ingested if o.status == "rejected"]
     if rejected:

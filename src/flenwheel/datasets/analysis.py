@@ -55,6 +55,9 @@ def analyze_files(
     """Analyse (asset_id, blob path) pairs; `on_result` runs in this process as each one finishes."""
     if not jobs:
         return
+    from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
+
+    DlibFaceAnalyzer.load_modules()  # fail here with a clear message, not as a broken worker pool
     count = workers or os.cpu_count() or 1
     count = max(1, min(count, len(jobs)))
     payload = [(asset_id, str(path)) for asset_id, path in jobs]

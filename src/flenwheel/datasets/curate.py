@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
@@ -74,8 +75,13 @@ def curate(
 
     def store_analysis(asset_id: int, analysis: AssetAnalysis) -> None:
         nonlocal done
-        with project.db.session() as session:  # one commit each: an interrupted curate keeps its work
-            session.add(Analysis(asset_id=asset_id, analyzer=analysis.analyzer, data=analysis.model_dump()))
+        try:
+            with project.db.session() as session:  # one commit each: an interrupted curate keeps its work
+                session.add(
+                    Analysis(asset_id=asset_id, analyzer=analysis.analyzer, data=analysis.model_dump())
+                )
+        except IntegrityError:
+            pass  # a curate running at the same time stored this asset's analysis first; it is the same
         done += 1
         if on_progress is not None:
             on_progress(done, len(pending))
@@ -122,7 +128,11 @@ def curate(
         ]
     return CurateReport(
         character=character_name,
-        identity_source=f"{gate.identity.source} ({len(gate.identity.asset_ids)} images)",
+        identity_source=(
+            f"{gate.identity.source} ({len(gate.identity.asset_ids)} images)"
+            if gate.identity
+            else "nobody: no photo shows a usable face"
+        ),
         threshold=gate.threshold,
         analysed_now=len(pending),
         decisions=decisions,

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from flenwheel.captions import token_pattern
 from flenwheel.datasets.versions import get_dataset_version
 from flenwheel.errors import ExportError
 from flenwheel.store.models import Asset, DatasetVersion
@@ -65,11 +66,11 @@ def export_dataset(
         raise ExportError(f"unknown export format {fmt!r}: use one of {allowed}") from None
     if repeats is not None and not 1 <= repeats <= 1000:
         raise ExportError(f"--repeats {repeats} is out of range: use 1–1000")
-    out = _prepare_out(out)
     with project.db.session() as session:
         character = get_character(session, character_name)
         token, class_word, name = character.token, character.class_word, character.name
     version = get_dataset_version(project, character_name, version_number)
+    out = _prepare_out(out, project)  # only now: a failed export leaves no empty folder behind
     writer = _Writer(project, out)
     repeats = repeats or default_repeats(len(version.items))
     if fmt == ExportFormat.KOHYA:
@@ -78,7 +79,8 @@ def export_dataset(
             writer.write_text("dataset_config.toml", _kohya_toml(image_dir, repeats, f"{token} {class_word}"))
         ]
     elif fmt == ExportFormat.AI_TOOLKIT:
-        image_dir = writer.write_images(version, "dataset", token, lambda c: c.replace(token, "[trigger]"))
+        trigger = token_pattern(token)
+        image_dir = writer.write_images(version, "dataset", token, lambda c: trigger.sub("[trigger]", c))
         config = _ai_toolkit_config(f"{name}_{version.label}", image_dir, token)
         files = [
             writer.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
@@ -113,7 +115,9 @@ def _image_name(token: str, position: int, extension: str) -> str:
     return f"{token}_{position + 1:03d}.{extension}"
 
 
-def _prepare_out(out: Path) -> Path:
+def _prepare_out(out: Path, project: Project) -> Path:
+    if out.resolve().is_relative_to(project.blobs.root.resolve()):
+        raise ExportError(f"--out {out} is inside the project's blob store: export somewhere else")
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file: give a folder")
     if out.is_symlink():
@@ -122,7 +126,10 @@ def _prepare_out(out: Path) -> Path:
         raise ExportError(
             f"--out {out} is not empty: export into a new or empty folder so nothing is overwritten"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create --out {out}: {exc.strerror}") from None
     return out.resolve()
 
 

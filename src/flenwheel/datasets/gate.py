@@ -34,7 +34,7 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class GateResult:
-    identity: IdentityReference
+    identity: IdentityReference | None  # None when no photo shows a usable face: nothing to compare
     threshold: float
     suggestions: dict[int, Suggestion]
 
@@ -46,13 +46,15 @@ def run_gates(
     usable: list[GateInput] = []
     for item in items:
         problems = quality_problems(item.analysis.quality, thresholds)
+        if not item.analysis.faces:
+            problems.insert(0, "no face found")
         if problems:
             suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, "; ".join(problems), None)
-        elif not item.analysis.faces:
-            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, "no face found", None)
         else:
             usable.append(item)
 
+    if not usable:
+        return GateResult(None, threshold, suggestions)
     main_faces = {item.asset_id: np.asarray(item.analysis.faces[0].embedding) for item in usable}
     references = [item.asset_id for item in usable if item.is_reference]
     identity = find_identity(main_faces, references, threshold)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flenwheel.domain import AssetKind
 from flenwheel.errors import ImageRejected
-from flenwheel.images import decode_image, encode_png
+from flenwheel.images import MAX_FILE_BYTES, decode_image, encode_png
 from flenwheel.store.models import Asset, IngestRejection
 from flenwheel.store.project import Project, get_character
 
@@ -31,6 +31,11 @@ class IngestOutcome:
     detail: str | None = None
 
 
+def printable_path(path: Path | str) -> str:
+    """A path as text that any database accepts: undecodable bytes in a name become U+FFFD."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def expand_paths(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
     """(file, display name) pairs: files as given, folders recursively in sorted order, named relative to the
     folder's parent (`lisa/1.jpg`); hidden files and folders are skipped."""
@@ -41,9 +46,12 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
                 if any(part.startswith(".") for part in relative.parts):
                     continue
                 if child.is_file():
-                    yield child, str(Path(path.resolve().name) / relative)
+                    yield child, printable_path(Path(path.resolve().name) / relative)
         else:
-            yield path, path.name  # a missing path is reported by ingest_file, not silently dropped
+            yield (
+                path,
+                printable_path(path.name),
+            )  # a missing path is reported by ingest_file, not silently dropped
 
 
 def ingest(
@@ -68,8 +76,19 @@ def ingest(
 def ingest_file(
     project: Project, character_id: int, path: Path, display_name: str, reference: bool
 ) -> IngestOutcome:
-    shown = str(path)
+    shown = printable_path(path)
     try:
+        size = path.stat().st_size
+        if not path.is_file():  # a device, pipe or socket (/dev/zero would never end)
+            return _reject(project, character_id, shown, "not_a_file", "not a regular file")
+        if size > MAX_FILE_BYTES:
+            return _reject(
+                project,
+                character_id,
+                shown,
+                "too_large",
+                f"the file is {size // 2**20} MiB; the limit is 80 MiB",
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         return _reject(project, character_id, shown, "missing", "no such file: check the path")
@@ -112,11 +131,25 @@ def ingest_file(
             session.flush()
         except IntegrityError:  # the same bytes arrived through a concurrent ingest
             session.rollback()
-            return IngestOutcome(shown, "duplicate", None, "duplicate", "same bytes already ingested")
+            winner = session.scalar(
+                select(Asset.id).where(
+                    Asset.character_id == character_id, Asset.source_sha256 == source_sha256
+                )
+            )
+            return IngestOutcome(shown, "duplicate", winner, "duplicate", "same bytes already ingested")
         return IngestOutcome(shown, "added", asset.id, None, "; ".join(decoded.notes) or None)
 
 
 def _reject(project: Project, character_id: int, path: str, reason: str, detail: str) -> IngestOutcome:
+    """Record the refusal once per file: re-ingesting a folder does not list its broken files again."""
     with project.db.session() as session:
-        session.add(IngestRejection(character_id=character_id, path=path, reason=reason, detail=detail))
+        known = session.scalar(
+            select(IngestRejection).where(
+                IngestRejection.character_id == character_id, IngestRejection.path == path
+            )
+        )
+        if known is None:
+            session.add(IngestRejection(character_id=character_id, path=path, reason=reason, detail=detail))
+        else:
+            known.reason, known.detail = reason, detail
     return IngestOutcome(path, "rejected", None, reason, detail)

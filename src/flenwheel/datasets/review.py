@@ -13,7 +13,7 @@ from flenwheel.store.project import Project, get_character
 
 
 def find_asset(session: Session, character_id: int, character_name: str, ref: str) -> Asset:
-    """An asset by id, by sha256 prefix (6+ hex digits) or by its original file name when unique."""
+    """An asset by id, by sha256 prefix (6+ hex digits) or by its original file name (or path) when unique."""
     ref = ref.strip()
     query = select(Asset).where(Asset.character_id == character_id)
     candidates: list[Asset] = []
@@ -23,6 +23,8 @@ def find_asset(session: Session, character_id: int, character_name: str, ref: st
         candidates = list(session.scalars(query.where(Asset.sha256.startswith(ref.lower()))))
     if not candidates:
         candidates = list(session.scalars(query.where(Asset.source_name == ref)))
+    if not candidates and "/" not in ref:  # `1.jpg` names `lisa/1.jpg` when only one asset has that name
+        candidates = list(session.scalars(query.where(Asset.source_name.endswith("/" + ref))))
     if len(candidates) > 1:
         ids = ", ".join(str(asset.id) for asset in candidates)
         raise InvalidInput(f"{ref!r} matches several assets ({ids}): give the asset id instead")

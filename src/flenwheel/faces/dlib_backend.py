@@ -1,8 +1,9 @@
 """dlib face analysis with the face_recognition models (weights ship on PyPI in face_recognition_models).
 
-Detection runs on a copy at most `detect_max_side` pixels long, first without upsampling (finds faces of
-~80 px and up, four times cheaper), then with one upsample only when nothing was found (faces down to ~40
-px). Landmarks and the 128-d embedding are computed on the full image so small faces keep their detail. The embedding uses the 5-point alignment exactly as
+Detection runs on a copy at most `detect_max_side` pixels long without upsampling (faces of ~80 px and up,
+four times cheaper than face_recognition's default); only when that finds nothing does it look again at up
+to twice that size with one upsample (faces down to ~3 % of the long side: full-body shots). Landmarks and
+the 128-d embedding are computed on the full image so small faces keep their detail. The embedding uses the 5-point alignment exactly as
 face_recognition.face_encodings does, so distances match that library's (and its 0.6 convention).
 """
 
@@ -24,11 +25,7 @@ class DlibFaceAnalyzer:
     id = "dlib-hog-v1"
 
     def __init__(self, detect_max_side: int = 640, max_upsample: int = 1) -> None:
-        try:
-            import dlib
-            import face_recognition_models as models
-        except ImportError as exc:
-            raise MissingDependency("dlib / face_recognition_models", "faces") from exc
+        dlib, models = self.load_modules()
         self._dlib: Any = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._pose68 = dlib.shape_predictor(models.pose_predictor_model_location())
@@ -37,18 +34,27 @@ class DlibFaceAnalyzer:
         self.detect_max_side = detect_max_side
         self.max_upsample = max_upsample
 
+    @staticmethod
+    def _resized(image: Image.Image, scale: float) -> np.ndarray:
+        size = (round(image.width * scale), round(image.height * scale))
+        return np.ascontiguousarray(np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR)))
+
+    @staticmethod
+    def load_modules() -> tuple[Any, Any]:
+        """Import dlib and the model package, or say which extra to install."""
+        try:
+            import dlib
+            import face_recognition_models as models
+        except ImportError as exc:  # face_recognition_models also needs pkg_resources (setuptools < 81)
+            raise MissingDependency(f"dlib / face_recognition_models ({exc})", "faces") from exc
+        return dlib, models
+
     def analyze(self, image: Image.Image) -> list[Face]:
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
         height, width = rgb.shape[:2]
-        scale = min(1.0, self.detect_max_side / max(width, height))
-        if scale < 1.0:
-            small_image = image.resize(
-                (round(width * scale), round(height * scale)), Image.Resampling.BILINEAR
-            )
-            small = np.ascontiguousarray(np.asarray(small_image.convert("RGB")))
-        else:
-            small = rgb
-        for upsample in range(self.max_upsample + 1):
+        for max_side, upsample in ((self.detect_max_side, 0), (2 * self.detect_max_side, self.max_upsample)):
+            scale = min(1.0, max_side / max(width, height))
+            small = rgb if scale == 1.0 else self._resized(image, scale)
             rects, scores, _ = self._detector.run(small, upsample, 0.0)
             if len(rects):
                 break

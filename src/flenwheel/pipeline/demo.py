@@ -24,6 +24,7 @@ from flenwheel.store.project import Project
 DEMO_CHARACTER = "lisa"
 DEMO_TOKEN = "ohwx"
 DEMO_CLASS = "woman"
+DEMO_MARKER = "flenwheel-demo"
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,19 @@ def run_demo(
         raise FlenwheelError(
             f"Example photos not found at {examples}: run the demo from a flenwheel checkout or pass --examples DIR."
         )
+    marker = project_dir / DEMO_MARKER
+    if (
+        project_dir.exists()
+        and not marker.exists()
+        and (not project_dir.is_dir() or any(project_dir.iterdir()))
+    ):
+        raise FlenwheelError(
+            f"{project_dir} already exists and is not a demo project: the demo only writes into a new folder "
+            "(or one an earlier demo made). Pass another --out."
+        )
     on_stage("Creating the project")
     project = Project.init(load_settings(project=project_dir))
+    marker.write_text("made by `flenwheel demo`; the demo may rewrite this folder\n")
     try:
         with project.db.session() as session:
             exists = session.scalar(select(Character).where(Character.name == DEMO_CHARACTER)) is not None

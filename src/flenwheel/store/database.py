@@ -7,15 +7,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from flenwheel.errors import InvalidInput
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The newest migration in migrations/versions (a test keeps the two in step). A database already at this
+# revision is not handed to Alembic at all, which keeps every command's start-up fast.
+HEAD_REVISION = "0001"
 
 
 def make_engine(url: str) -> Engine:
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise InvalidInput(
+            f"database URL {url!r} (FLENWHEEL_DATABASE_URL) is not a URL: use e.g. "
+            "postgresql+psycopg://user@host:5432/db or sqlite:///path.db"
+        ) from None
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -31,8 +43,21 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:
+        return None  # a new, empty database
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration (creates it on an empty database)."""
+    if current_revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flenwheel.config import DATABASE_FILE, Settings
-from flenwheel.errors import CharacterNotFound, ProjectNotFound
+from flenwheel.errors import CharacterNotFound, InvalidInput, ProjectNotFound
 from flenwheel.store.blobs import LocalBlobStore
 from flenwheel.store.database import Database, migrate
 from flenwheel.store.models import Character
@@ -29,8 +29,11 @@ class Project:
         """Create the folder, database schema and blob folder; safe to run on an existing project."""
         root = settings.project
         if root.exists() and not root.is_dir():
-            raise ProjectNotFound(f"{root} (it is a file, not a folder)")
-        root.mkdir(parents=True, exist_ok=True)
+            raise InvalidInput(f"{root} is a file: give the path of a new or existing folder for the project")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create the project folder {root}: {exc.strerror}") from None
         (root / PROJECT_MARKER).write_text("flenwheel project v1\n")
         project = cls(settings)
         project.blobs.root.mkdir(parents=True, exist_ok=True)

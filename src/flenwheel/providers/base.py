@@ -1,0 +1,191 @@
+"""The ImageProvider contract: typed requests, results, and the context a provider reports through.
+
+A provider is one engine (the local diffusers pipeline, a ComfyUI server, fal.ai, Replicate, the embedded
+upscaler). It declares what it can do and whether NSFW work may be sent to it; the router (router.py) picks
+one per request and never sends NSFW work to a provider with `allows_nsfw = False`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Protocol, runtime_checkable
+
+from pydantic import Field, model_validator
+
+from flenwheel.domain import Frozen
+from flenwheel.errors import FlenwheelError
+
+
+class Capability(StrEnum):
+    TEXT_TO_IMAGE = "text_to_image"
+    IMAGE_TO_IMAGE = "image_to_image"
+    INPAINT = "inpaint"
+    UPSCALE = "upscale"
+    IDENTITY_REFERENCE = "identity_reference"
+    LORA = "lora"
+
+
+class LoraRef(Frozen):
+    """A LoRA to apply: a local .safetensors path or an https URL, at a strength."""
+
+    path: str = Field(min_length=1)
+    strength: float = Field(default=1.0, ge=-4.0, le=4.0)
+
+
+class _Common(Frozen):
+    prompt: str = Field(default="", max_length=4000)
+    negative: str = Field(default="", max_length=4000)
+    model: str | None = None  # provider-specific model id; None = the provider's default
+    loras: tuple[LoraRef, ...] = ()
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    count: int = Field(default=1, ge=1, le=10)
+    nsfw: bool = False  # the caller says the request is NSFW (the router also classifies the prompt)
+
+
+class _Sized(_Common):
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(default=20, ge=1, le=150)
+    guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+
+
+class TextToImage(_Sized):
+    kind: Literal["text_to_image"] = "text_to_image"
+
+
+class ImageToImage(_Sized):
+    """Edit a whole image: `strength` 0 keeps it, 1 redraws it."""
+
+    kind: Literal["image_to_image"] = "image_to_image"
+    image: bytes = Field(min_length=1)
+    strength: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class Inpaint(_Sized):
+    """Redraw only where `mask` is white; black pixels keep the original."""
+
+    kind: Literal["inpaint"] = "inpaint"
+    image: bytes = Field(min_length=1)
+    mask: bytes = Field(min_length=1)
+    strength: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class Upscale(_Common):
+    kind: Literal["upscale"] = "upscale"
+    image: bytes = Field(min_length=1)
+    factor: Literal[2, 4] = 2
+
+
+class IdentityReference(_Sized):
+    """Text-to-image that keeps the face of the reference images (PuLID / IP-Adapter FaceID / InstantID)."""
+
+    kind: Literal["identity_reference"] = "identity_reference"
+    references: tuple[bytes, ...] = Field(min_length=1, max_length=8)
+    identity_strength: float = Field(default=0.8, ge=0.0, le=2.0)
+
+
+GenerationRequest = Annotated[
+    TextToImage | ImageToImage | Inpaint | Upscale | IdentityReference, Field(discriminator="kind")
+]
+
+REQUIRED_CAPABILITY: dict[str, Capability] = {
+    "text_to_image": Capability.TEXT_TO_IMAGE,
+    "image_to_image": Capability.IMAGE_TO_IMAGE,
+    "inpaint": Capability.INPAINT,
+    "upscale": Capability.UPSCALE,
+    "identity_reference": Capability.IDENTITY_REFERENCE,
+}
+
+
+def required_capabilities(request: GenerationRequest) -> frozenset[Capability]:
+    needed = {REQUIRED_CAPABILITY[request.kind]}
+    if request.loras:
+        needed.add(Capability.LORA)
+    return frozenset(needed)
+
+
+class GeneratedImage(Frozen):
+    data: bytes  # PNG
+    width: int
+    height: int
+    seed: int | None = None
+
+
+class GenerationResult(Frozen):
+    images: tuple[GeneratedImage, ...]
+    provider: str
+    model: str
+    cost_usd: float = 0.0
+    remote_id: str | None = None
+    engine_seconds: float | None = None  # execution time the engine itself reported, when it does
+
+    @model_validator(mode="after")
+    def _has_images(self) -> GenerationResult:
+        if not self.images:
+            raise ValueError("a generation result needs at least one image")
+        return self
+
+
+class ProviderContext(Protocol):
+    """What a provider reports through while it works."""
+
+    def progress(self, done: int, total: int) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+    def remember_remote_id(self, remote_id: str) -> None:
+        """Persist the engine's job id *before* waiting on it, so a restart resumes instead of paying twice."""
+
+    def known_remote_id(self) -> str | None:
+        """The id remembered by an earlier, interrupted attempt of this same job, if any."""
+
+
+class LocalContext:
+    """A context for direct calls (CLI, tests): progress goes to a callback, ids are kept in memory."""
+
+    def __init__(self, on_progress: object = None) -> None:
+        self._on_progress = on_progress
+        self._remote_id: str | None = None
+        self._cancelled = False
+
+    def progress(self, done: int, total: int) -> None:
+        if callable(self._on_progress):
+            self._on_progress(done, total)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def remember_remote_id(self, remote_id: str) -> None:
+        self._remote_id = remote_id
+
+    def known_remote_id(self) -> str | None:
+        return self._remote_id
+
+
+@runtime_checkable
+class ImageProvider(Protocol):
+    id: str
+    capabilities: frozenset[Capability]
+    allows_nsfw: bool  # False for every provider that sends work off this user's own machines
+
+    def estimate_cost(self, request: GenerationRequest) -> float: ...
+
+    def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult: ...
+
+
+class ProviderError(FlenwheelError):
+    """An engine failed. `transient` errors (429, 5xx, timeouts) may be retried or routed elsewhere."""
+
+    def __init__(self, provider: str, message: str, transient: bool) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.transient = transient
+
+
+class Cancelled(FlenwheelError):
+    def __init__(self, provider: str) -> None:
+        super().__init__(f"{provider}: cancelled by the user")
+        self.provider = provider
