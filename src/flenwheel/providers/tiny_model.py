@@ -92,7 +92,7 @@ def _build(target: Path) -> None:
         write_clip_tokenizer(staging / "tokenizer_files")
         tokenizer = CLIPTokenizer.from_pretrained(staging / "tokenizer_files")
         torch.manual_seed(_SEED)
-        unet = UNet2DConditionModel(
+        unet: Any = UNet2DConditionModel(
             block_out_channels=(32, 64),
             layers_per_block=1,
             sample_size=32,
@@ -104,12 +104,12 @@ def _build(target: Path) -> None:
             norm_num_groups=8,
         ).eval()
         torch.manual_seed(_SEED + 1)
-        vae: Any = AutoencoderKL(
-            block_out_channels=(32, 64),
+        vae: Any = AutoencoderKL(  # four blocks: 8x down-sampling, as SD1.5 (512 px → 64 latent)
+            block_out_channels=(16, 32, 32, 64),
             in_channels=3,
             out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
             latent_channels=4,
             norm_num_groups=8,
         ).eval()
