@@ -102,7 +102,7 @@ def _build(target: Path) -> None:
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=32,
             norm_num_groups=8,
-        ).eval()
+        )
         torch.manual_seed(_SEED + 1)
         vae: Any = AutoencoderKL(  # four blocks: 8x down-sampling, as SD1.5 (512 px → 64 latent)
             block_out_channels=(16, 32, 32, 64),
@@ -112,9 +112,9 @@ def _build(target: Path) -> None:
             up_block_types=("UpDecoderBlock2D",) * 4,
             latent_channels=4,
             norm_num_groups=8,
-        ).eval()
+        )
         torch.manual_seed(_SEED + 2)
-        text_encoder = CLIPTextModel(
+        text_encoder: Any = CLIPTextModel(
             CLIPTextConfig(
                 bos_token_id=49406,
                 eos_token_id=49407,
@@ -128,7 +128,9 @@ def _build(target: Path) -> None:
                 max_position_embeddings=77,
                 projection_dim=32,
             )
-        ).eval()
+        )
+        for model in (unet, vae, text_encoder):
+            model.eval()  # built from configs: dropout would otherwise make outputs random
         scheduler = DDIMScheduler(
             beta_start=0.00085,
             beta_end=0.012,
