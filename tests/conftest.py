@@ -12,16 +12,12 @@ import pytest
 from flenwheel.config import Settings
 from flenwheel.store.project import Project
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FACES = FIXTURES / "faces"
-LISA = sorted((FACES / "identities" / "lisa").glob("*.jpg"))
+from photos import FACES, FIXTURES, LISA, london
+
+__all__ = ["FACES", "FIXTURES", "LISA", "london"]
 POSTGRES_ADMIN_URL = os.environ.get(
     "FLENWHEEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def london(n: int, expression: str = "neutral") -> Path:
-    return FACES / "identities" / f"london_{n:03d}" / f"{expression}.jpg"
 
 
 def _postgres_database() -> Iterator[str]:

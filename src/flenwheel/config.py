@@ -16,7 +16,7 @@ BLOB_DIR = "blobs"
 class Settings(BaseSettings):
     """Project settings. `project` is the folder made by `flenwheel init`."""
 
-    model_config = SettingsConfigDict(env_prefix="FLENWHEEL_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="FLENWHEEL_", extra="forbid", populate_by_name=True)
 
     project: Path = Field(default_factory=Path.cwd)
     database_url: str | None = None  # default: SQLite file inside the project
@@ -29,6 +29,17 @@ class Settings(BaseSettings):
     # Faces are detected on a copy whose long side is at most this many pixels.
     detect_max_side: int = Field(default=640, ge=160, le=4096)
     workers: int = Field(default=0, ge=0, le=256)  # 0 = one per CPU core
+    cache_dir: Path | None = None  # built models (the tiny pipeline); default ~/.cache/flenwheel
+    # Engines. Each one is used only when configured; the router tries them in `providers` order.
+    providers: str = "local,comfyui,fal,replicate"
+    comfyui_url: str | None = None  # e.g. http://127.0.0.1:8188
+    fal_key: str | None = Field(default=None, validation_alias="FAL_KEY")
+    fal_queue_url: str = "https://queue.fal.run"
+    fal_rest_url: str = "https://rest.fal.ai"
+    replicate_api_token: str | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
+    replicate_base_url: str = "https://api.replicate.com/v1"
+    replicate_webhook_secret: str | None = None
+    prices: Path | None = None  # YAML overriding the built-in price table (providers/pricing.py)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

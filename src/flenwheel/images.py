@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from flenwheel.errors import ImageRejected
 
@@ -146,3 +150,54 @@ def open_stored(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image.convert("RGB")
+
+
+def a1111_parameters(
+    prompt: str,
+    negative: str,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
+    width: int,
+    height: int,
+    model: str,
+    loras: list[tuple[str, float]],
+    denoise: float | None = None,
+) -> str:
+    """The A1111 `parameters` text that image browsers and civitai read: prompt, negative, then settings."""
+    lora_tags = "".join(f" <lora:{Path(path).stem}:{strength:g}>" for path, strength in loras)
+    settings = []
+    if steps is not None:
+        settings.append(f"Steps: {steps}")
+    if guidance is not None:
+        settings.append(f"CFG scale: {guidance:g}")
+    if seed is not None:
+        settings.append(f"Seed: {seed}")
+    settings.append(f"Size: {width}x{height}")
+    settings.append(f"Model: {model}")
+    if denoise is not None:
+        settings.append(f"Denoising strength: {denoise:g}")
+    lines = [prompt + lora_tags]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(", ".join(settings))
+    return "\n".join(lines)
+
+
+def embed_provenance(png: bytes, parameters: str, record: dict[str, Any]) -> bytes:
+    """Re-save PNG bytes with an A1111-style `parameters` chunk and a `flenwheel` JSON chunk."""
+    image = Image.open(io.BytesIO(png))
+    info = PngInfo()
+    info.add_itxt("parameters", parameters)
+    info.add_itxt("flenwheel", json.dumps(record, sort_keys=True, default=str))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=6)
+    return buffer.getvalue()
+
+
+def read_provenance(png: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """The `parameters` text and the `flenwheel` record of a PNG flenwheel wrote (None where absent)."""
+    image = Image.open(io.BytesIO(png))
+    text = getattr(image, "text", {}) or {}
+    record = text.get("flenwheel")
+    return text.get("parameters"), json.loads(record) if record else None

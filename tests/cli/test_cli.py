@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FACES, LISA, london
+from photos import FACES, LISA, london
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from flenwheel.datasets.review import review_asset, set_caption
 from flenwheel.errors import IdentityUnknown, InvalidInput
 from flenwheel.store.project import Project
 
-from conftest import FACES, LISA, london
+from photos import FACES, LISA, london
 
 
 def _compose(

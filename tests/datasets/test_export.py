@@ -20,7 +20,7 @@ from flenwheel.datasets.versions import build_dataset_version
 from flenwheel.errors import DatasetEmpty, ExportError
 from flenwheel.store.project import Project
 
-from conftest import LISA, london
+from photos import LISA, london
 
 # sd-scripts library/train_util.py IMAGE_EXTENSIONS; ai-toolkit's data loader list.
 KOHYA_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}

@@ -16,7 +16,7 @@ from flenwheel.images import open_stored
 from flenwheel.store.models import Asset, IngestRejection
 from flenwheel.store.project import Project
 
-from conftest import FACES, LISA
+from photos import FACES, LISA
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from flenwheel.faces.calibration import gate_distances, pair_distances
 from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
 from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
 
-from conftest import FACES, LISA
+from photos import FACES, LISA
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from flenwheel.errors import CharacterExists, CharacterNotFound, InvalidInput, P
 from flenwheel.store.models import Asset
 from flenwheel.store.project import Project
 
-from conftest import LISA, london
+from photos import LISA, london
 
 
 def test_init_creates_every_table_and_reopens(any_project: Project) -> None:

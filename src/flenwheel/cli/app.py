@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import curation, dataset, demo, project
+from flenwheel.cli import curation, dataset, demo, project, studio
 from flenwheel.cli.common import state
 
 app = typer.Typer(
@@ -33,5 +33,6 @@ def _global(
 
 project.register(app)
 curation.register(app)
+studio.register(app)
 app.add_typer(dataset.app, name="dataset")
 demo.register(app)

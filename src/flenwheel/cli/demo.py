@@ -43,6 +43,8 @@ def demo(
                 "curation": result.curation,
                 "dataset": {"created": result.dataset.created, **version_summary(result.dataset.version)},
                 "exports": result.exports,
+                "generated": result.generated,
+                "upscaled": result.upscaled,
                 "report": result.report,
             }
         )
@@ -57,4 +59,12 @@ def demo(
     print_composition(result.dataset.version)
     for export in result.exports:
         console.print(f"Exported {export.format.value}: {safe(export.files[0])}")
+    for title, generation in (("Generated", result.generated), ("Upscaled", result.upscaled)):
+        for output in generation.outputs:
+            console.print(
+                f"{title}: asset {output.asset_id} {output.width}x{output.height} via {safe(generation.provider)} "
+                f"({safe(generation.model)}): {safe(output.file)}"
+            )
+    if result.generated.note:
+        err_console.print(f"[yellow]note:[/] {safe(result.generated.note)}")
     console.print(f"Report: [bold]{safe(result.report)}[/]  (open it in a browser)")

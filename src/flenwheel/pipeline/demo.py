@@ -16,7 +16,10 @@ from flenwheel.datasets.curate import CurateReport, curate
 from flenwheel.datasets.export import ExportFormat, ExportResult, export_dataset
 from flenwheel.datasets.ingest import IngestOutcome, ingest
 from flenwheel.datasets.versions import BuildResult, build_dataset_version
+from flenwheel.domain import AssetKind
 from flenwheel.errors import FlenwheelError
+from flenwheel.pipeline.generation import GenerationOutcome, run_generation
+from flenwheel.providers.base import TextToImage, Upscale
 from flenwheel.report.curation import write_curation_report
 from flenwheel.store.models import Character
 from flenwheel.store.project import Project
@@ -34,6 +37,8 @@ class DemoResult:
     curation: CurateReport
     dataset: BuildResult
     exports: list[ExportResult]
+    generated: GenerationOutcome
+    upscaled: GenerationOutcome
     report: Path
 
 
@@ -85,9 +90,30 @@ def run_demo(
             if out.exists():
                 shutil.rmtree(out)  # the demo's own output folder, rebuilt on every run
             exports.append(export_dataset(project, DEMO_CHARACTER, fmt, out))
+        on_stage("Generating on the built-in tiny model (random weights: it draws no faces, only texture)")
+        prompt = f"photo of {DEMO_TOKEN} {DEMO_CLASS}, upper body, studio lighting"
+        generated = run_generation(
+            project, DEMO_CHARACTER, TextToImage(prompt=prompt, seed=1234, steps=8, width=256, height=256)
+        )
+        on_stage("Upscaling it 2x with Real-ESRGAN")
+        source = generated.outputs[0]
+        upscaled = run_generation(
+            project,
+            DEMO_CHARACTER,
+            Upscale(image=source.file.read_bytes(), factor=2),
+            kind=AssetKind.UPSCALED,
+            parents=(source.asset_id,),
+        )
         report = write_curation_report(
-            project, curation, dataset.version, exports, project_dir / "report.html"
+            project,
+            curation,
+            dataset.version,
+            exports,
+            project_dir / "report.html",
+            generated=[("generated", generated), ("upscaled 2x", upscaled)],
         )
     finally:
         project.close()
-    return DemoResult(project_dir.resolve(), ingested, curation, dataset, exports, report)
+    return DemoResult(
+        project_dir.resolve(), ingested, curation, dataset, exports, generated, upscaled, report
+    )

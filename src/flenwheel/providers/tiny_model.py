@@ -21,7 +21,7 @@ from typing import Any
 from flenwheel.errors import MissingDependency
 
 TINY_MODEL_ID = "tiny"
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 TINY_NOTE = "the built-in tiny model has random weights: it draws no faces, only seeded texture"
 _SEED = 20261122
 
@@ -137,6 +137,7 @@ def _build(target: Path) -> None:
             beta_schedule="scaled_linear",
             clip_sample=False,
             set_alpha_to_one=False,
+            steps_offset=1,
         )
         pipeline: Any = StableDiffusionPipeline(
             unet=unet,
@@ -156,7 +157,10 @@ def _build(target: Path) -> None:
 
 
 def ensure_tiny_model(cache_root: Path | None = None) -> Path:
-    """The on-disk folder of the tiny pipeline, built on first use (about a second)."""
+    """The on-disk folder of the tiny pipeline, built on first use (a few seconds)."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
     target = (cache_root or default_cache_root()) / "models" / TINY_VERSION
     if not (target / "FLENWHEEL_TINY").exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,12 @@ def _thumbnail(project: Project, sha256: str) -> str:
 
 
 def write_curation_report(
-    project: Project, report: CurateReport, version: DatasetVersion, exports: list[Any], target: Path
+    project: Project,
+    report: CurateReport,
+    version: DatasetVersion,
+    exports: list[Any],
+    target: Path,
+    generated: Sequence[tuple[str, Any]] = (),
 ) -> Path:
     e = html.escape
     rows = []
@@ -55,6 +61,13 @@ def write_curation_report(
         f"<tr><td>{e(x.format.value)}</td><td>{''.join(f'{e(str(f))}<br>' for f in x.files)}</td></tr>"
         for x in exports
     )
+    generated_rows = "".join(
+        f"<tr><td><img src='{_thumbnail(project, o.sha256)}' alt='{e(title)}'></td><td>{e(title)}</td>"
+        f"<td>asset {o.asset_id}, {o.width}x{o.height}, seed {o.seed}</td><td>{e(outcome.provider)} / "
+        f"{e(outcome.model)}, ${outcome.cost_usd:.4f}</td><td>{e(outcome.note or '')}</td></tr>"
+        for title, outcome in generated
+        for o in outcome.outputs
+    )
     good = sum(1 for d in report.decisions if d.label.value == "good")
     document = f"""<!doctype html><html><head><meta charset="utf-8"><title>flenwheel — {e(report.character)}</title>
 <style>{_STYLE}</style></head><body>
@@ -67,6 +80,8 @@ kept; {len(report.ingest_rejections)} file(s) could not be read as images.</p>
 <h2>Files rejected at ingest</h2><table><tr><th>file</th><th>reason</th></tr>{rejected or "<tr><td colspan=2>none</td></tr>"}</table>
 <h2>Dataset {e(version.label)} composition</h2><table><tr><th>target</th><th>actual</th><th></th></tr>{targets}</table>
 <h2>Exports</h2><table><tr><th>format</th><th>files</th></tr>{export_rows}</table>
+<h2>Generation</h2><table><tr><th>image</th><th>step</th><th>asset</th><th>engine</th><th>note</th></tr>
+{generated_rows or "<tr><td colspan=5>none</td></tr>"}</table>
 </body></html>
 """
     target.write_text(document, encoding="utf-8")

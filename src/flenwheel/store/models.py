@@ -26,6 +26,8 @@ class Character(Base):
     class_word: Mapped[str] = mapped_column(String(32))
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
     budget_usd: Mapped[float] = mapped_column(Float, default=5.0)
+    # Money committed so far: reserved atomically before each paid submission, settled after.
+    spent_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     caption_template: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -61,6 +63,7 @@ class Asset(Base):
     denoise: Mapped[float | None] = mapped_column(Float, default=None)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    nsfw_score: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     character: Mapped[Character] = relationship(back_populates="assets")
@@ -147,3 +150,19 @@ class DatasetItem(Base):
     shot: Mapped[str | None] = mapped_column(String(16))
     expression: Mapped[str | None] = mapped_column(String(16))
     quality: Mapped[str] = mapped_column(String(8))
+
+
+class RemoteJob(Base):
+    """An engine's job id, stored before waiting on it, so an interrupted request resumes instead of paying twice.
+
+    `fingerprint` is a hash of the provider and the full request; re-running the same request finds it.
+    """
+
+    __tablename__ = "remote_job"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    remote_id: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

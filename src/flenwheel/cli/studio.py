@@ -1,0 +1,278 @@
+"""`flenwheel generate`, `edit`, `upscale` and `providers`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from flenwheel.cli.common import (
+    JsonOption,
+    console,
+    err_console,
+    open_project,
+    print_json,
+    progress_bar,
+    safe,
+)
+
+TIERS = {"draft": (512, 12), "hq": (1024, 30)}  # long side in px, steps
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+    app.command("edit")(edit)
+    app.command("upscale")(upscale)
+    app.command("providers")(providers)
+
+
+def size_for(aspect: str, tier: str) -> tuple[int, int, int]:
+    """Width, height (multiples of 64) and steps for an aspect ratio like 9:16 and a tier."""
+    from flenwheel.errors import InvalidInput
+
+    if tier not in TIERS:
+        raise InvalidInput(f"unknown tier {tier!r}: use draft or hq")
+    match = re.fullmatch(r"\s*(\d{1,3})\s*:\s*(\d{1,3})\s*", aspect)
+    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+        raise InvalidInput(f"aspect {aspect!r} is not like 1:1, 9:16 or 3:2")
+    w, h = int(match.group(1)), int(match.group(2))
+    if max(w, h) / min(w, h) > 4:
+        raise InvalidInput(f"aspect {aspect} is more extreme than 4:1")
+    long_side, steps = TIERS[tier]
+    scale = long_side / max(w, h)
+    return max(64, int(w * scale / 64 + 0.5) * 64), max(64, int(h * scale / 64 + 0.5) * 64), steps
+
+
+def parse_lora(text: str) -> Any:
+    from flenwheel.errors import InvalidInput
+    from flenwheel.providers.base import LoraRef
+
+    path, _, strength = text.rpartition(":") if re.search(r":-?\d+(\.\d+)?$", text) else (text, "", "1")
+    try:
+        return LoraRef(path=path, strength=float(strength))
+    except ValueError as exc:
+        raise InvalidInput(
+            f"--lora {text!r}: give PATH or PATH:STRENGTH with strength in -4..4 ({exc})"
+        ) from None
+
+
+def read_image_argument(project: Any, name: str, image: str) -> tuple[bytes, tuple[int, ...]]:
+    """An image given as a file path, or as an asset (id, sha256 prefix, file name) of the character."""
+    from flenwheel.datasets.review import find_asset
+    from flenwheel.store.project import get_character
+
+    path = Path(image)
+    if path.is_file():
+        return path.read_bytes(), ()
+    with project.db.session() as session:
+        character = get_character(session, name)
+        asset = find_asset(session, character.id, name, image)
+        return project.blobs.get(asset.sha256), (asset.id,)
+
+
+def _report(outcome: Any, out: Path | None, json_output: bool) -> None:
+    files = []
+    for output in outcome.outputs:
+        target = output.file
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            target = out / f"{output.asset_id:05d}-{output.seed if output.seed is not None else 'x'}.png"
+            shutil.copyfile(output.file, target)
+        files.append(target)
+    if json_output:
+        print_json(
+            {
+                "files": files,
+                "outputs": outcome.outputs,
+                "provider": outcome.provider,
+                "model": outcome.model,
+                "cost_usd": outcome.cost_usd,
+                "note": outcome.note,
+            }
+        )
+        return
+    for output, file in zip(outcome.outputs, files, strict=True):
+        console.print(
+            f"asset {output.asset_id}  seed {output.seed}  {output.width}x{output.height}  {safe(file)}"
+        )
+    console.print(
+        f"{len(files)} image(s) from {safe(outcome.provider)} ({safe(outcome.model)}), ${outcome.cost_usd:.4f}"
+    )
+    if outcome.note:
+        err_console.print(f"[yellow]note:[/] {safe(outcome.note)}")
+
+
+ProviderOption = Annotated[
+    str | None, typer.Option("--provider", help="Engine id (see `flenwheel providers`)")
+]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Also copy the PNGs into this folder")]
+
+
+def generate(
+    name: Annotated[str, typer.Argument(help="Character name")],
+    prompt: Annotated[str, typer.Argument(help="What to draw; include the trigger token for LoRA mode")],
+    provider: ProviderOption = None,
+    count: Annotated[int, typer.Option("--count", min=1, max=10)] = 1,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, max=2**32 - 1, help="Same seed, same pixels")
+    ] = None,
+    aspect: Annotated[str, typer.Option("--aspect", help="e.g. 1:1, 9:16, 3:2")] = "1:1",
+    tier: Annotated[str, typer.Option("--tier", help="draft (fast) or hq")] = "draft",
+    negative: Annotated[str, typer.Option("--negative")] = "",
+    model: Annotated[str | None, typer.Option("--model", help="Provider model id or local path")] = None,
+    lora: Annotated[list[str] | None, typer.Option("--lora", help="PATH[:STRENGTH], repeatable")] = None,
+    out: OutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Text-to-image for a character, routed within its budget and NSFW policy."""
+    from flenwheel.pipeline.generation import run_generation
+    from flenwheel.providers.base import TextToImage
+
+    width, height, steps = size_for(aspect, tier)
+    request = TextToImage(
+        prompt=prompt,
+        negative=negative,
+        seed=seed,
+        count=count,
+        width=width,
+        height=height,
+        steps=steps,
+        model=model,
+        loras=tuple(parse_lora(x) for x in lora or ()),
+    )
+    project = open_project()
+    with progress_bar("Generating", steps * count, enabled=not json_output) as advance:
+        outcome = run_generation(project, name, request, preferred=provider, on_progress=advance)
+    _report(outcome, out, json_output)
+
+
+def edit(
+    name: Annotated[str, typer.Argument(help="Character name")],
+    image: Annotated[str, typer.Argument(help="Image file, or an asset id / file name of the character")],
+    prompt: Annotated[str, typer.Argument(help="What the edited image shows")],
+    mask: Annotated[Path | None, typer.Option("--mask", help="PNG: white is redrawn, black is kept")] = None,
+    strength: Annotated[float, typer.Option("--strength", min=0.01, max=1.0)] = 0.6,
+    provider: ProviderOption = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1)] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=150)] = 20,
+    out: OutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Edit an image: inpaint under a mask (the rest is kept), or image-to-image at a strength."""
+    from flenwheel.domain import AssetKind
+    from flenwheel.errors import InvalidInput
+    from flenwheel.images import decode_image
+    from flenwheel.pipeline.generation import run_generation
+    from flenwheel.providers.base import ImageToImage, Inpaint
+
+    project = open_project()
+    data, parents = read_image_argument(project, name, image)
+    decoded = decode_image(data).image
+    width, height = max(64, decoded.width // 8 * 8), max(64, decoded.height // 8 * 8)
+    if max(width, height) > 2048:
+        raise InvalidInput(
+            f"{image} is {decoded.width}x{decoded.height}; edit images up to 2048 px (downscale first)"
+        )
+    common = {
+        "prompt": prompt,
+        "seed": seed,
+        "steps": steps,
+        "width": width,
+        "height": height,
+        "strength": strength,
+    }
+    request: Any
+    if mask is not None:
+        if not mask.is_file():
+            raise InvalidInput(f"mask {mask} not found")
+        decode_image(mask.read_bytes())  # a clear error for a broken mask file
+        request = Inpaint(image=data, mask=mask.read_bytes(), **common)
+    else:
+        request = ImageToImage(image=data, **common)
+    with progress_bar("Editing", steps, enabled=not json_output) as advance:
+        outcome = run_generation(
+            project,
+            name,
+            request,
+            kind=AssetKind.EDITED,
+            parents=parents,
+            preferred=provider,
+            on_progress=advance,
+        )
+    _report(outcome, out, json_output)
+
+
+def upscale(
+    name: Annotated[str, typer.Argument(help="Character name")],
+    image: Annotated[str, typer.Argument(help="Image file, or an asset id / file name of the character")],
+    factor: Annotated[int, typer.Option("--factor", help="2 or 4")] = 2,
+    provider: ProviderOption = None,
+    out: OutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Upscale an image 2× or 4× (Real-ESRGAN on this machine by default)."""
+    from flenwheel.domain import AssetKind
+    from flenwheel.errors import InvalidInput
+    from flenwheel.pipeline.generation import run_generation
+    from flenwheel.providers.base import Upscale
+
+    if factor not in (2, 4):
+        raise InvalidInput(f"--factor {factor}: use 2 or 4")
+    project = open_project()
+    data, parents = read_image_argument(project, name, image)
+    with progress_bar("Upscaling", 1, enabled=not json_output) as advance:
+        outcome = run_generation(
+            project,
+            name,
+            Upscale(image=data, factor=factor),
+            kind=AssetKind.UPSCALED,
+            parents=parents,
+            preferred=provider,
+            on_progress=advance,
+        )
+    _report(outcome, out, json_output)
+
+
+def providers(json_output: JsonOption = False) -> None:
+    """What is configured, what each engine can do, whether NSFW work may go there, and its prices."""
+    from flenwheel.config import load_settings
+    from flenwheel.providers.pricing import PriceTable
+    from flenwheel.providers.registry import ProviderRegistry
+
+    settings = load_settings()
+    registry = ProviderRegistry.from_settings(settings)
+    prices = PriceTable.load(settings.prices)
+    rows: list[dict[str, Any]] = []
+    for provider in registry.all():
+        table = prices.table.get(provider.id, {})
+        rows.append(
+            {
+                "id": provider.id,
+                "capabilities": sorted(c.value for c in provider.capabilities),
+                "allows_nsfw": provider.allows_nsfw,
+                "prices": {model: price.model_dump() for model, price in table.items()},
+            }
+        )
+    if json_output:
+        print_json({"providers": rows})
+        return
+    table_view = Table("provider", "can do", "NSFW", "prices (USD)", title="Configured engines")
+    for row in rows:
+        price_text = "; ".join(
+            f"{model}: "
+            + ", ".join(f"{k.replace('per_', '')} {v:g}" for k, v in p.items() if k != "source" and v)
+            or f"{model}: free"
+            for model, p in row["prices"].items()
+        )
+        table_view.add_row(
+            row["id"],
+            ", ".join(row["capabilities"]),
+            "yes" if row["allows_nsfw"] else "no (external)",
+            safe(price_text or "free"),
+        )
+    console.print(table_view)
+    console.print("Not configured: set FLENWHEEL_COMFYUI_URL, FAL_KEY or REPLICATE_API_TOKEN to add engines.")

@@ -1,0 +1,219 @@
+"""Local diffusers engine: the built-in `tiny` model, or any local SD-family folder/checkpoint, on CPU or CUDA.
+
+Text-to-image, image-to-image and inpaint share one set of loaded components; LoRAs load per request with
+their strengths and are unloaded afterwards. The same seed gives the same pixels on the same machine.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from flenwheel.config import Settings
+from flenwheel.errors import InvalidInput, MissingDependency
+from flenwheel.images import decode_image, encode_png
+from flenwheel.providers.base import (
+    Cancelled,
+    Capability,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ImageToImage,
+    Inpaint,
+    ProviderContext,
+    ProviderError,
+    TextToImage,
+)
+from flenwheel.providers.tiny_model import TINY_MODEL_ID, ensure_tiny_model
+
+_LOCK = threading.Lock()  # one generation at a time per process: diffusers pipelines are not re-entrant
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+        from diffusers.utils import logging as diffusers_logging
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+    except ImportError as exc:
+        raise MissingDependency(f"torch / diffusers ({exc})", "local") from exc
+    disable_progress_bars()  # flenwheel reports progress itself
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    return torch
+
+
+class LocalDiffusersProvider:
+    """Runs Stable-Diffusion-family pipelines in this process."""
+
+    id = "local"
+    capabilities = frozenset(
+        {Capability.TEXT_TO_IMAGE, Capability.IMAGE_TO_IMAGE, Capability.INPAINT, Capability.LORA}
+    )
+    allows_nsfw = True  # runs on the user's own machine
+
+    def __init__(
+        self, model: str = TINY_MODEL_ID, device: str | None = None, cache_root: Path | None = None
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.cache_root = cache_root
+        self._pipelines: dict[str, Any] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalDiffusersProvider:
+        return cls(cache_root=settings.cache_dir)
+
+    def estimate_cost(self, request: GenerationRequest) -> float:
+        return 0.0
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def _model_source(self, model: str) -> Path:
+        if model == TINY_MODEL_ID:
+            return ensure_tiny_model(self.cache_root)
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise InvalidInput(
+                f"model {model!r} not found: give 'tiny', a local diffusers folder or a .safetensors checkpoint"
+            )
+        return path
+
+    def _base_pipeline(self, model: str) -> Any:
+        if model in self._pipelines:
+            return self._pipelines[model]
+        torch = _import_torch()
+        from diffusers import StableDiffusionPipeline
+
+        source = self._model_source(model)
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        try:
+            if source.is_dir():
+                pipeline = StableDiffusionPipeline.from_pretrained(
+                    source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+                )
+            else:
+                pipeline = StableDiffusionPipeline.from_single_file(source, dtype=dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ProviderError(self.id, f"cannot load model {model!r}: {exc}", transient=False) from exc
+        pipeline = pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        self._pipelines[model] = pipeline
+        return pipeline
+
+    def _pipeline_for(self, request: GenerationRequest, base: Any) -> Any:
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+        kind: Any = None
+        if isinstance(request, ImageToImage):
+            kind = StableDiffusionImg2ImgPipeline
+        elif isinstance(request, Inpaint):
+            kind = StableDiffusionInpaintPipeline
+        if kind is None:
+            return base
+        components = {**base.components, "safety_checker": None, "feature_extractor": None}
+        pipeline = kind(**components, requires_safety_checker=False)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult:
+        if not isinstance(request, TextToImage | ImageToImage | Inpaint):
+            raise ProviderError(self.id, f"cannot do {request.kind}", transient=False)
+        torch = _import_torch()
+        model = request.model or self.model
+        seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32)
+        started = time.perf_counter()
+        with _LOCK:
+            base = self._base_pipeline(model)
+            pipeline = self._pipeline_for(request, base)
+            adapters = self._load_loras(base, request)
+            try:
+                images = [
+                    self._one(pipeline, request, (seed + index) % 2**32, index, ctx, torch)
+                    for index in range(request.count)
+                ]
+            finally:
+                if adapters:
+                    base.unload_lora_weights()
+        return GenerationResult(
+            images=tuple(images),
+            provider=self.id,
+            model=model,
+            cost_usd=0.0,
+            engine_seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _load_loras(self, base: Any, request: GenerationRequest) -> list[str]:
+        names = []
+        for index, lora in enumerate(request.loras):
+            path = Path(lora.path).expanduser()
+            if not path.is_file():
+                raise InvalidInput(f"LoRA file {lora.path!r} not found: give a local .safetensors path")
+            name = f"lora{index}"
+            try:
+                base.load_lora_weights(str(path), adapter_name=name)
+            except (ValueError, OSError, KeyError) as exc:
+                base.unload_lora_weights()
+                raise ProviderError(self.id, f"cannot load LoRA {lora.path}: {exc}", transient=False) from exc
+            names.append(name)
+        if names:
+            base.set_adapters(names, adapter_weights=[lora.strength for lora in request.loras])
+        return names
+
+    def _one(
+        self,
+        pipeline: Any,
+        request: GenerationRequest,
+        seed: int,
+        index: int,
+        ctx: ProviderContext,
+        torch: Any,
+    ) -> GeneratedImage:
+        assert isinstance(request, TextToImage | ImageToImage | Inpaint)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        total = request.steps * request.count
+
+        def on_step(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            ctx.progress(index * request.steps + step + 1, total)
+            if ctx.cancelled():
+                pipe._interrupt = True
+            return kwargs
+
+        arguments: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative or None,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+            "generator": generator,
+            "callback_on_step_end": on_step,
+        }
+        if isinstance(request, TextToImage):
+            arguments.update(width=request.width, height=request.height)
+        else:
+            source = decode_image(request.image).image.resize((request.width, request.height))
+            arguments.update(image=source, strength=request.strength)
+            if isinstance(request, Inpaint):
+                mask = Image.open(io.BytesIO(request.mask)).convert("L").resize(source.size)
+                arguments.update(mask_image=mask, width=request.width, height=request.height)
+        with torch.inference_mode():
+            image = pipeline(**arguments).images[0]
+        if ctx.cancelled():
+            raise Cancelled(self.id)
+        if isinstance(request, Inpaint):
+            image = _keep_unmasked(source, image, mask)
+        return GeneratedImage(data=encode_png(image), width=image.width, height=image.height, seed=seed)
+
+
+def _keep_unmasked(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """Inpainting changes only the white part of the mask; the rest is the original, pixel for pixel."""
+    return Image.composite(
+        generated.convert("RGB"), original.convert("RGB"), mask.point(lambda v: 255 if v > 127 else 0)
+    )

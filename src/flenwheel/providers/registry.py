@@ -1,0 +1,46 @@
+"""The provider registry: every configured provider by id; a duplicate id is refused, never shadowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flenwheel.config import Settings
+from flenwheel.errors import FlenwheelError, InvalidInput
+from flenwheel.providers.base import ImageProvider
+
+
+class DuplicateProvider(FlenwheelError):
+    pass
+
+
+class ProviderRegistry:
+    def __init__(self, providers: Iterable[ImageProvider] = ()) -> None:
+        self._providers: dict[str, ImageProvider] = {}
+        for provider in providers:
+            self.add(provider)
+
+    def add(self, provider: ImageProvider) -> None:
+        if provider.id in self._providers:
+            raise DuplicateProvider(
+                f"two providers claim the id {provider.id!r}: uninstall or rename one of the plugins"
+            )
+        self._providers[provider.id] = provider
+
+    def get(self, provider_id: str) -> ImageProvider:
+        if provider_id not in self._providers:
+            known = ", ".join(self._providers) or "none"
+            raise InvalidInput(f"no provider {provider_id!r} is configured (configured: {known})")
+        return self._providers[provider_id]
+
+    def all(self) -> list[ImageProvider]:
+        return list(self._providers.values())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProviderRegistry:
+        from flenwheel.plugins import plugin_manager
+
+        registry = cls()
+        for batch in plugin_manager().hook.register_providers(settings=settings):
+            for provider in batch:
+                registry.add(provider)
+        return registry

@@ -1,0 +1,158 @@
+"""Pick an engine for each request: capability, NSFW policy, the user's order, health and budget.
+
+Invariant: NSFW work — the character is flagged NSFW, the request says so, or its prompt classifies as
+NSFW — is never given to a provider with `allows_nsfw = False` (every external API). Transient failures
+(429, 5xx, timeouts) are retried with exponential backoff and jitter, then the next provider is tried; a
+permanent failure stops at once with the provider's own message.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flenwheel.errors import FlenwheelError
+from flenwheel.providers.base import (
+    GenerationRequest,
+    GenerationResult,
+    ImageProvider,
+    ProviderContext,
+    ProviderError,
+    required_capabilities,
+)
+
+
+class NoProvider(FlenwheelError):
+    """No configured provider may take this request; the message lists why each was passed over."""
+
+
+class Budget(Protocol):
+    """Money for one character: reserved before a submission, settled with the real cost or released."""
+
+    def reserve(self, amount: float, what: str) -> Any: ...
+
+    def settle(self, reservation: Any, actual: float) -> None: ...
+
+    def release(self, reservation: Any) -> None: ...
+
+
+def is_nsfw(request: GenerationRequest, character_nsfw: bool) -> bool:
+    from flenwheel.safety import classify_prompt
+
+    return character_nsfw or request.nsfw or classify_prompt(f"{request.prompt}")
+
+
+@dataclass(frozen=True)
+class Route:
+    providers: tuple[ImageProvider, ...]
+    passed_over: tuple[tuple[str, str], ...]  # (provider id, why)
+
+
+def plan_route(
+    providers: Sequence[ImageProvider], request: GenerationRequest, nsfw: bool, preferred: str | None = None
+) -> Route:
+    """The providers that may take the request, in order; raises NoProvider when none may."""
+    needed = required_capabilities(request)
+    usable, passed = [], []
+    for provider in providers:
+        if preferred is not None and provider.id != preferred:
+            continue
+        missing = needed - provider.capabilities
+        if missing:
+            passed.append((provider.id, f"cannot do {', '.join(sorted(m.value for m in missing))}"))
+        elif nsfw and not provider.allows_nsfw:
+            passed.append((provider.id, "external API: NSFW work stays on self-hosted engines"))
+        elif not _healthy(provider):
+            passed.append((provider.id, "not reachable right now"))
+        else:
+            usable.append(provider)
+    if not usable:
+        if preferred is not None and not passed:
+            known = ", ".join(p.id for p in providers) or "none"
+            raise NoProvider(f"provider {preferred!r} is not configured (configured: {known})")
+        reasons = "; ".join(f"{pid}: {why}" for pid, why in passed) or "no providers are configured"
+        raise NoProvider(f"no provider can take this {request.kind} request — {reasons}")
+    return Route(tuple(usable), tuple(passed))
+
+
+def _healthy(provider: ImageProvider) -> bool:
+    check = getattr(provider, "healthy", None)
+    return bool(check()) if callable(check) else True
+
+
+class Router:
+    def __init__(
+        self,
+        providers: Sequence[ImageProvider],
+        max_attempts: int = 3,
+        base_delay: float = 0.5,
+        max_delay: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.providers = list(providers)
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.sleep = sleep
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+
+    def run(
+        self,
+        request: GenerationRequest,
+        context_for: Callable[[str], ProviderContext],
+        nsfw: bool,
+        budget: Budget | None = None,
+        preferred: str | None = None,
+        on_attempt: Callable[[str, int, str | None], None] | None = None,
+    ) -> GenerationResult:
+        route = plan_route(self.providers, request, nsfw, preferred)
+        failures: list[str] = []
+        for provider in route.providers:
+            assert not (nsfw and not provider.allows_nsfw)  # the invariant, checked where it matters
+            reservation = (
+                budget.reserve(provider.estimate_cost(request), f"{provider.id} {request.kind}")
+                if budget
+                else None
+            )
+            try:
+                result = self._with_retries(provider, request, context_for(provider.id), on_attempt)
+            except ProviderError as exc:
+                if budget is not None:
+                    budget.release(reservation)
+                if not exc.transient:
+                    raise
+                failures.append(str(exc))
+                continue
+            except BaseException:
+                if budget is not None:
+                    budget.release(reservation)
+                raise
+            if budget is not None:
+                budget.settle(reservation, result.cost_usd)
+            return result
+        raise NoProvider("every provider failed: " + " | ".join(failures))
+
+    def _with_retries(
+        self,
+        provider: ImageProvider,
+        request: GenerationRequest,
+        ctx: ProviderContext,
+        on_attempt: Callable[[str, int, str | None], None] | None,
+    ) -> GenerationResult:
+        for attempt in range(self.max_attempts):
+            try:
+                if on_attempt:
+                    on_attempt(provider.id, attempt, None)
+                return provider.generate(request, ctx)
+            except ProviderError as exc:
+                if not exc.transient or attempt == self.max_attempts - 1:
+                    raise
+                if on_attempt:
+                    on_attempt(provider.id, attempt, str(exc))
+                self.sleep(self.backoff(attempt))
+        raise AssertionError("unreachable")

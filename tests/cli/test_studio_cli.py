@@ -1,0 +1,120 @@
+"""`flenwheel generate / edit / upscale / providers` as a user runs them, on the embedded engines."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from photos import LISA
+
+FLENWHEEL = Path(sys.executable).parent / "flenwheel"
+
+
+def cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("FLENWHEEL_", "FAL_", "REPLICATE_"))
+    }
+    environment.update(env or {})
+    return subprocess.run(
+        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=600
+    )
+
+
+def ok_json(*args: object) -> dict:
+    result = cli(*args, "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("studio") / "project"
+    ok_json("init", root)
+    ok_json("--project", root, "character", "create", "lisa", "--token", "ohwx", "--class", "woman")
+    ok_json(
+        "--project", root, "character", "create", "nova", "--token", "ohwx_nova", "--class", "woman", "--nsfw"
+    )
+    return root
+
+
+def test_generate_twice_with_a_seed_gives_the_same_pixels(project: Path, tmp_path: Path) -> None:
+    args = (
+        "--project",
+        project,
+        "generate",
+        "lisa",
+        "photo of ohwx woman",
+        "--seed",
+        "42",
+        "--aspect",
+        "9:16",
+    )
+    first = ok_json(*args, "--out", tmp_path / "a")
+    second = ok_json(*args, "--out", tmp_path / "b")
+    [file_a], [file_b] = first["files"], second["files"]
+    assert Path(file_a).read_bytes() == Path(file_b).read_bytes()
+    assert Image.open(file_a).size == (320, 512)  # 9:16 at the draft tier's 512 px long side
+    assert first["provider"] == "local" and first["model"] == "tiny" and "draws no faces" in first["note"]
+    assert "Seed: 42" in Image.open(file_a).text["parameters"]
+
+
+def test_edit_with_a_mask_and_upscale(project: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.open(LISA[0]).convert("RGB").resize((96, 128)).save(photo)
+    mask = tmp_path / "mask.png"
+    drawn = Image.new("L", (96, 128), 0)
+    drawn.paste(255, (32, 32, 64, 64))
+    drawn.save(mask)
+    edited = ok_json(
+        "--project",
+        project,
+        "edit",
+        "lisa",
+        photo,
+        "ohwx woman wearing a hat",
+        "--mask",
+        mask,
+        "--steps",
+        "3",
+    )
+    [edited_file] = edited["files"]
+    before, after = Image.open(photo).convert("RGB"), Image.open(edited_file).convert("RGB")
+    assert after.getpixel((5, 5)) == before.getpixel((5, 5))  # outside the mask: kept
+    upscaled = ok_json(
+        "--project", project, "upscale", "lisa", str(edited["outputs"][0]["asset_id"]), "--factor", "2"
+    )
+    assert Image.open(upscaled["files"][0]).size == (192, 256) and upscaled["provider"] == "esrgan"
+
+
+def test_providers_lists_what_is_configured(project: Path) -> None:
+    rows = {row["id"]: row for row in ok_json("providers")["providers"]}
+    assert {"local", "esrgan"} <= set(rows) and "fal" not in rows
+    assert "upscale" in rows["esrgan"]["capabilities"] and rows["local"]["allows_nsfw"]
+    configured = cli("providers", "--json", env={"FAL_KEY": "k", "REPLICATE_API_TOKEN": "r"})
+    rows = {row["id"]: row for row in json.loads(configured.stdout)["providers"]}
+    assert rows["fal"]["allows_nsfw"] is False and rows["fal"]["prices"]
+
+
+def test_bad_requests_are_clear_errors(project: Path) -> None:
+    bad_aspect = cli("--project", project, "generate", "lisa", "x", "--aspect", "wide")
+    assert bad_aspect.returncode == 2 and "aspect 'wide' is not like 1:1" in bad_aspect.stderr
+    nsfw_external = cli(
+        "--project", project, "generate", "nova", "x", "--provider", "fal", env={"FAL_KEY": "k"}
+    )
+    assert nsfw_external.returncode == 2 and "NSFW work stays on self-hosted engines" in nsfw_external.stderr
+    missing = cli("--project", project, "upscale", "lisa", "no-such-image.png")
+    assert missing.returncode == 2 and "no-such-image.png" in missing.stderr
+    assert "Traceback" not in bad_aspect.stderr + nsfw_external.stderr + missing.stderr
+
+
+def test_png_provenance_is_readable(project: Path) -> None:
+    out = ok_json("--project", project, "generate", "lisa", "ohwx woman", "--seed", "3")
+    record = json.loads(Image.open(io.BytesIO(Path(out["files"][0]).read_bytes())).text["flenwheel"])
+    assert record["seed"] == 3 and record["provider"] == "local" and record["kind"] == "generated"
