@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=0, ge=0, le=256)  # 0 = one per CPU core
     cache_dir: Path | None = None  # built models (the tiny pipeline); default ~/.cache/flenwheel
     # Engines. Each one is used only when configured; the router tries them in `providers` order.
-    providers: str = "local,comfyui,fal,replicate"
+    providers: str = "local,esrgan,comfyui,fal,replicate"
     comfyui_url: str | None = None  # e.g. http://127.0.0.1:8188
     fal_key: str | None = Field(default=None, validation_alias="FAL_KEY")
     fal_queue_url: str = "https://queue.fal.run"

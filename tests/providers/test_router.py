@@ -92,3 +92,15 @@ def test_no_configured_provider_can_do_it() -> None:
         )
     with pytest.raises(NoProvider, match="'comfyui' is not configured"):
         plan_route([ScriptedEngine("fal")], TextToImage(prompt="x"), nsfw=False, preferred="comfyui")
+
+
+def test_the_users_order_decides_which_engine_goes_first() -> None:
+    from flenwheel.config import Settings
+    from flenwheel.providers.registry import ProviderRegistry
+
+    default = [p.id for p in ProviderRegistry.from_settings(Settings(fal_key="k")).all()]
+    assert default.index("local") < default.index("fal")
+    chosen = [
+        p.id for p in ProviderRegistry.from_settings(Settings(fal_key="k", providers="fal,local")).all()
+    ]
+    assert chosen[:2] == ["fal", "local"] and "esrgan" in chosen

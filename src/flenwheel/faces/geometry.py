@@ -45,7 +45,7 @@ def shot_type(face: Face, image_height: int) -> Shot:
 
 
 # Mouth width over the outer-eye-corner distance. On the London set's 40 neutral/smiling pairs this
-# threshold labels 85 % of the 80 photos right (bench/calibrate_identity.py prints it again).
+# threshold labels 81 % of the 80 photos right (bench/calibrate_identity.py prints it again).
 SMILE_MOUTH_RATIO = 0.60
 
 

@@ -93,7 +93,7 @@ def run_demo(
         on_stage("Generating on the built-in tiny model (random weights: it draws no faces, only texture)")
         prompt = f"photo of {DEMO_TOKEN} {DEMO_CLASS}, upper body, studio lighting"
         generated = run_generation(
-            project, DEMO_CHARACTER, TextToImage(prompt=prompt, seed=1234, steps=8, width=256, height=256)
+            project, DEMO_CHARACTER, TextToImage(prompt=prompt, seed=1234, steps=8, width=128, height=128)
         )
         on_stage("Upscaling it 2x with Real-ESRGAN")
         source = generated.outputs[0]

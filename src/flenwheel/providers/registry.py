@@ -39,8 +39,10 @@ class ProviderRegistry:
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
         from flenwheel.plugins import plugin_manager
 
-        registry = cls()
+        found: list[ImageProvider] = []
         for batch in plugin_manager().hook.register_providers(settings=settings):
-            for provider in batch:
-                registry.add(provider)
-        return registry
+            found.extend(batch)
+        order = [name.strip() for name in settings.providers.split(",") if name.strip()]
+        rank = {name: index for index, name in enumerate(order)}
+        # The user's order first (FLENWHEEL_PROVIDERS); engines it does not name keep their place after it.
+        return cls(sorted(found, key=lambda provider: rank.get(provider.id, len(order))))

@@ -40,9 +40,14 @@ class Budget(Protocol):
 
 
 def is_nsfw(request: GenerationRequest, character_nsfw: bool) -> bool:
-    from flenwheel.safety import classify_prompt
+    """NSFW when the character is, the request says so, its prompt classifies so, or an input image does
+    (an upscale or edit of an explicit image must not leave this machine either)."""
+    from flenwheel.safety import classify_image, classify_prompt
 
-    return character_nsfw or request.nsfw or classify_prompt(f"{request.prompt}")
+    if character_nsfw or request.nsfw or classify_prompt(request.prompt):
+        return True
+    inputs = [getattr(request, "image", None), *getattr(request, "references", ())]
+    return any(classify_image(data).nsfw for data in inputs if data)
 
 
 @dataclass(frozen=True)
