@@ -139,6 +139,15 @@ def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image | None:
         return None  # a broken profile is not worth rejecting the photo for
 
 
+def image_mime_type(data: bytes) -> str:
+    """The MIME type engines expect for uploaded image bytes."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
 def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=6)

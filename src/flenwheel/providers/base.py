@@ -176,6 +176,20 @@ class ImageProvider(Protocol):
     def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult: ...
 
 
+def output_image(provider: str, data: bytes, seed: int | None) -> GeneratedImage:
+    """An engine's output bytes (PNG, JPEG, WebP…) checked and normalised to PNG; unreadable is permanent."""
+    from flenwheel.errors import ImageRejected
+    from flenwheel.images import decode_image, encode_png
+
+    try:
+        image = decode_image(data).image
+    except ImageRejected as exc:
+        raise ProviderError(
+            provider, f"returned an image flenwheel cannot read: {exc.detail}", transient=False
+        ) from exc
+    return GeneratedImage(data=encode_png(image), width=image.width, height=image.height, seed=seed)
+
+
 class ProviderError(FlenwheelError):
     """An engine failed. `transient` errors (429, 5xx, timeouts) may be retried or routed elsewhere."""
 

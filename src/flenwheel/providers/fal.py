@@ -26,8 +26,7 @@ import httpx
 from PIL import Image
 
 from flenwheel.config import Settings
-from flenwheel.errors import ImageRejected
-from flenwheel.images import decode_image, encode_png
+from flenwheel.images import image_mime_type
 from flenwheel.providers.base import (
     Cancelled,
     Capability,
@@ -41,6 +40,7 @@ from flenwheel.providers.base import (
     ProviderError,
     TextToImage,
     Upscale,
+    output_image,
 )
 from flenwheel.providers.pricing import PriceTable
 
@@ -78,14 +78,6 @@ def app_path(endpoint: str) -> str:
     app = fal_client.client.AppId.from_endpoint_id(endpoint)
     prefix = f"{app.namespace}/" if app.namespace else ""
     return f"{prefix}{app.owner}/{app.alias}"
-
-
-def _content_type(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    return "application/octet-stream"
 
 
 def _describe(response: httpx.Response) -> str:
@@ -300,7 +292,7 @@ class FalProvider:
         return arguments
 
     def _image_url(self, data: bytes) -> str:
-        content_type = _content_type(data)
+        content_type = image_mime_type(data)
         if len(data) <= self.inline_limit:
             return fal_client.encode(data, content_type)
         suffix = content_type.rsplit("/", 1)[-1]
@@ -367,12 +359,7 @@ class FalProvider:
             if response.status_code >= 400:
                 raise self._from_response(response, f"downloading {url}")
             data = response.content
-        try:
-            decoded = decode_image(data)
-        except ImageRejected as exc:
-            raise self._permanent(f"returned an image flenwheel cannot read: {exc.detail}") from exc
-        image = decoded.image
-        return GeneratedImage(data=encode_png(image), width=image.width, height=image.height, seed=seed)
+        return output_image(self.id, data, seed)
 
     # -- errors ----------------------------------------------------------------------------------------------
     def _permanent(self, message: str) -> ProviderError:

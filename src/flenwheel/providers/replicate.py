@@ -29,8 +29,8 @@ from replicate.identifier import ModelVersionIdentifier
 from replicate.prediction import Prediction
 
 from flenwheel.config import Settings
-from flenwheel.errors import FlenwheelError, ImageRejected
-from flenwheel.images import decode_image, encode_png
+from flenwheel.errors import FlenwheelError
+from flenwheel.images import image_mime_type
 from flenwheel.providers.base import (
     Cancelled,
     Capability,
@@ -44,6 +44,7 @@ from flenwheel.providers.base import (
     ProviderError,
     TextToImage,
     Upscale,
+    output_image,
 )
 from flenwheel.providers.pricing import PriceTable
 
@@ -135,14 +136,6 @@ def aspect_ratio(width: int, height: int) -> str:
         return abs(math.log(width / height) - math.log(across / down))
 
     return min(ASPECT_RATIOS, key=distance)
-
-
-def _content_type(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    return "application/octet-stream"
 
 
 def _api_root(base_url: str) -> str:
@@ -339,7 +332,7 @@ class ReplicateProvider:
         return fields
 
     def _file_url(self, data: bytes) -> str:
-        content_type = _content_type(data)
+        content_type = image_mime_type(data)
         if len(data) <= self.inline_limit:
             return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
         suffix = content_type.rsplit("/", 1)[-1]
@@ -360,11 +353,7 @@ class ReplicateProvider:
             raise ProviderError(
                 self.id, f"downloading {url} failed with HTTP {response.status_code}", transient=transient
             )
-        try:
-            image = decode_image(response.content).image
-        except ImageRejected as exc:
-            raise self._permanent(f"returned an image flenwheel cannot read: {exc.detail}") from exc
-        return GeneratedImage(data=encode_png(image), width=image.width, height=image.height, seed=seed)
+        return output_image(self.id, response.content, seed)
 
     # -- errors ----------------------------------------------------------------------------------------------
     def _permanent(self, message: str) -> ProviderError:
