@@ -65,8 +65,13 @@ def read_image_argument(project: Any, name: str, image: str) -> tuple[bytes, tup
     from flenwheel.datasets.review import find_asset
     from flenwheel.store.project import get_character
 
+    from flenwheel.errors import InvalidInput
+    from flenwheel.images import MAX_FILE_BYTES
+
     path = Path(image)
     if path.is_file():
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidInput(f"{image} is over 80 MiB: downscale it first")
         return path.read_bytes(), ()
     with project.db.session() as session:
         character = get_character(session, name)
