@@ -1,13 +1,17 @@
 # The two commands of the README. Both set everything up on a fresh machine first.
-.PHONY: setup demo test lint bench
+.PHONY: setup comfyui-env demo test lint bench
 
 setup:
 	@bash scripts/setup
 
+# A real ComfyUI server's own environment (cached outside the clone), for the ComfyUI tests and bench/fanout.
+comfyui-env:
+	@bash scripts/setup-comfyui >/dev/null
+
 demo: setup
 	.venv/bin/flenwheel demo
 
-test: setup lint
+test: setup comfyui-env lint
 	.venv/bin/pytest -q
 
 lint:
@@ -15,5 +19,6 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-bench: setup
+bench: setup comfyui-env
 	.venv/bin/python bench/curate_vs_face_recognition.py
+	.venv/bin/python bench/fanout.py

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Engines. Each one is used only when configured; the router tries them in `providers` order.
     providers: str = "local,esrgan,comfyui,fal,replicate"
     comfyui_url: str | None = None  # e.g. http://127.0.0.1:8188
+    # The server's models folder as seen from this machine: LoRAs/checkpoints given as paths are linked there.
+    comfyui_models_dir: Path | None = None
+    comfyui_checkpoint: str | None = None  # checkpoint name on the server for text-to-image and edits
+    comfyui_upscale_model: str | None = None  # upscale model name on the server
     fal_key: str | None = Field(default=None, validation_alias="FAL_KEY")
     fal_queue_url: str = "https://queue.fal.run"
     fal_rest_url: str = "https://rest.fal.ai"

@@ -63,10 +63,9 @@ def parse_lora(text: str) -> Any:
 def read_image_argument(project: Any, name: str, image: str) -> tuple[bytes, tuple[int, ...]]:
     """An image given as a file path, or as an asset (id, sha256 prefix, file name) of the character."""
     from flenwheel.datasets.review import find_asset
-    from flenwheel.store.project import get_character
-
     from flenwheel.errors import InvalidInput
     from flenwheel.images import MAX_FILE_BYTES
+    from flenwheel.store.project import get_character
 
     path = Path(image)
     if path.is_file():
