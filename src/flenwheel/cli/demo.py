@@ -59,11 +59,14 @@ def demo(
     print_composition(result.dataset.version)
     for export in result.exports:
         console.print(f"Exported {export.format.value}: {safe(export.files[0])}")
+    from flenwheel.cli.studio import copy_outputs
+
     for title, generation in (("Generated", result.generated), ("Upscaled", result.upscaled)):
-        for output in generation.outputs:
+        files = copy_outputs(generation, result.project / "outputs")
+        for output, file in zip(generation.outputs, files, strict=True):
             console.print(
                 f"{title}: asset {output.asset_id} {output.width}x{output.height} via {safe(generation.provider)} "
-                f"({safe(generation.model)}): {safe(output.file)}"
+                f"({safe(generation.model)}): {safe(file)}"
             )
     if result.generated.note:
         err_console.print(f"[yellow]note:[/] {safe(result.generated.note)}")

@@ -78,15 +78,24 @@ def read_image_argument(project: Any, name: str, image: str) -> tuple[bytes, tup
         return project.blobs.get(asset.sha256), (asset.id,)
 
 
-def _report(outcome: Any, out: Path | None, json_output: bool) -> None:
+def copy_outputs(outcome: Any, out: Path) -> list[Path]:
+    """PNG files a user can open (the blob store names files by hash, without an extension)."""
+    from flenwheel.errors import InvalidInput
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write to --out {out}: {exc.strerror}") from None
     files = []
     for output in outcome.outputs:
-        target = output.file
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / f"{output.asset_id:05d}-{output.seed if output.seed is not None else 'x'}.png"
-            shutil.copyfile(output.file, target)
+        target = out / f"{output.asset_id:05d}-{output.seed if output.seed is not None else 'x'}.png"
+        shutil.copyfile(output.file, target)
         files.append(target)
+    return files
+
+
+def _report(outcome: Any, out: Path, json_output: bool) -> None:
+    files = copy_outputs(outcome, out)
     if json_output:
         print_json(
             {
@@ -113,7 +122,9 @@ def _report(outcome: Any, out: Path | None, json_output: bool) -> None:
 ProviderOption = Annotated[
     str | None, typer.Option("--provider", help="Engine id (see `flenwheel providers`)")
 ]
-OutOption = Annotated[Path | None, typer.Option("--out", help="Also copy the PNGs into this folder")]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Folder for the PNGs (default: the project's outputs/ folder)")
+]
 
 
 def generate(
@@ -151,7 +162,7 @@ def generate(
     project = open_project()
     with progress_bar("Generating", steps * count, enabled=not json_output) as advance:
         outcome = run_generation(project, name, request, preferred=provider, on_progress=advance)
-    _report(outcome, out, json_output)
+    _report(outcome, out or project.root / "outputs", json_output)
 
 
 def edit(
@@ -207,7 +218,7 @@ def edit(
             preferred=provider,
             on_progress=advance,
         )
-    _report(outcome, out, json_output)
+    _report(outcome, out or project.root / "outputs", json_output)
 
 
 def upscale(
@@ -238,7 +249,7 @@ def upscale(
             preferred=provider,
             on_progress=advance,
         )
-    _report(outcome, out, json_output)
+    _report(outcome, out or project.root / "outputs", json_output)
 
 
 def providers(json_output: JsonOption = False) -> None:
