@@ -31,7 +31,8 @@ from flenwheel.providers.base import (
     TextToImage,
     Upscale,
 )
-from flenwheel.providers.comfyui import ComfyUIClient, ComfyUIProvider, WorkflowRun
+from flenwheel.providers.comfyui import ComfyUIProvider
+from flenwheel.providers.comfyui_client import ComfyUIClient, WorkflowRun
 
 
 def png(array: np.ndarray) -> bytes:
