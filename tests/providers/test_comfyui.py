@@ -183,7 +183,7 @@ def test_a_known_prompt_id_is_never_queued_again(
 def test_a_retry_while_the_prompt_runs_waits_for_it(
     client: ComfyUIClient, comfyui_server: ComfyUIServer
 ) -> None:
-    workflow = slow_workflow(client.upload_image(png(gradient(64, 64))), nodes=4)
+    workflow = slow_workflow(client.upload_image(png(gradient(64, 60))), nodes=4)  # own image: no cache hits
     first_ctx = RecordingContext()
     mark = comfyui_server.log_size()
     results: list[WorkflowRun] = []
@@ -231,7 +231,7 @@ def test_execution_errors_become_a_clear_permanent_error(client: ComfyUIClient) 
 
 
 def test_cancel_interrupts_the_running_prompt(client: ComfyUIClient) -> None:
-    workflow = slow_workflow(client.upload_image(png(gradient(64, 64))), nodes=12)
+    workflow = slow_workflow(client.upload_image(png(gradient(64, 62))), nodes=12)  # own image: no cache hits
     ctx = RecordingContext(cancel_when=lambda calls: calls[-1][0] >= 2)  # two nodes in
 
     with pytest.raises(Cancelled):
@@ -245,7 +245,7 @@ def test_cancel_interrupts_the_running_prompt(client: ComfyUIClient) -> None:
 
 
 def test_cancel_takes_a_waiting_prompt_off_the_queue(client: ComfyUIClient) -> None:
-    image = client.upload_image(png(gradient(64, 64)))
+    image = client.upload_image(png(gradient(64, 58)))  # own image: the blocker must really run
     blocker = RecordingContext()
     worker = threading.Thread(target=lambda: client.run(slow_workflow(image, nodes=4), blocker))
     worker.start()
@@ -275,7 +275,9 @@ def test_a_job_cancelled_before_it_starts_queues_nothing(
 
 
 def test_a_cancelled_job_retried_runs_again(client: ComfyUIClient) -> None:
-    image = client.upload_image(png(gradient(64, 64)))
+    # An image no other test uses: ComfyUI caches node outputs across prompts, and a cached chain would
+    # finish before the cancel could land.
+    image = client.upload_image(png(gradient(72, 56)))
     ctx = RecordingContext(cancel_when=lambda calls: calls[-1][0] >= 1)
     with pytest.raises(Cancelled):
         client.run(slow_workflow(image, nodes=3), ctx)
