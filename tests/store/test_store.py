@@ -12,7 +12,7 @@ from flenwheel.datasets.ingest import ingest
 from flenwheel.datasets.review import review_asset
 from flenwheel.datasets.versions import build_dataset_version, get_dataset_version
 from flenwheel.errors import CharacterExists, CharacterNotFound, InvalidInput, ProjectNotFound
-from flenwheel.store.models import Asset
+from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project
 
 from photos import LISA, london
@@ -81,3 +81,33 @@ def test_head_revision_constant_matches_the_migrations(any_project: Project) -> 
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
     assert current_revision(any_project.db.engine) == HEAD_REVISION
+
+
+def test_a_project_made_by_the_first_schema_upgrades_without_losing_data(tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from flenwheel.store.database import MIGRATIONS_DIR, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO character (name, token, class_word, nsfw, budget_usd, created_at) "
+                "VALUES ('lisa', 'ohwx', 'woman', 0, 5.0, '2026-01-01')"
+            )
+        )
+    engine.dispose()
+    (tmp_path / "flenwheel.project").write_text("flenwheel project v1\n")
+    project = Project.open(Settings(project=tmp_path, database_url=url))  # upgrades to the newest schema
+    [lisa] = list_characters(project)
+    assert (lisa.name, lisa.token, lisa.budget_usd) == ("lisa", "ohwx", 5.0)
+    with project.db.session() as session:
+        assert session.scalar(select(Character.spent_usd)) == 0.0
+    project.close()
