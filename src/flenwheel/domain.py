@@ -24,6 +24,7 @@ class AssetKind(StrEnum):
     GENERATED = "generated"
     EDITED = "edited"
     UPSCALED = "upscaled"
+    EVALUATION = "evaluation"  # drawn by a checkpoint during evaluation; never enters a dataset
 
 
 class ReviewLabel(StrEnum):

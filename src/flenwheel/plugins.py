@@ -20,13 +20,20 @@ class FlenwheelSpecs:
         """Return the ImageProviders this plugin offers under these settings (unconfigured ones left out)."""
         raise NotImplementedError
 
+    @hookspec
+    def register_trainers(self, settings: Settings) -> list[Any]:
+        """Return the Trainers this plugin offers under these settings (unconfigured ones left out)."""
+        raise NotImplementedError
+
 
 def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     manager = pluggy.PluginManager("flenwheel")
     manager.add_hookspecs(FlenwheelSpecs)
     from flenwheel.providers import builtin
+    from flenwheel.trainers import builtin as builtin_trainers
 
     manager.register(builtin, name="flenwheel.builtin")
+    manager.register(builtin_trainers, name="flenwheel.builtin_trainers")
     if load_entry_points:
         manager.load_setuptools_entrypoints("flenwheel")
     return manager

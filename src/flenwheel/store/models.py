@@ -17,10 +17,28 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class User(Base):
+    """Someone who owns characters through the HTTP API. Only a hash of the API token is stored."""
+
+    __tablename__ = "api_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Character(Base):
     __tablename__ = "character"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # None = made from the CLI (the local user); the API only shows a user their own characters.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("api_user.id"), default=None, index=True)
+    # The wizard's character spec (appearance and identity fields, seed 000); {} for photo-made characters.
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # The LoRA the studio uses (chosen by evaluation or by hand); None = identity-reference mode.
+    active_checkpoint_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    active_lora_strength: Mapped[float | None] = mapped_column(Float, default=None)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token: Mapped[str] = mapped_column(String(48))
     class_word: Mapped[str] = mapped_column(String(32))
@@ -64,6 +82,9 @@ class Asset(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     nsfw_score: Mapped[float | None] = mapped_column(Float, default=None)
+    # Where the asset sits in the pipeline: {"stage": "anchor", "anchor": "front", "picked": true}, …
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     character: Mapped[Character] = relationship(back_populates="assets")
@@ -166,3 +187,131 @@ class RemoteJob(Base):
     remote_id: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    """One LoRA training of a dataset version through one trainer; its checkpoints and loss log."""
+
+    __tablename__ = "training_run"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("character.id", ondelete="CASCADE"), index=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"))
+    trainer: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(
+        String(16), default="pending"
+    )  # pending|running|succeeded|failed|cancelled
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[list[Any]] = mapped_column(default=list)  # [[step, loss], …]
+    remote_id: Mapped[str | None] = mapped_column(
+        Text, default=None
+    )  # fal request id / Replicate training id
+    work_dir: Mapped[str] = mapped_column(Text, default="")  # relative to the project folder
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.step")
+
+    @property
+    def label(self) -> str:
+        return f"run{self.id}"
+
+
+class Checkpoint(Base):
+    """A LoRA file saved during a run (kohya keys, ss_* and modelspec.* metadata), relative to the project."""
+
+    __tablename__ = "checkpoint"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoint_step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_run.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int | None] = mapped_column(Integer, default=None)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Evaluation(Base):
+    """Checkpoint × strength × fixed prompts, scored; the selection and why it was made."""
+
+    __tablename__ = "evaluation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_run.id", ondelete="CASCADE"), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # strengths, prompts, seeds, size, steps
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    summary: Mapped[list[Any]] = mapped_column(default=list)  # one row per checkpoint × strength
+    selected_checkpoint_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    selected_strength: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    advice: Mapped[list[Any]] = mapped_column(default=list)
+    report_path: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class EvaluationSample(Base):
+    """One scored image of an evaluation grid. Unique per cell and prompt, so an evaluation resumes."""
+
+    __tablename__ = "evaluation_sample"
+    __table_args__ = (
+        UniqueConstraint(
+            "evaluation_id", "checkpoint_id", "strength", "prompt_key", name="uq_evaluation_cell"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluation.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoint.id", ondelete="CASCADE"))
+    strength: Mapped[float] = mapped_column(Float)
+    prompt_key: Mapped[str] = mapped_column(String(48))
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer)
+    asset_id: Mapped[int | None] = mapped_column(ForeignKey("asset.id"), default=None)
+    face_found: Mapped[bool] = mapped_column(Boolean, default=False)
+    identity_distance: Mapped[float | None] = mapped_column(Float, default=None)
+    near_copy: Mapped[bool] = mapped_column(Boolean, default=False)
+    nsfw_score: Mapped[float | None] = mapped_column(Float, default=None)
+    adherence: Mapped[float | None] = mapped_column(Float, default=None)  # None = not measured
+
+
+class Job(Base):
+    """A unit of background work. The source of truth for status and progress on every job backend.
+
+    The embedded backend claims rows from this table; the Procrastinate backend only delivers `id` to a
+    worker, which then updates this row. `external_ids` keeps remote ids so a retried job resumes.
+    """
+
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    queue: Mapped[str] = mapped_column(String(16), default="cpu")  # gpu | cpu | api
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # higher runs first
+    # queued | running | succeeded | failed | cancelled | interrupted
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    character_id: Mapped[int | None] = mapped_column(
+        ForeignKey("character.id", ondelete="CASCADE"), default=None, index=True
+    )
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("api_user.id"), default=None)
+    parent_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(128), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    external_ids: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

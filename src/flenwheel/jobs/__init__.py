@@ -1,0 +1,1 @@
+"""Background jobs: a JobBackend contract (base.py), the embedded SQLite backend and the Procrastinate one."""

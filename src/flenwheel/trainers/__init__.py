@@ -1,0 +1,1 @@
+"""LoRA trainers: a contract (base.py) and one file per trainer, registered through `register_trainers`."""
