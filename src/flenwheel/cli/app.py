@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import curation, dataset, demo, project, studio
+from flenwheel.cli import curation, dataset, demo, project, studio, training
 from flenwheel.cli.common import state
 
 app = typer.Typer(
@@ -34,5 +34,6 @@ def _global(
 project.register(app)
 curation.register(app)
 studio.register(app)
+training.register(app)
 app.add_typer(dataset.app, name="dataset")
 demo.register(app)

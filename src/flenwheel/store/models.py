@@ -199,6 +199,9 @@ class TrainingRun(Base):
     dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"))
     trainer: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Hash of trainer + spec: running `train` again with the same settings resumes the unfinished run.
+    fingerprint: Mapped[str] = mapped_column(String(32), default="")
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(
         String(16), default="pending"
     )  # pending|running|succeeded|failed|cancelled

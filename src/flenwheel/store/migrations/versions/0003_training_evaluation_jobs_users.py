@@ -66,6 +66,8 @@ def upgrade() -> None:
     sa.Column('dataset_version_id', sa.Integer(), nullable=False),
     sa.Column('trainer', sa.String(length=32), nullable=False),
     sa.Column('spec', sa.JSON(), nullable=False),
+    sa.Column('fingerprint', sa.String(length=32), nullable=False),
+    sa.Column('cost_usd', sa.Float(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('step', sa.Integer(), nullable=False),
     sa.Column('total_steps', sa.Integer(), nullable=False),

@@ -1,0 +1,335 @@
+"""Train a character LoRA: dataset version → trainer → checkpoints recorded in the store, resumable.
+
+`train_character` is the plain function the CLI and the job workers call. A run keeps its folder
+(`<project>/training/<character>/run<N>/`) and its row in `training_run`; calling it again for the same
+character, dataset version, trainer and spec continues the unfinished run instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from flenwheel.datasets.export import default_repeats, export_dataset
+from flenwheel.datasets.versions import get_dataset_version
+from flenwheel.errors import InvalidInput
+from flenwheel.jobs.base import JobContext
+from flenwheel.store.budget import CharacterBudget
+from flenwheel.store.models import Asset, Checkpoint, DatasetVersion, TrainingRun
+from flenwheel.store.project import Project, get_character
+from flenwheel.trainers.base import (
+    CheckpointFile,
+    Trainer,
+    TrainingCancelled,
+    TrainingImage,
+    TrainingInput,
+    TrainingResult,
+    TrainingSpec,
+)
+
+TRAINING_DIR = "training"
+UNFINISHED = ("pending", "running", "failed", "cancelled")
+ProgressCallback = Callable[[int, int, float | None], None]
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_id: int
+    trainer: str
+    dataset_version: str
+    status: str
+    steps: int
+    checkpoints: list[dict[str, Any]]  # {"id", "step", "epoch", "path"}
+    final_loss: float | None
+    resumed: bool
+    cost_usd: float
+    work_dir: Path
+
+
+def training_spec(
+    project: Project, character_name: str, version: DatasetVersion, **overrides: Any
+) -> TrainingSpec:
+    """The character's trigger and the dataset's repeats, plus the user's overrides; bad values name the fix."""
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        trigger = f"{character.token} {character.class_word}"
+    values = {"trigger": trigger, "repeats": default_repeats(len(version.items))}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return TrainingSpec(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'spec'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidInput(f"training settings are not valid: {problems}") from None
+
+
+def train_character(
+    project: Project,
+    character_name: str,
+    trainer: Trainer,
+    version_number: int | None = None,
+    ctx: JobContext | None = None,
+    on_progress: ProgressCallback | None = None,
+    **spec_overrides: Any,
+) -> TrainingOutcome:
+    """Train (or resume training) a LoRA of the character on one dataset version through `trainer`."""
+    version = get_dataset_version(project, character_name, version_number)
+    spec = training_spec(project, character_name, version, **spec_overrides)
+    problems = trainer.validate(spec)
+    if problems:
+        raise InvalidInput(f"trainer {trainer.id!r} cannot run this: " + "; ".join(problems))
+    run, resumed = _find_or_create_run(project, character_name, version, trainer.id, spec)
+    work_dir = project.root / run.work_dir
+    data = _prepare_input(project, character_name, version, trainer, work_dir)
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        budget = CharacterBudget(project.db, character.id, character.name)
+    cost = trainer.estimate_cost(spec, len(version.items))
+    reservation = (
+        budget.reserve(cost, f"training {character_name} with {trainer.id}") if not resumed else None
+    )
+    context = StoredTrainingContext(project, run.id, ctx, on_progress)
+    _set_status(project, run.id, "running")
+    try:
+        result = trainer.run(spec, data, context)
+    except TrainingCancelled:
+        _set_status(project, run.id, "cancelled")
+        raise
+    except BaseException as exc:
+        _set_status(project, run.id, "failed", error=str(exc))
+        if reservation is not None and not context.remote_started:
+            budget.release(reservation)
+        raise
+    if reservation is not None:
+        budget.settle(reservation, result.cost_usd or cost)
+    for checkpoint in result.checkpoints:
+        context.checkpoint_saved(checkpoint)  # idempotent; covers trainers that only report at the end
+    _finish(project, run.id, result)
+    return outcome(project, run.id, resumed=resumed)
+
+
+def outcome(project: Project, run_id: int, resumed: bool = False) -> TrainingOutcome:
+    with project.db.session() as session:
+        run = session.get_one(TrainingRun, run_id)
+        version = session.get_one(DatasetVersion, run.dataset_version_id)
+        checkpoints = [
+            {"id": c.id, "step": c.step, "epoch": c.epoch, "path": c.path} for c in run.checkpoints
+        ]
+        final_loss = float(run.losses[-1][1]) if run.losses else None
+        return TrainingOutcome(
+            run_id=run.id,
+            trainer=run.trainer,
+            dataset_version=version.label,
+            status=run.status,
+            steps=run.step,
+            checkpoints=checkpoints,
+            final_loss=final_loss,
+            resumed=resumed,
+            cost_usd=run.cost_usd,
+            work_dir=project.root / run.work_dir,
+        )
+
+
+def latest_run(project: Project, character_name: str, run_id: int | None = None) -> TrainingRun:
+    """A run of the character by id, or its newest run; a clear error when there is none."""
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        query = select(TrainingRun).where(TrainingRun.character_id == character.id)
+        if run_id is not None:
+            query = query.where(TrainingRun.id == run_id)
+        run = session.scalars(query.order_by(TrainingRun.id.desc()).limit(1)).first()
+        if run is None:
+            which = f"run {run_id}" if run_id is not None else "training run"
+            raise InvalidInput(
+                f"{character_name!r} has no {which}: train one with `flenwheel train {character_name}`"
+            )
+        return run
+
+
+def spec_fingerprint(trainer_id: str, spec: TrainingSpec) -> str:
+    text = json.dumps({"trainer": trainer_id, "spec": spec.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _find_or_create_run(
+    project: Project, character_name: str, version: DatasetVersion, trainer_id: str, spec: TrainingSpec
+) -> tuple[TrainingRun, bool]:
+    fingerprint = spec_fingerprint(trainer_id, spec)
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        unfinished = session.scalars(
+            select(TrainingRun)
+            .where(
+                TrainingRun.character_id == character.id,
+                TrainingRun.dataset_version_id == version.id,
+                TrainingRun.trainer == trainer_id,
+                TrainingRun.status.in_(UNFINISHED),
+            )
+            .order_by(TrainingRun.id.desc())
+        ).all()
+        for run in unfinished:
+            if run.fingerprint == fingerprint:
+                return run, True
+        run = TrainingRun(
+            character_id=character.id,
+            dataset_version_id=version.id,
+            trainer=trainer_id,
+            spec=spec.model_dump(mode="json"),
+            fingerprint=fingerprint,
+        )
+        session.add(run)
+        session.flush()
+        run.work_dir = f"{TRAINING_DIR}/{character.name}/run{run.id}"
+        return run, False
+
+
+def _prepare_input(
+    project: Project, character_name: str, version: DatasetVersion, trainer: Trainer, work_dir: Path
+) -> TrainingInput:
+    """Write the dataset version's images + captions into the run folder (once), and the trainer's format."""
+    images_dir = work_dir / "images"
+    items: list[TrainingImage] = []
+    images_dir.mkdir(parents=True, exist_ok=True)
+    with project.db.session() as session:
+        token = get_character(session, character_name).token
+        asset_ids = [item.asset_id for item in version.items]
+        formats = dict(
+            session.execute(select(Asset.id, Asset.format).where(Asset.id.in_(asset_ids))).tuples()
+        )
+    for item in version.items:
+        name = f"{token}_{item.position + 1:03d}.{formats[item.asset_id]}"
+        image_path = images_dir / name
+        if not image_path.exists():
+            temporary = image_path.with_suffix(image_path.suffix + ".part")
+            temporary.write_bytes(project.blobs.get(item.sha256))
+            temporary.replace(image_path)
+        image_path.with_suffix(".txt").write_text(item.caption + "\n")
+        items.append(TrainingImage(path=image_path, caption=item.caption))
+    dataset_dir = images_dir
+    if trainer.dataset_format != "images":
+        dataset_dir = work_dir / f"dataset-{trainer.dataset_format}"
+        if not dataset_dir.exists():
+            export_dataset(project, character_name, trainer.dataset_format, dataset_dir, version.number)
+        if trainer.dataset_format == "zip":
+            dataset_dir = next(dataset_dir.glob("*.zip"))
+    return TrainingInput(
+        character=character_name,
+        dataset_version=version.label,
+        items=tuple(items),
+        dataset_dir=dataset_dir,
+        work_dir=work_dir,
+    )
+
+
+def _set_status(project: Project, run_id: int, status: str, error: str | None = None) -> None:
+    with project.db.session() as session:
+        run = session.get_one(TrainingRun, run_id)
+        run.status = status
+        if error is not None:
+            run.error = error[:4000]
+        if status in ("failed", "cancelled"):
+            run.finished_at = datetime.now(UTC)
+
+
+def _finish(project: Project, run_id: int, result: TrainingResult) -> None:
+    with project.db.session() as session:
+        run = session.get_one(TrainingRun, run_id)
+        run.status = "succeeded"
+        run.error = None
+        run.finished_at = datetime.now(UTC)
+        if result.total_steps:
+            run.step = max(run.step, result.total_steps)
+            run.total_steps = max(run.total_steps, result.total_steps)
+        if result.losses and not run.losses:
+            run.losses = [[step, loss] for step, loss in result.losses]
+        run.cost_usd = result.cost_usd
+
+
+class StoredTrainingContext:
+    """Writes a run's progress, losses and checkpoints to the store as they happen, so a crash loses nothing."""
+
+    FLUSH_SECONDS = 1.0
+
+    def __init__(
+        self, project: Project, run_id: int, job: JobContext | None, on_progress: ProgressCallback | None
+    ) -> None:
+        self.project = project
+        self.run_id = run_id
+        self.job = job
+        self.on_progress = on_progress
+        self.remote_started = False
+        self._pending_losses: list[list[float]] = []
+        self._step = 0
+        self._total = 0
+        self._last_flush = 0.0
+
+    def progress(self, step: int, total: int, loss: float | None = None) -> None:
+        import time
+
+        self._step, self._total = step, total
+        if loss is not None:
+            self._pending_losses.append([step, float(loss)])
+        if self.on_progress is not None:
+            self.on_progress(step, total, loss)
+        if self.job is not None:
+            message = f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "")
+            self.job.progress(step, total, message)
+        now = time.monotonic()
+        if now - self._last_flush >= self.FLUSH_SECONDS or step >= total:
+            self._flush()
+            self._last_flush = now
+
+    def _flush(self) -> None:
+        with self.project.db.session() as session:
+            run = session.get_one(TrainingRun, self.run_id)
+            run.step, run.total_steps = self._step, self._total
+            if self._pending_losses:
+                # Keep the log strictly increasing in step: a resumed run re-reports nothing it already wrote.
+                last = run.losses[-1][0] if run.losses else -1
+                run.losses = list(run.losses) + [entry for entry in self._pending_losses if entry[0] > last]
+                self._pending_losses = []
+
+    def cancelled(self) -> bool:
+        return self.job is not None and self.job.cancelled()
+
+    def checkpoint_saved(self, checkpoint: CheckpointFile) -> None:
+        self._flush()
+        path = Path(checkpoint.path)
+        relative = path.resolve().relative_to(self.project.root.resolve()).as_posix()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with self.project.db.session() as session:
+            existing = session.scalar(
+                select(Checkpoint).where(Checkpoint.run_id == self.run_id, Checkpoint.step == checkpoint.step)
+            )
+            if existing is None:
+                session.add(
+                    Checkpoint(
+                        run_id=self.run_id,
+                        step=checkpoint.step,
+                        epoch=checkpoint.epoch,
+                        path=relative,
+                        sha256=digest,
+                    )
+                )
+            else:
+                existing.path, existing.sha256, existing.epoch = relative, digest, checkpoint.epoch
+
+    def remember_remote_id(self, remote_id: str) -> None:
+        self.remote_started = True
+        with self.project.db.session() as session:
+            session.get_one(TrainingRun, self.run_id).remote_id = remote_id
+        if self.job is not None:
+            self.job.remember_external_id(f"training_run:{self.run_id}", remote_id)
+
+    def known_remote_id(self) -> str | None:
+        with self.project.db.session() as session:
+            return session.get_one(TrainingRun, self.run_id).remote_id
