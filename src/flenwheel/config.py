@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     replicate_base_url: str = "https://api.replicate.com/v1"
     replicate_webhook_secret: str | None = None
     prices: Path | None = None  # YAML overriding the built-in price table (providers/pricing.py)
+    # Requests in flight per engine, e.g. "fal=8,comfyui=2" (default: 1 for `local`, 4 for the others).
+    provider_concurrency: str = ""
 
     def resolved_database_url(self) -> str:
         if self.database_url:
