@@ -1,0 +1,321 @@
+"""The evaluation report of a training run: the pick and why, contact sheet, heatmap, loss curve, advice.
+
+One self-contained HTML file: thumbnails are small base64 JPEGs and the plots are base64 PNGs (matplotlib,
+Agg canvas, no display needed), so the page can be mailed or attached to an issue as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from flenwheel.evaluation.advice import Advice
+from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
+from flenwheel.evaluation.selection import SUCCESS_TARGET, CellSummary, SampleRecord
+from flenwheel.images import open_stored
+from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
+from flenwheel.report.curation import _STYLE as CURATION_STYLE
+from flenwheel.store.models import Asset, Character, DatasetVersion, Evaluation, EvaluationSample, TrainingRun
+from flenwheel.store.project import Project
+
+THUMBNAIL_SIDE = 72
+_STYLE = (
+    CURATION_STYLE
+    + """
+.banner{background:#fff3cd;border-left:4px solid #b58100;padding:.6em 1em;margin:1em 0}
+.pick{background:#e8f5e9;border-left:4px solid #176f2c;padding:.6em 1em;margin:1em 0}
+.strip{display:flex;flex-wrap:wrap;gap:3px;max-width:460px}
+.strip img{width:auto;height:auto;max-width:72px;max-height:72px;border:3px solid #999}
+.strip img.ok{border-color:#176f2c}.strip img.other{border-color:#e08a00}.strip img.noface{border-color:#999}
+.strip img.copy{border-color:#b00020}.strip img.nsfw{border-color:#6a1b9a}
+td.chosen{background:#e8f5e9;outline:3px solid #176f2c}
+.legend span{display:inline-block;padding:0 .5em;margin-right:.5em;border-left:12px solid}
+.plot{max-width:100%;height:auto}
+"""
+)
+_LEGEND = (
+    "<p class='legend'><span style='border-color:#176f2c'>the character (success)</span>"
+    "<span style='border-color:#e08a00'>a face, not the character</span>"
+    "<span style='border-color:#999'>no face found</span>"
+    "<span style='border-color:#b00020'>near copy of a training image</span>"
+    "<span style='border-color:#6a1b9a'>flagged NSFW</span></p>"
+)
+
+
+def write_evaluation_report(project: Project, evaluation_id: int, target: Path) -> Path:
+    """Write the report of one evaluation to `target` (folders made as needed) and return the path."""
+    e = html.escape
+    with project.db.session() as session:
+        evaluation = session.get_one(Evaluation, evaluation_id)
+        run = session.get_one(TrainingRun, evaluation.run_id)
+        character = session.get_one(Character, run.character_id)
+        version = session.get_one(DatasetVersion, run.dataset_version_id)
+        labels = {c.id: _checkpoint_label(c.step, c.epoch) for c in run.checkpoints}
+        rows = session.execute(
+            select(EvaluationSample, Asset.sha256, Asset.model)
+            .outerjoin(Asset, Asset.id == EvaluationSample.asset_id)
+            .where(EvaluationSample.evaluation_id == evaluation_id)
+            .order_by(EvaluationSample.id)
+        ).all()
+        config, reason, status = dict(evaluation.config), evaluation.reason, evaluation.status
+        cells = [CellSummary.model_validate(row) for row in evaluation.summary]
+        advice = [Advice.model_validate(item) for item in evaluation.advice]
+        selected = (evaluation.selected_checkpoint_id, evaluation.selected_strength)
+        losses = [(float(step), float(loss)) for step, loss in run.losses]
+        checkpoint_steps = [(c.step, c.id) for c in run.checkpoints]
+        title = f"{character.name} — run {run.id} ({run.trainer}, dataset {version.label})"
+        allow_nsfw = character.nsfw
+    threshold = float(config.get("identity_threshold", project.settings.identity_threshold))
+    samples = [
+        (
+            SampleRecord(
+                checkpoint_id=row.checkpoint_id,
+                strength=round(row.strength, 4),
+                prompt_key=row.prompt_key,
+                asset_id=row.asset_id,
+                face_found=row.face_found,
+                identity_distance=row.identity_distance,
+                near_copy=row.near_copy,
+                nsfw_score=row.nsfw_score,
+                adherence=row.adherence,
+            ),
+            sha256,
+        )
+        for row, sha256, _model in rows
+    ]
+    tiny = any(model == TINY_MODEL_ID for _row, _sha, model in rows)
+    faces = sum(c.faces for c in cells)
+    images = sum(c.images for c in cells)
+
+    banners = []
+    if images and faces == 0:
+        banners.append(
+            f"<div class='banner'><b>No face was found in any of the {images} images.</b> Identity, success "
+            "rate and likeness could not be measured; the numbers below are zeros, not estimates, and the "
+            "selection follows the tie rule only." + (f" Note: {e(TINY_NOTE)}." if tiny else "") + "</div>"
+        )
+    elif tiny:
+        banners.append(f"<div class='banner'>Note: {e(TINY_NOTE)}.</div>")
+    if status != "succeeded":
+        banners.append(
+            f"<div class='banner'>This evaluation is {e(status)}: run it again to finish it.</div>"
+        )
+
+    strengths = sorted({c.strength for c in cells})
+    order = sorted({(c.step, c.checkpoint_id) for c in cells})
+    heatmap = _png_uri(_heatmap_png(cells, order, strengths, labels, selected))
+    loss_plot = _png_uri(_loss_png(losses, checkpoint_steps, selected[0])) if losses else None
+    sheet = _contact_sheet(project, samples, order, strengths, labels, selected, threshold, allow_nsfw)
+    table = _cell_table(cells, labels, selected)
+    advice_html = "".join(
+        f"<li><b>{e(a.symptom)}</b> — {e(a.evidence)}.<br>{e(a.remedy)}.</li>" for a in advice
+    )
+    prompt_rows = "".join(
+        f"<tr><td>{e(key)}</td><td>{config.get('seeds', {}).get(key, '')}</td></tr>"
+        for key in config.get("prompts", [])
+    )
+    document = f"""<!doctype html><html><head><meta charset="utf-8"><title>flenwheel evaluation — {e(title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Evaluation of {e(title)}</h1>
+{"".join(banners)}
+<h2>Selection</h2>
+<div class="pick">{e(reason) or "not selected yet"}</div>
+<p>{len(order)} checkpoint(s) × {len(strengths)} strength(s) × {len(config.get("prompts", []))} model-card
+prompt(s) = {images} images at {config.get("size")} px, {config.get("steps")} steps, model
+{e(str(config.get("model") or "the engine's default"))}. Success = a face at identity distance
+≤ {threshold:.2f} to the character, not a near copy of a training image{"" if allow_nsfw else ", not flagged NSFW"};
+target ≥ {SUCCESS_TARGET:.0%} (seed 001 "generates correctly on first try").</p>
+<p>Prompt adherence: {e(ADHERENCE_NOT_MEASURED)}.</p>
+<h2>Success rate and likeness</h2>
+<img class="plot" src="{heatmap}" alt="heatmap of success rate and mean identity similarity">
+<h2>Training loss</h2>
+{f'<img class="plot" src="{loss_plot}" alt="training loss curve">' if loss_plot else "<p>The trainer recorded no loss log.</p>"}
+<h2>Advice</h2>
+<ul>{advice_html or "<li>nothing to report</li>"}</ul>
+<h2>Every checkpoint × strength</h2>
+{table}
+<h2>Contact sheet</h2>
+{_LEGEND}
+{sheet}
+<details><summary>Prompts and their fixed seeds</summary>
+<table><tr><th>prompt</th><th>seed</th></tr>{prompt_rows}</table></details>
+</body></html>
+"""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(document, encoding="utf-8")
+    return target
+
+
+def _checkpoint_label(step: int, epoch: int | None) -> str:
+    return f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def _thumbnail_uri(project: Project, sha256: str, side: int = THUMBNAIL_SIDE) -> str:
+    image = open_stored(project.blobs.get(sha256)).convert("RGB")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _sample_class(sample: SampleRecord, threshold: float, allow_nsfw: bool) -> tuple[str, str]:
+    if sample.near_copy:
+        return "copy", "near copy of a training image"
+    if sample.nsfw and not allow_nsfw:
+        return "nsfw", f"flagged NSFW ({sample.nsfw_score:.2f})"
+    if not sample.face_found:
+        return "noface", "no face found"
+    if sample.success(threshold, allow_nsfw):
+        return "ok", f"the character, distance {sample.identity_distance:.2f}"
+    return "other", f"another face, distance {sample.identity_distance or 0:.2f}"
+
+
+def _contact_sheet(
+    project: Project,
+    samples: Sequence[tuple[SampleRecord, str | None]],
+    order: Sequence[tuple[int, int]],
+    strengths: Sequence[float],
+    labels: dict[int, str],
+    selected: tuple[int | None, float | None],
+    threshold: float,
+    allow_nsfw: bool,
+) -> str:
+    e = html.escape
+    by_cell: dict[tuple[int, float], list[str]] = {}
+    for sample, sha256 in samples:
+        if sha256 is None:
+            continue
+        css, what = _sample_class(sample, threshold, allow_nsfw)
+        tag = (
+            f"<img class='{css}' src='{_thumbnail_uri(project, sha256)}' "
+            f"title='{e(sample.prompt_key)}: {e(what)}' alt='{e(sample.prompt_key)}'>"
+        )
+        by_cell.setdefault((sample.checkpoint_id, sample.strength), []).append(tag)
+    header = "".join(f"<th>strength {s:g}</th>" for s in strengths)
+    rows = []
+    for _step, checkpoint_id in order:
+        cells = []
+        for strength in strengths:
+            chosen = " class='chosen'" if selected == (checkpoint_id, strength) else ""
+            strip = "".join(by_cell.get((checkpoint_id, strength), [])) or "not drawn"
+            cells.append(f"<td{chosen}><div class='strip'>{strip}</div></td>")
+        rows.append(f"<tr><th>{e(labels.get(checkpoint_id, str(checkpoint_id)))}</th>{''.join(cells)}</tr>")
+    return f"<table><tr><th>checkpoint</th>{header}</tr>{''.join(rows)}</table>"
+
+
+def _cell_table(
+    cells: Sequence[CellSummary], labels: dict[int, str], selected: tuple[int | None, float | None]
+) -> str:
+    def number(value: float | None, spread: float | None = None) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
+
+    rows = []
+    for c in cells:
+        chosen = " class='chosen'" if selected == (c.checkpoint_id, c.strength) else ""
+        rows.append(
+            f"<tr{chosen}><td>{html.escape(labels.get(c.checkpoint_id, c.label))}</td><td>{c.strength:g}</td>"
+            f"<td>{c.images}</td><td>{c.faces}</td><td>{c.successes} ({c.success_rate:.0%})</td>"
+            f"<td>{number(c.mean_similarity, c.spread)}</td><td>{number(c.mean_distance)}</td>"
+            f"<td>{c.near_copies}</td><td>{c.nsfw_flags}</td><td>{c.joint_score:.2f}</td>"
+            f"<td class='{'met' if c.meets_target else 'unmet'}'>{'met' if c.meets_target else 'not met'}</td></tr>"
+        )
+    return (
+        "<table><tr><th>checkpoint</th><th>strength</th><th>images</th><th>faces</th><th>success</th>"
+        "<th>identity similarity ± spread</th><th>mean distance</th><th>near copies</th><th>NSFW</th>"
+        f"<th>joint score</th><th>≥ 80 %</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _to_png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")  # a bare Figure renders on the Agg canvas: no display, no pyplot
+    return buffer.getvalue()
+
+
+def _heatmap_png(
+    cells: Sequence[CellSummary],
+    order: Sequence[tuple[int, int]],
+    strengths: Sequence[float],
+    labels: dict[int, str],
+    selected: tuple[int | None, float | None],
+) -> bytes:
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    index = {(c.checkpoint_id, c.strength): c for c in cells}
+    rows = [checkpoint_id for _step, checkpoint_id in order]
+    figure = _figure(4.0 + 1.4 * len(strengths), 1.4 + 0.45 * len(rows))
+    axes = figure.subplots(1, 2)
+    panels = (
+        ("success rate (target ≥ 80 %)", lambda c: c.success_rate, lambda v: f"{v:.0%}", (0.0, 1.0)),
+        ("mean identity similarity", lambda c: c.mean_similarity, lambda v: f"{v:.2f}", (0.3, 0.9)),
+    )
+    for ax, (title, value_of, text_of, (low, high)) in zip(axes, panels, strict=True):
+        grid = np.full((len(rows), len(strengths)), np.nan)
+        for i, checkpoint_id in enumerate(rows):
+            for j, strength in enumerate(strengths):
+                cell = index.get((checkpoint_id, strength))
+                value = value_of(cell) if cell is not None else None
+                if value is not None:
+                    grid[i, j] = value
+                ax.text(
+                    j, i, "n/a" if value is None else text_of(value), ha="center", va="center", fontsize=9
+                )
+                if selected == (checkpoint_id, strength):
+                    ax.add_patch(
+                        Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5)
+                    )
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=low, vmax=high, aspect="auto")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(strengths)), [f"{s:g}" for s in strengths])
+        ax.set_xlabel("LoRA strength")
+        ax.set_yticks(range(len(rows)), [labels.get(r, str(r)) for r in rows], fontsize=8)
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    return _to_png(figure)
+
+
+def _loss_png(
+    losses: Sequence[tuple[float, float]], checkpoints: Sequence[tuple[int, int]], selected_id: int | None
+) -> bytes:
+    import numpy as np
+
+    steps = np.array([step for step, _ in losses])
+    values = np.array([loss for _, loss in losses])
+    figure = _figure(8.0, 3.2)
+    ax = figure.subplots()
+    ax.plot(steps, values, color="#9aa7b8", linewidth=0.8, label="loss")
+    window = max(1, len(values) // 20)
+    if window > 1:
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="#1f4e8c", linewidth=1.8, label=f"mean of {window} steps")
+    for step, checkpoint_id in checkpoints:
+        chosen = checkpoint_id == selected_id
+        ax.axvline(
+            step,
+            color="#176f2c" if chosen else "#bbbbbb",
+            linestyle="-" if chosen else ":",
+            linewidth=2 if chosen else 1,
+            label="selected checkpoint" if chosen else None,
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(loc="upper right", fontsize=8)
+    return _to_png(figure)

@@ -1,0 +1,161 @@
+"""Evaluation on real faces: a checkpoint that learned the character beats one that did not, near copies are
+penalised, an interrupted evaluation resumes without drawing twice, and the report shows the evidence."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pytest
+from photo_engine import CheckpointPhotoEngine
+from sqlalchemy import func, select
+
+from checkpoint_runs import TRAINING_PHOTOS, UNSEEN_PHOTOS, add_run, character_with_dataset
+from flenwheel.config import Settings
+from flenwheel.domain import AssetKind
+from flenwheel.pipeline.evaluation import evaluate_run
+from flenwheel.providers.base import ProviderError
+from flenwheel.store.models import Asset, Character, Evaluation, EvaluationSample
+from flenwheel.store.project import Project
+
+from photos import FACES, london
+
+PROMPTS = ("front-neutral", "half_left-smiling", "full_body-standing")
+STRENGTHS = (0.6, 1.0)
+BRICK = FACES / "non_face" / "4_brick.jpg"
+LOSSES = [(step, 0.3 - step / 1000) for step in range(1, 201)]
+
+
+def learned_then_lost(stem: str, strength: float, key: str) -> Path:
+    """epoch1 learned lisa (at 0.6 one full-body shot is someone else); epoch2 draws strangers and a wall."""
+    index = PROMPTS.index(key)
+    if stem == "epoch1":
+        if strength < 0.7 and key == "full_body-standing":
+            return london(3)
+        return UNSEEN_PHOTOS[index]
+    return london(1 + index) if index < 2 else BRICK
+
+
+def evaluate(project: Project, engine: CheckpointPhotoEngine, **options):
+    return evaluate_run(project, "lisa", strengths=STRENGTHS, prompts=PROMPTS, providers=[engine], **options)
+
+
+def by_cell(outcome) -> dict[tuple[int, float], object]:
+    return {(cell.step, cell.strength): cell for cell in outcome.cells}
+
+
+def test_the_checkpoint_that_learned_the_character_is_selected_and_made_active(project: Project) -> None:
+    character_with_dataset(project)
+    run_id, (epoch1, _epoch2) = add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], LOSSES)
+    engine = CheckpointPhotoEngine(learned_then_lost)
+
+    outcome = evaluate(project, engine)
+
+    cells = by_cell(outcome)
+    print(
+        {
+            key: (c.success_rate, c.faces, c.mean_similarity, c.spread, c.mean_distance)
+            for key, c in cells.items()
+        }
+    )
+    assert len(engine.calls) == 12 and outcome.images == 12 and outcome.generated_now == 12
+    assert [cells[100, 0.6].success_rate, cells[100, 1.0].success_rate] == [
+        pytest.approx(2 / 3, abs=1e-3),
+        1.0,
+    ]
+    assert cells[200, 0.6].success_rate == cells[200, 1.0].success_rate == 0.0
+    assert (cells[100, 1.0].faces, cells[200, 1.0].faces) == (3, 2)  # the brick wall has no face
+    # Real dlib distances: the same woman sits well inside the 0.48 threshold, strangers outside it.
+    assert cells[100, 1.0].mean_distance < 0.48 < cells[200, 1.0].mean_distance
+    assert cells[100, 1.0].mean_similarity > 0.52 > cells[200, 1.0].mean_similarity
+
+    selection = outcome.selection
+    assert (selection.checkpoint_id, selection.strength, selection.measured) == (epoch1, 1.0, True)
+    assert (
+        "step 100 (epoch 1) at strength 1" in selection.reason and "3 of 3 images (100%)" in selection.reason
+    )
+    codes = [item.code for item in outcome.advice]
+    assert "overfit" in codes and "ready" in codes
+    overfit = next(item for item in outcome.advice if item.code == "overfit")
+    assert "step 100" in overfit.symptom and "1e-04 → 5e-05" in overfit.remedy
+
+    with project.db.session() as session:
+        character = session.scalar(select(Character))
+        assert (character.active_checkpoint_id, character.active_lora_strength) == (epoch1, 1.0)
+        evaluation = session.get_one(Evaluation, outcome.evaluation_id)
+        assert evaluation.status == "succeeded" and evaluation.reason == selection.reason
+        assert (
+            len(evaluation.summary) == 4
+            and evaluation.report_path == f"reports/lisa-run{run_id}-evaluation.html"
+        )
+        images = session.scalars(select(Asset).where(Asset.kind == AssetKind.EVALUATION)).all()
+        assert len(images) == 12
+        assert {a.attributes["prompt_key"] for a in images} == set(PROMPTS)
+        assert {a.attributes["evaluation"] for a in images} == {outcome.evaluation_id}
+
+    page = outcome.report.read_text()
+    assert outcome.report == project.root / "reports" / f"lisa-run{run_id}-evaluation.html"
+    assert page.count("data:image/png;base64,") == 2  # the heatmap and the loss curve
+    assert page.count("data:image/jpeg;base64,") == 12  # the contact sheet
+    assert html.escape(selection.reason) in page and "identity falls after step 100" in page
+    assert "Prompt adherence: not measured" in page and "No face was found" not in page
+
+
+def memorised(stem: str, strength: float, key: str) -> Path:
+    """epoch1 draws new photos of lisa; epoch2 hands back her training photos (it memorised them)."""
+    index = PROMPTS.index(key)
+    return (UNSEEN_PHOTOS if stem == "epoch1" else TRAINING_PHOTOS)[index]
+
+
+def test_near_copies_of_training_images_are_penalised(project: Project) -> None:
+    character_with_dataset(project)
+    _run, (epoch1, _epoch2) = add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")])
+
+    outcome = evaluate(project, CheckpointPhotoEngine(memorised))
+
+    cells = by_cell(outcome)
+    assert cells[200, 1.0].near_copies == 3 and cells[200, 1.0].success_rate == 0.0
+    assert cells[200, 1.0].faces == 3  # the copies do show her face: only the copy check catches them
+    assert cells[100, 1.0].near_copies == 0 and cells[100, 1.0].success_rate == 1.0
+    assert outcome.selection.checkpoint_id == epoch1
+    assert cells[200, 1.0].joint_score < 0 < cells[100, 1.0].joint_score
+    memorised_advice = next(item for item in outcome.advice if item.code == "memorised")
+    assert "6 of 12 images are near copies" in memorised_advice.evidence
+    with outcome.report.open() as page:
+        assert "near copy of a training image" in page.read()
+
+
+def test_an_interrupted_evaluation_resumes_without_drawing_twice(project: Project, tmp_path: Path) -> None:
+    character_with_dataset(project)
+    add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], LOSSES)
+
+    with pytest.raises(ProviderError, match="went away"):
+        evaluate(project, CheckpointPhotoEngine(learned_then_lost, stop_after=5))
+    with project.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(EvaluationSample)) == 5
+        assert session.scalar(select(Evaluation.status)) == "interrupted"
+        assert session.scalar(select(Character.active_checkpoint_id)) is None
+
+    engine = CheckpointPhotoEngine(learned_then_lost)
+    resumed = evaluate(project, engine)
+    assert len(engine.calls) == 7 and resumed.generated_now == 7 and resumed.images == 12
+
+    again = evaluate(project, engine)  # a finished evaluation run again draws nothing
+    assert len(engine.calls) == 7 and again.generated_now == 0
+
+    with project.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Evaluation)) == 1
+        keys = session.execute(
+            select(EvaluationSample.checkpoint_id, EvaluationSample.strength, EvaluationSample.prompt_key)
+        ).all()
+        assert len(keys) == len(set(keys)) == 12
+
+    fresh = Project.init(Settings(project=tmp_path / "fresh", workers=2))
+    try:
+        character_with_dataset(fresh)
+        add_run(fresh, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], LOSSES)
+        uninterrupted = evaluate(fresh, CheckpointPhotoEngine(learned_then_lost))
+    finally:
+        fresh.close()
+    assert resumed.cells == uninterrupted.cells and again.cells == uninterrupted.cells
+    assert resumed.selection == uninterrupted.selection
