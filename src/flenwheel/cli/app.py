@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import curation, dataset, demo, project, studio, training
+from flenwheel.cli import curation, dataset, demo, evaluate, project, studio, training
 from flenwheel.cli.common import state
 
 app = typer.Typer(
@@ -35,5 +35,6 @@ project.register(app)
 curation.register(app)
 studio.register(app)
 training.register(app)
+evaluate.register(app)
 app.add_typer(dataset.app, name="dataset")
 demo.register(app)
