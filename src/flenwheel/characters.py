@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +33,8 @@ def create_character(
     nsfw: bool = False,
     budget_usd: float = 5.0,
     caption_template: str | None = None,
+    owner_id: int | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> CharacterInfo:
     if not NAME_PATTERN.match(name):
         raise InvalidInput(
@@ -61,6 +64,8 @@ def create_character(
                 nsfw=nsfw,
                 budget_usd=budget_usd,
                 caption_template=caption_template,
+                owner_id=owner_id,
+                spec=dict(spec or {}),
             )
         )
         try:

@@ -94,6 +94,13 @@ def ingest_file(
         return _reject(project, character_id, shown, "missing", "no such file: check the path")
     except OSError as exc:
         return _reject(project, character_id, shown, "unreadable", f"cannot read the file ({exc.strerror})")
+    return ingest_bytes(project, character_id, data, shown, display_name, reference)
+
+
+def ingest_bytes(
+    project: Project, character_id: int, data: bytes, shown: str, display_name: str, reference: bool
+) -> IngestOutcome:
+    """Take in one file's bytes (already read, e.g. an HTTP upload) with the same checks as a file on disk."""
     source_sha256 = hashlib.sha256(data).hexdigest()
     with project.db.session() as session:
         existing = session.scalar(

@@ -1,0 +1,90 @@
+"""API users and their bearer tokens. A token is shown once when made; only its sha256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from flenwheel.domain import Frozen
+from flenwheel.errors import FlenwheelError, InvalidInput
+from flenwheel.store.models import User
+from flenwheel.store.project import Project
+
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.@]{0,63}$")
+
+
+class UserExists(FlenwheelError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an API user named {name!r} already exists: pick another name")
+
+
+class UserNotFound(FlenwheelError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no API user named {name!r}: list them with `flenwheel user ls`")
+
+
+class UserInfo(Frozen):
+    """An API user as the API and the CLI show it (never the token)."""
+
+    id: int
+    name: str
+    created_at: datetime
+
+
+def new_token() -> str:
+    """A fresh bearer token: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def add_user(project: Project, name: str) -> tuple[UserInfo, str]:
+    """Create a user and return it with its token; the token cannot be shown again."""
+    if not USER_NAME.match(name):
+        raise InvalidInput(
+            f"user name {name!r} is not allowed: use letters, digits, '_', '-', '.', '@' (≤ 64, no spaces)"
+        )
+    token = new_token()
+    with project.db.session() as session:
+        if session.scalar(select(User.id).where(User.name == name)) is not None:
+            raise UserExists(name)
+        user = User(name=name, token_sha256=token_sha256(token))
+        session.add(user)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise UserExists(name) from None
+        return UserInfo(id=user.id, name=user.name, created_at=user.created_at), token
+
+
+def new_user_token(project: Project, name: str) -> str:
+    """Replace a user's token (the old one stops working at once) and return the new one."""
+    token = new_token()
+    with project.db.session() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise UserNotFound(name)
+        user.token_sha256 = token_sha256(token)
+    return token
+
+
+def list_users(project: Project) -> list[UserInfo]:
+    with project.db.session() as session:
+        return [
+            UserInfo(id=u.id, name=u.name, created_at=u.created_at)
+            for u in session.scalars(select(User).order_by(User.id))
+        ]
+
+
+def user_for_token(session: Session, token: str) -> UserInfo | None:
+    """The user holding `token`, or None. Looked up by hash: the token itself is never stored or compared."""
+    user = session.scalar(select(User).where(User.token_sha256 == token_sha256(token)))
+    return None if user is None else UserInfo(id=user.id, name=user.name, created_at=user.created_at)

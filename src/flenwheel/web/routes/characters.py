@@ -1,0 +1,115 @@
+"""Characters: create (optionally from a wizard spec), list, get, delete — only the caller's own."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import delete, func, select
+
+from flenwheel.characters import create_character
+from flenwheel.jobs.base import JobStatus
+from flenwheel.store.models import Asset, Character, Job
+from flenwheel.web.deps import CurrentUser, OwnedCharacter, ProjectDep, SessionDep
+from flenwheel.web.schemas import CharacterCreate, CharacterPage, CharacterPublic
+
+router = APIRouter(prefix="/characters", tags=["characters"])
+
+UNFINISHED = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+
+
+def _public(character: Character, assets: int) -> CharacterPublic:
+    return CharacterPublic.model_validate({**_columns(character), "assets": assets})
+
+
+def _columns(character: Character) -> dict[str, Any]:
+    return {column.key: getattr(character, column.key) for column in Character.__table__.columns}
+
+
+def _create_fields(body: CharacterCreate) -> dict[str, Any]:
+    """Token, class word and NSFW flag: as given, else derived from the spec (pipeline/spec.py)."""
+    from flenwheel.errors import InvalidInput
+    from flenwheel.pipeline.spec import parse_spec
+
+    if body.spec is None:
+        if body.token is None or body.class_word is None:
+            raise InvalidInput(
+                "give `token` and `class_word` (e.g. ohwx_lisa, woman), or a `spec` to derive them from"
+            )
+        return {"token": body.token, "class_word": body.class_word, "nsfw": bool(body.nsfw), "spec": None}
+    spec = parse_spec({"name": body.name, **body.spec}, "spec")
+    return {
+        "token": body.token or spec.resolved_token,
+        "class_word": body.class_word or spec.resolved_class,
+        "nsfw": spec.nsfw_allowed if body.nsfw is None else body.nsfw,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CharacterPublic)
+def create(body: CharacterCreate, user: CurrentUser, project: ProjectDep) -> CharacterPublic:
+    """Create a character owned by you. Give `token` and `class_word`, or a wizard `spec` to derive them."""
+    fields = _create_fields(body)
+    create_character(
+        project,
+        body.name,
+        fields["token"],
+        fields["class_word"],
+        nsfw=fields["nsfw"],
+        budget_usd=body.budget_usd,
+        caption_template=body.caption_template,
+        owner_id=user.id,
+        spec=fields["spec"],
+    )
+    with project.db.session() as session:
+        character = session.scalars(select(Character).where(Character.name == body.name)).one()
+        return _public(character, 0)
+
+
+@router.get("", response_model=CharacterPage)
+def list_characters(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CharacterPage:
+    """Your characters, oldest first, with their asset counts."""
+    mine = Character.owner_id == user.id
+    total = session.scalar(select(func.count()).select_from(Character).where(mine)) or 0
+    rows = session.execute(
+        select(Character, func.count(Asset.id))
+        .outerjoin(Asset, Asset.character_id == Character.id)
+        .where(mine)
+        .group_by(Character.id)
+        .order_by(Character.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    items = [_public(character, count) for character, count in rows]
+    return CharacterPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{character_id}", response_model=CharacterPublic)
+def get(ref: OwnedCharacter, session: SessionDep) -> CharacterPublic:
+    """One of your characters."""
+    character = session.get_one(Character, ref.id)
+    count = session.scalar(select(func.count(Asset.id)).where(Asset.character_id == ref.id)) or 0
+    return _public(character, count)
+
+
+@router.delete("/{character_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def remove(ref: OwnedCharacter, session: SessionDep) -> Response:
+    """Delete a character with its assets, reviews, dataset versions, runs and finished jobs.
+
+    Refused (409) while one of its jobs is queued or running: cancel those first."""
+    unfinished = list(
+        session.scalars(select(Job.id).where(Job.character_id == ref.id, Job.status.in_(UNFINISHED)))
+    )
+    if unfinished:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"character {ref.id} has unfinished jobs {unfinished}: cancel them with "
+            "POST /jobs/{id}/cancel and delete again once they have stopped",
+        )
+    session.execute(delete(Character).where(Character.id == ref.id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
