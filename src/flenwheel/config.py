@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # Faces are detected on a copy whose long side is at most this many pixels.
     detect_max_side: int = Field(default=640, ge=160, le=4096)
     workers: int = Field(default=0, ge=0, le=256)  # 0 = one per CPU core
+    # Background jobs: "embedded" (in-process workers on the job table) or "procrastinate" (PostgreSQL only).
+    jobs: str = Field(default="embedded", pattern="^(embedded|procrastinate)$")
+    job_stale_after_s: float = Field(default=30.0, gt=0.0)  # a running job without a heartbeat this long is lost
+    job_retry_backoff_s: float = Field(default=2.0, ge=0.0)  # first wait before retrying a transient failure
     upload_max_mb: float = Field(default=25.0, gt=0.0, le=80.0)  # HTTP API: largest image one upload may be
     cache_dir: Path | None = None  # built models (the tiny pipeline); default ~/.cache/flenwheel
     # Engines. Each one is used only when configured; the router tries them in `providers` order.

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import curation, dataset, demo, evaluate, project, serve, studio, training
+from flenwheel.cli import curation, dataset, demo, evaluate, jobs, project, serve, studio, training
 from flenwheel.cli.common import state
 
 app = typer.Typer(
@@ -38,4 +38,5 @@ training.register(app)
 evaluate.register(app)
 app.add_typer(dataset.app, name="dataset")
 demo.register(app)
+jobs.register(app)
 serve.register(app)

@@ -1,1 +1,53 @@
-"""Background jobs: a JobBackend contract (base.py), the embedded SQLite backend and the Procrastinate one."""
+"""Background jobs. The `job` table is the source of truth on every backend; a backend only decides how a
+queued row reaches a worker.
+
+    from flenwheel.jobs import JobRequest, Queue, open_backend
+    backend = open_backend(project)            # embedded pool, or Procrastinate (FLENWHEEL_JOBS=procrastinate)
+    job_id = backend.submit(JobRequest(kind="generate", queue=Queue.GPU, character_id=7,
+                                       payload={"character": "lisa", "request": {"prompt": "…"}}))
+    info = backend.wait(job_id, timeout=60)    # JobInfo: status, progress_done/total, result, error …
+    backend.cancel(job_id); backend.retry(job_id)
+    backend.store.list_jobs(character_id=7, status="running")   # JobStore: the table operations
+
+A kind is a plain function `fn(project, payload: dict, ctx: JobContext) -> dict` listed in
+`jobs/kinds.py` BUILT_IN ("kind": "module:function") or added with `kinds.register`. Stages report with
+`ctx.progress(done, total, message)`, stop when `ctx.cancelled()` by raising `JobCancelled`, keep remote ids
+with `ctx.remember_external_id(key, value)` (a retry sees them via `known_external_id`), and raise an
+error with `transient = True` (e.g. `TransientJobError`) to be retried with backoff. A `cost_usd` key in
+the result is recorded on the row. `flenwheel worker --queue gpu|cpu|api` runs workers on any host.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flenwheel.jobs.base import JobCancelled, JobContext, JobRequest, JobStatus, Queue, TransientJobError
+
+if TYPE_CHECKING:
+    from flenwheel.jobs.embedded import EmbeddedBackend
+    from flenwheel.store.project import Project
+
+__all__ = [
+    "JobCancelled",
+    "JobContext",
+    "JobRequest",
+    "JobStatus",
+    "Queue",
+    "TransientJobError",
+    "open_backend",
+]
+
+
+def open_backend(project: Project, start_workers: bool = False, workers: int = 2) -> EmbeddedBackend:
+    """The backend the settings choose. Embedded: `start_workers=True` also runs a pool in this process
+    (`flenwheel serve`, the demo); otherwise jobs wait for a `flenwheel worker`."""
+    from flenwheel.jobs.worker import uses_procrastinate
+
+    if uses_procrastinate(project):
+        from flenwheel.jobs.procrastinate_backend import ProcrastinateBackend
+
+        return ProcrastinateBackend(project)  # type: ignore[return-value]
+    from flenwheel.jobs.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(project, workers=workers)
+    return backend.start() if start_workers else backend

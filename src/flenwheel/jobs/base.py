@@ -92,3 +92,9 @@ class LocalJobContext:
 
     def known_external_id(self, key: str) -> str | None:
         return self._external.get(key)
+
+
+class TransientJobError(FlenwheelError):
+    """A failure worth another attempt (a dropped connection, a busy engine); the job is retried with backoff."""
+
+    transient = True

@@ -1,0 +1,466 @@
+"""Operations on the `job` table shared by every backend: submit, claim, heartbeat, progress, finish, recover.
+
+Every state change is one guarded UPDATE, so two workers can never both own a row: a claim only takes a
+`queued` row, and finishing only applies while the row is still `running` under the same worker name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+
+from flenwheel.domain import Frozen
+from flenwheel.errors import FlenwheelError, InvalidInput
+from flenwheel.jobs.base import JobRequest, JobStatus
+from flenwheel.store.database import Database
+from flenwheel.store.models import Job
+
+# A queued row whose `heartbeat_at` lies in the future is a retry waiting out its backoff: not claimable yet.
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
+MAX_BACKOFF_S = 300.0
+
+
+class JobNotFound(FlenwheelError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"No job {job_id}: list jobs with `flenwheel jobs ls`.")
+
+
+class JobInfo(Frozen):
+    """A snapshot of one job row."""
+
+    id: int
+    kind: str
+    queue: str
+    priority: int
+    status: JobStatus
+    payload: dict[str, Any]
+    result: dict[str, Any]
+    character_id: int | None
+    owner_id: int | None
+    parent_id: int | None
+    progress_done: int
+    progress_total: int
+    message: str
+    error: str | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    worker: str | None
+    heartbeat_at: datetime | None
+    external_ids: dict[str, Any]
+    cost_usd: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Job) -> JobInfo:
+        return cls(**{name: getattr(row, name) for name in cls.model_fields})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def worker_name(suffix: str = "") -> str:
+    """host:pid[:suffix] — recovery uses host and pid to see at once that a local worker has died."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}:{suffix}" if suffix else base
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth another attempt: engines that say so (`transient=True`), timeouts, dropped connections."""
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    return bool(getattr(exc, "transient", False))
+
+
+def backoff_seconds(attempts: int, base: float) -> float:
+    """Seconds to wait before attempt `attempts + 1`: base, 4×base, 16×base … capped at five minutes."""
+    return min(MAX_BACKOFF_S, base * 4 ** max(0, attempts - 1))
+
+
+def _local_worker_dead(worker: str | None) -> bool:
+    """True when `worker` names a process on this host that no longer exists."""
+    if not worker:
+        return False
+    parts = worker.split(":")
+    if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class JobStore:
+    """The job table of one project database. Thread-safe: each call uses its own session."""
+
+    def __init__(self, db: Database, retry_backoff_s: float = 2.0) -> None:
+        self.db = db
+        self.retry_backoff_s = retry_backoff_s
+        self._postgres = db.engine.dialect.name == "postgresql"
+        # Within one process, finishing a job wakes `wait()` callers at once instead of at their next poll.
+        self.changed = threading.Condition()
+
+    # -- submitting and reading -------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest) -> int:
+        with self.db.session() as session:
+            job = Job(
+                kind=request.kind,
+                queue=request.queue.value,
+                priority=request.priority,
+                status=JobStatus.QUEUED.value,
+                payload=dict(request.payload),
+                character_id=request.character_id,
+                owner_id=request.owner_id,
+                parent_id=request.parent_id,
+                max_attempts=request.max_attempts,
+            )
+            session.add(job)
+            session.flush()
+            return job.id
+
+    def get(self, job_id: int) -> JobInfo:
+        with self.db.session() as session:
+            row = session.get(Job, job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            return JobInfo.of(row)
+
+    def list_jobs(
+        self,
+        character_id: int | None = None,
+        status: JobStatus | str | None = None,
+        kind: str | None = None,
+        owner_id: int | None = None,
+        parent_id: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobInfo]:
+        """Newest first, filtered; page with `limit`/`offset`."""
+        query = select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))).offset(max(0, offset))
+        if character_id is not None:
+            query = query.where(Job.character_id == character_id)
+        if status is not None:
+            query = query.where(Job.status == JobStatus(status).value)
+        if kind is not None:
+            query = query.where(Job.kind == kind)
+        if owner_id is not None:
+            query = query.where(Job.owner_id == owner_id)
+        if parent_id is not None:
+            query = query.where(Job.parent_id == parent_id)
+        with self.db.session() as session:
+            return [JobInfo.of(row) for row in session.scalars(query)]
+
+    def count(self, status: JobStatus | str | None = None) -> int:
+        query = select(func.count()).select_from(Job)
+        if status is not None:
+            query = query.where(Job.status == JobStatus(status).value)
+        with self.db.session() as session:
+            return int(session.scalar(query) or 0)
+
+    # -- the worker side --------------------------------------------------------------------------------
+
+    def claim(
+        self, worker: str, queues: list[str] | None = None, job_id: int | None = None
+    ) -> JobInfo | None:
+        """Take the best queued row (highest priority, then oldest) — or the row `job_id` — for `worker`."""
+        now = utcnow()
+        pick = (
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED.value)
+            .where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= now))
+            .order_by(Job.priority.desc(), Job.id)
+            .limit(1)
+        )
+        if queues:
+            pick = pick.where(Job.queue.in_([str(q) for q in queues]))
+        if job_id is not None:
+            pick = pick.where(Job.id == job_id)
+        if self._postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        statement = (
+            update(Job)
+            .where(Job.id == pick.scalar_subquery(), Job.status == JobStatus.QUEUED.value)
+            .values(
+                status=JobStatus.RUNNING.value,
+                worker=worker,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                heartbeat_at=now,
+                finished_at=None,
+                error=None,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        with self.db.session() as session:
+            claimed = session.execute(statement).scalar()
+        return None if claimed is None else self.get(claimed)
+
+    def heartbeat(self, worker: str, job_ids: list[int] | None = None) -> int:
+        """Mark the worker's running rows alive; returns how many it still owns."""
+        statement = update(Job).where(Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+        if job_ids is not None:
+            statement = statement.where(Job.id.in_(job_ids))
+        with self.db.session() as session:
+            return _rowcount(session.execute(statement.values(heartbeat_at=utcnow())))
+
+    def progress(self, job_id: int, done: int, total: int, message: str = "") -> None:
+        values: dict[str, Any] = {"progress_done": max(0, done), "progress_total": max(0, total, done)}
+        if message:
+            values["message"] = message
+        with self.db.session() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value).values(**values)
+            )
+
+    def cancel_requested(self, job_id: int) -> bool:
+        with self.db.session() as session:
+            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def remember_external_id(self, job_id: int, key: str, value: str) -> None:
+        with self.db.session() as session:
+            row = session.get(Job, job_id, with_for_update=self._postgres)
+            if row is None:
+                raise JobNotFound(job_id)
+            row.external_ids = {**(row.external_ids or {}), key: value}
+
+    def complete(
+        self, job_id: int, worker: str, result: dict[str, Any] | None = None, cost_usd: float = 0.0
+    ) -> bool:
+        """Record success; False when the worker no longer owns the row (it was recovered elsewhere)."""
+        return self._finish(
+            job_id,
+            worker,
+            status=JobStatus.SUCCEEDED,
+            result=dict(result or {}),
+            cost_usd=float(cost_usd),
+            message="done",
+        )
+
+    def fail(self, job_id: int, worker: str, error: str, transient: bool = False) -> JobStatus | None:
+        """Record a failure: a transient one with attempts left goes back to the queue after a backoff."""
+        with self.db.session() as session:
+            row = session.get(Job, job_id, with_for_update=self._postgres)
+            if row is None or row.status != JobStatus.RUNNING.value or row.worker != worker:
+                return None
+            if transient and row.attempts < row.max_attempts and not row.cancel_requested:
+                row.status = JobStatus.QUEUED.value
+                row.heartbeat_at = utcnow() + timedelta(
+                    seconds=backoff_seconds(row.attempts, self.retry_backoff_s)
+                )
+                row.message = f"retrying after: {error}"[:2000]
+                row.error = error
+                row.worker = None
+                status = JobStatus.QUEUED
+            else:
+                row.status = JobStatus.FAILED.value
+                row.error = error
+                row.finished_at = utcnow()
+                status = JobStatus.FAILED
+        self._notify()
+        return status
+
+    def cancelled_by_stage(self, job_id: int, worker: str) -> bool:
+        """The stage saw the cancel request and stopped."""
+        return self._finish(job_id, worker, status=JobStatus.CANCELLED, message="cancelled")
+
+    def _finish(self, job_id: int, worker: str, status: JobStatus, **values: Any) -> bool:
+        with self.db.session() as session:
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+                .values(status=status.value, finished_at=utcnow(), **values)
+            )
+            applied = _rowcount(done) == 1
+            if applied and status == JobStatus.SUCCEEDED:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.progress_total > Job.progress_done)
+                    .values(progress_done=Job.progress_total)
+                )
+        self._notify()
+        return applied
+
+    def release(self, job_id: int, worker: str) -> bool:
+        """Hand a running row back to the queue without counting the attempt (a worker shutting down)."""
+        with self.db.session() as session:
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    worker=None,
+                    heartbeat_at=None,
+                    attempts=Job.attempts - 1,
+                    message="handed back by a worker shutting down",
+                )
+            )
+        return _rowcount(done) == 1
+
+    # -- the user side ----------------------------------------------------------------------------------
+
+    def cancel(self, job_id: int) -> JobStatus:
+        """A queued job is cancelled at once; a running one is asked to stop at its next check."""
+        with self.db.session() as session:
+            row = session.get(Job, job_id, with_for_update=self._postgres)
+            if row is None:
+                raise JobNotFound(job_id)
+            if row.status == JobStatus.QUEUED.value:
+                row.status = JobStatus.CANCELLED.value
+                row.cancel_requested = True
+                row.finished_at = utcnow()
+                row.message = "cancelled before it started"
+            elif row.status == JobStatus.RUNNING.value:
+                row.cancel_requested = True
+                row.message = "cancel requested"
+            status = JobStatus(row.status)
+        self._notify()
+        return status
+
+    def retry(self, job_id: int) -> JobInfo:
+        """Queue a failed, cancelled or interrupted job again with fresh attempts; its external ids stay."""
+        with self.db.session() as session:
+            row = session.get(Job, job_id, with_for_update=self._postgres)
+            if row is None:
+                raise JobNotFound(job_id)
+            if JobStatus(row.status) not in RETRYABLE:
+                raise InvalidInput(
+                    f"job {job_id} is {row.status}: only failed, cancelled or interrupted jobs can be retried"
+                )
+            row.status = JobStatus.QUEUED.value
+            row.max_attempts = max(row.max_attempts, row.attempts + 1)
+            row.cancel_requested = False
+            row.error = None
+            row.worker = None
+            row.heartbeat_at = None
+            row.finished_at = None
+            row.message = "queued again"
+        return self.get(job_id)
+
+    def recover(
+        self, timeout_s: float, alive: Callable[[str | None], bool] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Running rows whose worker is gone (stale heartbeat, or a dead local pid) go back to the queue, or
+        become `interrupted` when no attempts are left. Returns (requeued ids, interrupted ids)."""
+        stale_before = utcnow() - timedelta(seconds=timeout_s)
+        requeued: list[int] = []
+        interrupted: list[int] = []
+        with self.db.session() as session:
+            candidates = session.execute(
+                select(Job.id, Job.worker, Job.heartbeat_at).where(Job.status == JobStatus.RUNNING.value)
+            ).all()
+            for job_id, worker, beat in candidates:
+                stale = beat is None or _aware(beat) < stale_before
+                dead = _local_worker_dead(worker) or (alive is not None and not alive(worker))
+                if not (stale or dead):
+                    continue
+                row = session.get(Job, job_id, with_for_update=self._postgres)
+                if row is None or row.status != JobStatus.RUNNING.value or row.worker != worker:
+                    continue
+                lost = f"worker {worker} stopped while running attempt {row.attempts}"
+                if row.cancel_requested:
+                    row.status, row.finished_at, row.message = JobStatus.CANCELLED.value, utcnow(), lost
+                    interrupted.append(job_id)
+                elif row.attempts < row.max_attempts:
+                    row.status, row.worker, row.heartbeat_at = JobStatus.QUEUED.value, None, None
+                    row.message = f"{lost}; queued again"
+                    requeued.append(job_id)
+                else:
+                    row.status, row.finished_at = JobStatus.INTERRUPTED.value, utcnow()
+                    row.error = f"{lost}, and it has no attempts left: `flenwheel jobs retry {job_id}`"
+                    row.message = "interrupted"
+                    interrupted.append(job_id)
+                session.flush()
+        if requeued or interrupted:
+            self._notify()
+        return requeued, interrupted
+
+    # -- waiting ----------------------------------------------------------------------------------------
+
+    def wait(self, job_id: int, timeout: float = 60.0, poll_s: float = 0.05) -> JobInfo:
+        """Block until the job has finished (or `timeout` passes) and return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.get(job_id)
+            left = deadline - time.monotonic()
+            if info.status.finished or left <= 0:
+                return info
+            with self.changed:
+                self.changed.wait(min(poll_s, left))
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class DbJobContext:
+    """The JobContext of a job running from the table: progress and external ids land in its row."""
+
+    def __init__(self, store: JobStore, job: JobInfo, min_progress_interval_s: float = 0.2) -> None:
+        self.store = store
+        self.job_id: int | None = job.id
+        self._id = job.id
+        self._external = dict(job.external_ids)
+        self._interval = min_progress_interval_s
+        self._last_write = 0.0
+        self._pending: tuple[int, int, str] | None = None
+        self._cancel_checked = 0.0
+        self._cancelled = job.cancel_requested
+        self.cost_usd = 0.0
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        """Throttled to one write per interval; the first, the last (done == total) and any `flush()` always land."""
+        now = time.monotonic()
+        self._pending = (done, total, message)
+        if self._last_write == 0.0 or done >= total or now - self._last_write >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self.store.progress(self._id, *self._pending)
+            self._pending = None
+            self._last_write = time.monotonic()
+
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._cancel_checked >= 0.05:
+            self._cancel_checked = now
+            self._cancelled = self.store.cancel_requested(self._id)
+        return self._cancelled
+
+    def remember_external_id(self, key: str, value: str) -> None:
+        self.store.remember_external_id(self._id, key, value)
+        self._external[key] = value
+
+    def known_external_id(self, key: str) -> str | None:
+        value = self._external.get(key)
+        return None if value is None else str(value)
+
+    def add_cost(self, usd: float) -> None:
+        """Money spent by the stage; recorded on the row when the job finishes."""
+        self.cost_usd += usd
