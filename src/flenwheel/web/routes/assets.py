@@ -61,7 +61,9 @@ def _current_review(asset: Asset) -> Review | None:
     return current_review(asset)
 
 
-@router.get("/characters/{character_id}/assets", response_model=AssetPage)
+@router.get(
+    "/characters/{character_id}/assets", summary="List a character's assets", response_model=AssetPage
+)
 def list_assets(
     ref: OwnedCharacter,
     session: SessionDep,
@@ -98,7 +100,7 @@ def list_assets(
     return AssetPage(items=[asset_public(a) for a in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/assets/{asset_id}", response_model=AssetPublic)
+@router.get("/assets/{asset_id}", summary="Get an asset's metadata", response_model=AssetPublic)
 def get_asset(ref: OwnedAsset, session: SessionDep) -> AssetPublic:
     """One asset's metadata: provenance, current label, analysis."""
     asset = session.scalars(
@@ -111,6 +113,7 @@ def get_asset(ref: OwnedAsset, session: SessionDep) -> AssetPublic:
 
 @router.get(
     "/assets/{asset_id}/image",
+    summary="Download an asset's image",
     response_class=Response,
     responses={200: {"content": {mime: {} for mime in sorted(set(MIME_TYPES.values()))}}},
 )
@@ -133,6 +136,7 @@ def download_image(ref: OwnedAsset, project: ProjectDep, request: Request) -> Re
 
 @router.post(
     "/characters/{character_id}/assets",
+    summary="Upload images",
     response_model=UploadReport,
     responses={
         413: {"model": ErrorPublic, "description": "every file is over the upload limit"},

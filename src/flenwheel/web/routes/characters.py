@@ -46,7 +46,9 @@ def _create_fields(body: CharacterCreate) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CharacterPublic)
+@router.post(
+    "", summary="Create a character", status_code=status.HTTP_201_CREATED, response_model=CharacterPublic
+)
 def create(body: CharacterCreate, user: CurrentUser, project: ProjectDep) -> CharacterPublic:
     """Create a character owned by you. Give `token` and `class_word`, or a wizard `spec` to derive them."""
     fields = _create_fields(body)
@@ -66,7 +68,7 @@ def create(body: CharacterCreate, user: CurrentUser, project: ProjectDep) -> Cha
         return _public(character, 0)
 
 
-@router.get("", response_model=CharacterPage)
+@router.get("", summary="List your characters", response_model=CharacterPage)
 def list_characters(
     user: CurrentUser,
     session: SessionDep,
@@ -89,7 +91,7 @@ def list_characters(
     return CharacterPage(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{character_id}", response_model=CharacterPublic)
+@router.get("/{character_id}", summary="Get a character", response_model=CharacterPublic)
 def get(ref: OwnedCharacter, session: SessionDep) -> CharacterPublic:
     """One of your characters."""
     character = session.get_one(Character, ref.id)
@@ -97,7 +99,12 @@ def get(ref: OwnedCharacter, session: SessionDep) -> CharacterPublic:
     return _public(character, count)
 
 
-@router.delete("/{character_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete(
+    "/{character_id}",
+    summary="Delete a character",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+)
 def remove(ref: OwnedCharacter, session: SessionDep) -> Response:
     """Delete a character with its assets, reviews, dataset versions, runs and finished jobs.
 

@@ -43,6 +43,7 @@ def version_public(version: DatasetVersion, created: bool | None = None) -> Data
 
 @router.post(
     "",
+    summary="Build a dataset version",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetVersionPublic,
     responses={
@@ -58,7 +59,7 @@ def build(ref: OwnedCharacter, project: ProjectDep, response: Response) -> Datas
     return version_public(built.version, built.created)
 
 
-@router.get("", response_model=list[DatasetVersionPublic])
+@router.get("", summary="List dataset versions", response_model=list[DatasetVersionPublic])
 def list_versions(ref: OwnedCharacter, session: SessionDep) -> list[DatasetVersionPublic]:
     """Every version of the character's dataset, oldest first, with its composition report."""
     versions = session.scalars(
@@ -85,7 +86,7 @@ def _version(session: SessionDep, character_id: int, number: int) -> DatasetVers
     return version
 
 
-@router.get("/{number}", response_model=DatasetVersionDetail)
+@router.get("/{number}", summary="Get a dataset version", response_model=DatasetVersionDetail)
 def get_version(ref: OwnedCharacter, number: VersionNumber, session: SessionDep) -> DatasetVersionDetail:
     """One version with its items (captions, angle, shot, expression, quality as frozen at build time)."""
     version = _version(session, ref.id, number)
@@ -96,6 +97,7 @@ def get_version(ref: OwnedCharacter, number: VersionNumber, session: SessionDep)
 
 @router.get(
     "/{number}/export",
+    summary="Download an export as zip",
     response_class=FileResponse,
     responses={200: {"content": {"application/zip": {}}, "description": "the export as one zip file"}},
 )

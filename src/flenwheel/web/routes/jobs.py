@@ -54,6 +54,7 @@ def job_public(info: JobInfo | Job) -> JobPublic:
 
 @router.post(
     "",
+    summary="Submit a job",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
     responses={422: {"model": ErrorPublic, "description": "unknown kind or bad payload"}},
@@ -87,7 +88,7 @@ def submit(body: JobCreate, user: CurrentUser, project: ProjectDep, jobs: JobsDe
     return job_public(JobStore(project.db).get(job_id))
 
 
-@router.get("", response_model=JobPage)
+@router.get("", summary="List your jobs", response_model=JobPage)
 def list_jobs(
     user: CurrentUser,
     session: SessionDep,
@@ -111,13 +112,18 @@ def list_jobs(
     return JobPage(items=[job_public(row) for row in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", summary="Get a job", response_model=JobPublic)
 def get_job(job_id: OwnedJob, project: ProjectDep) -> JobPublic:
     """One job: status, progress, result or error."""
     return job_public(JobStore(project.db).get(job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": ErrorPublic}})
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job",
+    response_model=JobPublic,
+    responses={409: {"model": ErrorPublic}},
+)
 def cancel(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
     """A queued job is cancelled at once; a running one is asked to stop at its next step (its status turns
     `cancelled` when it has). 409 when the job has already finished."""
@@ -132,7 +138,12 @@ def cancel(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
     return job_public(store.get(job_id))
 
 
-@router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": ErrorPublic}})
+@router.post(
+    "/{job_id}/retry",
+    summary="Retry a job",
+    response_model=JobPublic,
+    responses={409: {"model": ErrorPublic}},
+)
 def retry(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
     """Queue a failed, cancelled or interrupted job again; remote work it started is resumed, not paid twice."""
     current = JobStore(project.db).get(job_id)
@@ -156,7 +167,7 @@ def _event_data(info: JobInfo) -> dict[str, Any]:
     }
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+@router.get("/{job_id}/events", summary="Follow a job's progress (SSE)", response_class=EventSourceResponse)
 async def events(job_id: OwnedJob, project: ProjectDep, request: Request) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events until the job finishes: `event: progress` when done/total or the
     message change, `event: status` when the status changes; each `data:` is the job's state as JSON. The
