@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import update
+from webapi import Api, make_api
 
 from flenwheel.datasets.ingest import ingest
 from flenwheel.store.models import Asset
+
 from photos import FACES, LISA
-from webapi import Api, make_api
 
 NOT_AN_IMAGE = b"just some notes, not a photo\n"
 

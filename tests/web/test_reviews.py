@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from photos import LISA
 from webapi import Api
+
+from photos import LISA
 
 
 def _asset(api: Api) -> int:
