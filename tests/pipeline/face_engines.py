@@ -37,6 +37,7 @@ class PhotoEngine:
     allows_nsfw: bool = False
     price: float = 0.0
     barrier: threading.Barrier | None = None
+    max_concurrency: int | None = None  # what the engine declares; flenwheel keeps to it
     calls: list[GenerationRequest] = field(default_factory=list)
     max_in_flight: int = 0
     _in_flight: int = 0

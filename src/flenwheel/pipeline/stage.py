@@ -346,3 +346,102 @@ def run_parallel(tasks: Sequence[Callable[[], T]], workers: int) -> Iterator[T]:
                 yield future.result()
     finally:
         pool.shutdown(wait=not pending, cancel_futures=True)
+
+
+class StageProgress:
+    """Image-level progress with a total that grows when a retry adds work (never 0/0)."""
+
+    def __init__(self, ctx: JobContext, total: int, label: str) -> None:
+        self.ctx, self.total, self.done, self.label = ctx, max(1, total), 0, label
+        self._lock = threading.Lock()
+        ctx.progress(0, self.total, f"{label}: {self.total} images")
+
+    def add(self, extra: int) -> None:
+        with self._lock:
+            self.total += extra
+
+    def step(self, message: str) -> None:
+        with self._lock:
+            self.done += 1
+            done, total = self.done, self.total
+        self.ctx.progress(done, total, message)
+
+
+# -- edits behind the identity gate -----------------------------------------------------------------------
+GateStatus = Literal["passed", "drifted", "not measurable"]
+
+
+class GatedEdit(Frozen):
+    """The last image of an edit that was redrawn while its face drifted, and what the gate said."""
+
+    image: StageImage
+    identity: IdentityCheck
+    attempts: int
+    status: GateStatus
+
+
+def existing_stage_image(
+    project: Project, character_name: str, stage: str, **match: Any
+) -> StageImage | None:
+    """An image a previous (interrupted) run of the same stage already stored: reused, not paid for again."""
+    found = stage_assets(project, character_name, stage, **match)
+    if not found:
+        return None
+    asset = found[-1]
+    return StageImage(
+        asset_id=asset.id,
+        kind=asset.kind,
+        seed=asset.seed,
+        provider=asset.provider or "",
+        model=asset.model or "",
+        width=asset.width,
+        height=asset.height,
+        cost_usd=asset.cost_usd,
+        file=str(project.blobs.path(asset.sha256)),
+        attributes=dict(asset.attributes),
+    )
+
+
+def gated_edit(
+    project: Project,
+    character_name: str,
+    ctx: JobContext,
+    engines: StageEngines,
+    probe: FaceProbe,
+    progress: StageProgress,
+    make_request: Callable[[int], GenerationRequest],
+    kind: AssetKind,
+    attributes: dict[str, Any],
+    source_asset_id: int,
+    reference: np.ndarray | None,
+    retries: int,
+) -> GatedEdit:
+    """Edit, check the face against `reference`, and redraw with a new seed (attempt n → seed of n) while it
+    drifts, at most `retries` times. `not measurable` keeps the image, flagged; it never counts as passed."""
+    threshold = project.settings.identity_threshold
+    attempt = 0
+    while True:
+        tagged = {**attributes, "attempt": attempt}
+        image = existing_stage_image(
+            project, character_name, tagged["stage"], **{k: v for k, v in tagged.items() if k != "stage"}
+        )
+        if image is None:
+            image = generate_asset(
+                project,
+                character_name,
+                make_request(attempt),
+                kind,
+                tagged,
+                engines,
+                ctx,
+                parents=(source_asset_id,),
+            )
+        check = identity_check(reference, probe.embedding(image.asset_id), threshold)
+        update_attributes(project, image.asset_id, identity=check.status, identity_distance=check.distance)
+        label = " ".join(str(v) for k, v in attributes.items() if k != "stage")
+        progress.step(f"{kind.value} {label} attempt {attempt + 1}: {check.reason}")
+        if check.status != "drifted" or attempt >= retries:
+            return GatedEdit(image=image, identity=check, attempts=attempt + 1, status=check.status)
+        update_attributes(project, image.asset_id, rejected=True)
+        attempt += 1
+        progress.add(1)
