@@ -4,14 +4,13 @@ duplicate or lost assets. Embedded pool on SQLite here; Procrastinate on Postgre
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from workers import kill, start_worker, stop, wait_for
 
 from flenwheel.characters import create_character
 from flenwheel.jobs.base import JobRequest, JobStatus, Queue
 from flenwheel.jobs.store import JobStore
 from flenwheel.store.models import Asset
 from flenwheel.store.project import Project
-
-from workers import kill, start_worker, stop, wait_for
 
 SLOW_TINY = {"prompt": "photo of ohwx woman", "steps": 150, "width": 64, "height": 64, "count": 2}
 

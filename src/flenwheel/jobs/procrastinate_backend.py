@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -178,13 +178,21 @@ class _WorkerState:
             self.store.heartbeat(worker, [job_id])
 
     def undelivered(self) -> list[JobInfo]:
-        """Queued, due rows of our queues: each gets a task deferred (the queueing lock drops duplicates)."""
+        """Queued, due rows of our queues with no Procrastinate task waiting or running for them (the
+        client died between inserting the row and deferring its task)."""
         now = datetime.now(UTC)
+        waiting = text(
+            "NOT EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.status IN ('todo', 'doing') "
+            "AND p.queueing_lock = 'job-' || job.id::text)"
+        )
         with self.project.db.session() as session:
             rows = session.scalars(
                 select(Job)
                 .where(Job.status == JobStatus.QUEUED.value, Job.queue.in_(self.queues))
                 .where((Job.heartbeat_at.is_(None)) | (Job.heartbeat_at <= now))
+                .where(
+                    waiting, Job.created_at <= now - timedelta(seconds=2)
+                )  # its client may be deferring now
                 .order_by(Job.priority.desc(), Job.id)
                 .limit(500)
             )

@@ -1,0 +1,144 @@
+"""The scale-out backend: Procrastinate workers on PostgreSQL run the same stages from the same job table.
+Workers run as real `flenwheel worker` processes (FLENWHEEL_JOBS=procrastinate), or in a thread here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from test_restart import SLOW_TINY, generated_assets
+from workers import kill, start_worker, stop, wait_for
+
+from flenwheel.characters import create_character
+from flenwheel.jobs.base import JobRequest, JobStatus, Queue
+from flenwheel.jobs.procrastinate_backend import ProcrastinateBackend, ensure_schema
+from flenwheel.jobs.store import JobStore
+from flenwheel.jobs.worker import run_worker
+from flenwheel.store.project import Project
+
+on_postgres = pytest.mark.parametrize("any_project", ["postgres"], indirect=True)
+PROCRASTINATE = {"FLENWHEEL_JOBS": "procrastinate", "FLENWHEEL_JOB_STALE_AFTER_S": "2"}
+
+
+@pytest.fixture
+def pg(any_project: Project) -> Project:
+    any_project.settings.jobs = "procrastinate"
+    any_project.settings.job_retry_backoff_s = 0.0
+    any_project.settings.job_stale_after_s = 2.0
+    return any_project
+
+
+@pytest.fixture
+def worker_thread(pg: Project) -> Iterator[threading.Event]:
+    """A Procrastinate worker (concurrency 2) on every queue, in a thread of this process."""
+    stop_event = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(pg, None, 2, stop_event), daemon=True)
+    thread.start()
+    yield stop_event
+    stop_event.set()
+    thread.join(30)
+
+
+@on_postgres
+def test_schema_is_applied_once_and_only_when_missing(pg: Project) -> None:
+    assert ensure_schema(pg) is True
+    assert ensure_schema(pg) is False
+    with pg.db.engine.connect() as connection:
+        assert connection.execute(text("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")).scalar()
+
+
+@on_postgres
+def test_a_submitted_job_runs_on_a_procrastinate_worker(pg: Project, worker_thread: threading.Event) -> None:
+    with ProcrastinateBackend(pg) as backend:
+        job_id = backend.submit(
+            JobRequest(kind="sleep", queue=Queue.API, payload={"steps": 3, "step_s": 0.01})
+        )
+        done = backend.wait(job_id, timeout=30)
+    assert done.status == JobStatus.SUCCEEDED and (done.progress_done, done.progress_total) == (3, 3)
+    assert done.worker is not None and ":pq-" in done.worker
+    with pg.db.engine.connect() as connection:
+        tasks = connection.execute(text("SELECT queue_name, args->>'job_id' FROM procrastinate_jobs")).all()
+    assert tasks == [("api", str(job_id))]  # the task carries only the job id, on the row's queue
+
+
+@on_postgres
+def test_failures_are_failed_at_once_and_transient_ones_retried(
+    pg: Project, worker_thread: threading.Event
+) -> None:
+    with ProcrastinateBackend(pg) as backend:
+        failing = backend.submit(JobRequest(kind="sleep", payload={"fail": "engine said no"}))
+        flaky = backend.submit(JobRequest(kind="sleep", payload={"transient_failures": 1, "steps": 1}))
+        failed = backend.wait(failing, timeout=3)  # seed 003: within 3 s
+        assert failed.status == JobStatus.FAILED and failed.error == "engine said no"
+        done = backend.wait(flaky, timeout=30)
+        assert done.status == JobStatus.SUCCEEDED and done.attempts == 2
+        assert done.external_ids == {"sleep_attempt": "2"}
+
+
+@on_postgres
+def test_cancel_a_running_job_and_retry_it(pg: Project, worker_thread: threading.Event) -> None:
+    with ProcrastinateBackend(pg) as backend:
+        job_id = backend.submit(JobRequest(kind="sleep", payload={"steps": 10_000, "step_s": 0.01}))
+        wait_for(backend.store, job_id, lambda job: job.progress_done >= 2, timeout=30)
+        assert backend.cancel(job_id) == JobStatus.RUNNING
+        assert backend.wait(job_id, timeout=10).status == JobStatus.CANCELLED
+        backend.store.get(job_id)
+        again = backend.retry(job_id)
+        assert again.status == JobStatus.QUEUED
+        wait_for(backend.store, job_id, lambda job: job.status == JobStatus.RUNNING, timeout=30)
+        backend.cancel(job_id)
+        assert backend.wait(job_id, timeout=10).status == JobStatus.CANCELLED
+
+
+@on_postgres
+def test_sigkilled_worker_of_two_the_job_finishes_once_on_the_other(pg: Project) -> None:
+    create_character(pg, "lisa", "ohwx", "woman")
+    backend = ProcrastinateBackend(pg)
+    job_id = backend.submit(
+        JobRequest(kind="generate", queue=Queue.GPU, payload={"character": "lisa", "request": SLOW_TINY})
+    )
+    workers = [start_worker(pg, "--queue", "gpu", env=PROCRASTINATE) for _ in range(2)]
+    logs: list[str] = []
+    try:
+        running = wait_for(
+            backend.store, job_id, lambda j: j.status == JobStatus.RUNNING and j.progress_done >= 2
+        )
+        pid = int((running.worker or "").split(":")[1])
+        [victim] = [w for w in workers if w.pid == pid]
+        kill(victim)
+        done = wait_for(backend.store, job_id, lambda j: j.status.finished, timeout=300)
+    finally:
+        for process in workers:
+            logs.append(stop(process))
+        backend.close()
+    assert done.status == JobStatus.SUCCEEDED, (done.error, logs)
+    assert done.attempts == 2 and int((done.worker or "").split(":")[1]) != pid
+    assert done.result["seed"] == int(running.external_ids["seed"])
+    assets = generated_assets(pg)
+    assert sorted(a for a, _ in assets) == sorted(done.result["asset_ids"]) and len(assets) == 2
+    assert {job for _, job in assets} == {job_id}
+
+
+@on_postgres
+def test_claimers_in_several_processes_never_take_the_same_job(pg: Project) -> None:
+    import subprocess
+    import sys
+
+    store = JobStore(pg.db)
+    ids = {store.submit(JobRequest(kind="noop")) for _ in range(60)}
+    script = (
+        "import sys; from flenwheel.store.database import Database; from flenwheel.jobs.store import JobStore\n"
+        "store = JobStore(Database(sys.argv[1]))\n"
+        "while (job := store.claim(sys.argv[2])) is not None: print(job.id, flush=True)\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, pg.db.url, f"proc{i}"], stdout=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
+    claimed = [int(line) for process in processes for line in process.communicate(timeout=120)[0].split()]
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
+    assert all(store.get(job_id).attempts == 1 for job_id in ids)
