@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,3 +51,26 @@ def make_api(project: Project, job_workers: int = 0, **settings: object) -> Iter
     app = create_app(project.settings.model_copy(update=settings), job_workers=job_workers)
     with TestClient(app) as client:
         yield Api(client, project, alice, bob)
+
+
+def read_events(lines: Iterator[str]) -> list[tuple[str, dict]]:
+    """Parse a Server-Sent Events stream into (event, data) pairs, to its end."""
+    events: list[tuple[str, dict]] = []
+    event, data = "message", ""
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: "):
+            data += line[len("data: ") :]
+        elif line == "" and data:
+            events.append((event, json.loads(data)))
+            event, data = "message", ""
+    return events
+
+
+def follow(api: Api, job_id: int, headers: dict[str, str] | None = None) -> list[tuple[str, dict]]:
+    """Every event of the job's progress stream, until the server ends it (the job has finished)."""
+    with api.client.stream("GET", f"/jobs/{job_id}/events", headers=headers or api.alice) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return read_events(response.iter_lines())
