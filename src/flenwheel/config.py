@@ -20,7 +20,8 @@ class Settings(BaseSettings):
 
     project: Path = Field(default_factory=Path.cwd)
     database_url: str | None = None  # default: SQLite file inside the project
-    blob_url: str | None = None  # default: content-addressed folder inside the project
+    blob_url: str | None = None  # default: a folder inside the project; s3://bucket/prefix shares blobs between hosts
+    s3_endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto …); default: AWS_ENDPOINT_URL, else AWS
     # Identity gate: dlib embedding distance at or below which a face is the character.
     # Calibrated on ../shared/faces with bench/calibrate_identity.py (see README "Identity threshold").
     identity_threshold: float = Field(default=0.48, gt=0.0, lt=2.0)
@@ -51,6 +52,18 @@ class Settings(BaseSettings):
     prices: Path | None = None  # YAML overriding the built-in price table (providers/pricing.py)
     # Requests in flight per engine, e.g. "fal=8,comfyui=2" (default: 1 for `local`, 4 for the others).
     provider_concurrency: str = ""
+    # Trainers. Each one is offered only when configured.
+    ai_toolkit_path: Path | None = None  # a clone of ostris/ai-toolkit (the folder holding run.py)
+    ai_toolkit_python: Path | None = None  # its python; default <ai_toolkit_path>/venv/bin/python, else ours
+    kohya_path: Path | None = None  # a clone of kohya-ss/sd-scripts (train_network.py and friends)
+    kohya_python: Path | None = None  # its python; default <kohya_path>/venv/bin/python, else ours
+    # Flux with sd-scripts also needs these three files: ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors.
+    kohya_flux_models_dir: Path | None = None
+    # Replicate trainer as owner/name:version (a pinned version of ostris/flux-dev-lora-trainer by default).
+    replicate_trainer: str = (
+        "ostris/flux-dev-lora-trainer:e440909d3512c31646ee2e0c7d6f6f4923224863a6a10c494606e79fb5844497"
+    )
+    replicate_destination: str | None = None  # "owner/model" on Replicate that receives the trained LoRA
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -76,12 +76,14 @@ def export_dataset(
     if fmt == ExportFormat.KOHYA:
         image_dir = writer.write_images(version, f"img/{repeats}_{token} {class_word}", token, lambda c: c)
         files = [
-            writer.write_text("dataset_config.toml", _kohya_toml(image_dir, repeats, f"{token} {class_word}"))
+            writer.write_text(
+                "dataset_config.toml", kohya_dataset_toml(image_dir, repeats, f"{token} {class_word}")
+            )
         ]
     elif fmt == ExportFormat.AI_TOOLKIT:
         trigger = token_pattern(token)
         image_dir = writer.write_images(version, "dataset", token, lambda c: trigger.sub("[trigger]", c))
-        config = _ai_toolkit_config(f"{name}_{version.label}", image_dir, token)
+        config = ai_toolkit_config(f"{name}_{version.label}", image_dir, token)
         files = [
             writer.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         ]
@@ -179,7 +181,15 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def _kohya_toml(image_dir: Path, repeats: int, class_tokens: str) -> str:
+def kohya_dataset_toml(
+    image_dir: Path,
+    repeats: int,
+    class_tokens: str,
+    resolution: int = 512,
+    batch_size: int = 1,
+    enable_bucket: bool = True,
+) -> str:
+    """sd-scripts' dataset_config.toml for one image folder (also what the kohya trainer runs with)."""
     # kohya's default caption extension is ".caption" and it ignores folder names when a TOML is used,
     # so every setting is stated explicitly.
     return "\n".join(
@@ -191,9 +201,9 @@ def _kohya_toml(image_dir: Path, repeats: int, class_tokens: str) -> str:
             "keep_tokens = 1",
             "",
             "[[datasets]]",
-            "resolution = 512",
-            "batch_size = 1",
-            "enable_bucket = true",
+            f"resolution = {resolution}",
+            f"batch_size = {batch_size}",
+            f"enable_bucket = {'true' if enable_bucket else 'false'}",
             "",
             "  [[datasets.subsets]]",
             f"  image_dir = {_toml_string(str(image_dir))}",
@@ -205,61 +215,99 @@ def _kohya_toml(image_dir: Path, repeats: int, class_tokens: str) -> str:
     )
 
 
-def _ai_toolkit_config(job_name: str, image_dir: Path, token: str) -> dict[str, Any]:
-    """An ai-toolkit `job: extension` config with one sd_trainer process (FLUX.1-dev on a 24 GB card)."""
+@dataclass(frozen=True)
+class AiToolkitRun:
+    """The run-specific values of an ai-toolkit job. Defaults: the export's FLUX.1-dev-on-24-GB example."""
+
+    training_folder: str = "output"  # checkpoints land in <training_folder>/<job name>/
+    base_model: str = "black-forest-labs/FLUX.1-dev"
+    family: str = "flux"  # "sd", "sdxl" or "flux"
+    rank: int = 16
+    alpha: float = 16
+    learning_rate: float = 1e-4
+    optimizer: str = "adamw8bit"
+    steps: int = 1000
+    save_every: int = 250
+    max_step_saves_to_keep: int = 4
+    batch_size: int = 1
+    resolutions: tuple[int, ...] = (512, 768, 1024)
+    num_repeats: int | None = None  # None: ai-toolkit's default (1)
+    seed: int | None = None  # None: ai-toolkit picks; samples use 42
+    ema_decay: float | None = None  # None: no EMA
+    train_text_encoder: bool = False
+
+
+def ai_toolkit_config(
+    job_name: str, image_dir: Path, token: str, run: AiToolkitRun | None = None
+) -> dict[str, Any]:
+    """An ai-toolkit `job: extension` config with one sd_trainer process (keys as its config_modules.py reads them)."""
+    run = run or AiToolkitRun()
+    flux = run.family == "flux"
+    model: dict[str, Any] = {"name_or_path": run.base_model}
+    if flux:
+        model.update(is_flux=True, quantize=True)
+    elif run.family == "sdxl":
+        model["is_xl"] = True
+    dataset: dict[str, Any] = {
+        "folder_path": str(image_dir),
+        "caption_ext": "txt",
+        "caption_dropout_rate": 0.05,
+        "shuffle_tokens": False,
+        "cache_latents_to_disk": True,
+        "resolution": list(run.resolutions),
+    }
+    if run.num_repeats is not None:
+        dataset["num_repeats"] = run.num_repeats
+    train: dict[str, Any] = {
+        "batch_size": run.batch_size,
+        "steps": run.steps,
+        "gradient_accumulation_steps": 1,
+        "train_unet": True,
+        "train_text_encoder": run.train_text_encoder,
+        "gradient_checkpointing": True,
+        "noise_scheduler": "flowmatch" if flux else "ddpm",
+        "optimizer": run.optimizer,
+        "lr": run.learning_rate,
+        "dtype": "bf16",
+    }
+    if run.ema_decay is not None:
+        train["ema_config"] = {"use_ema": True, "ema_decay": run.ema_decay}
+    process: dict[str, Any] = {
+        "type": "sd_trainer",
+        "training_folder": run.training_folder,
+        "device": "cuda:0",
+        "trigger_word": token,
+    }
+    if run.seed is not None:
+        process["training_seed"] = run.seed
+    sample_size = max(run.resolutions)
+    process.update(
+        {
+            "network": {"type": "lora", "linear": run.rank, "linear_alpha": run.alpha},
+            "save": {
+                "dtype": "float16",
+                "save_every": run.save_every,
+                "max_step_saves_to_keep": run.max_step_saves_to_keep,
+            },
+            "datasets": [dataset],
+            "train": train,
+            "model": model,
+            "sample": {
+                "sampler": "flowmatch" if flux else "ddpm",
+                "sample_every": run.save_every,
+                "width": sample_size,
+                "height": sample_size,
+                "prompts": SAMPLE_PROMPTS,
+                "neg": "",
+                "seed": 42 if run.seed is None else run.seed,
+                "walk_seed": True,
+                "guidance_scale": 4 if flux else 7,
+                "sample_steps": 20,
+            },
+        }
+    )
     return {
         "job": "extension",
-        "config": {
-            "name": job_name,
-            "process": [
-                {
-                    "type": "sd_trainer",
-                    "training_folder": "output",
-                    "device": "cuda:0",
-                    "trigger_word": token,
-                    "network": {"type": "lora", "linear": 16, "linear_alpha": 16},
-                    "save": {"dtype": "float16", "save_every": 250, "max_step_saves_to_keep": 4},
-                    "datasets": [
-                        {
-                            "folder_path": str(image_dir),
-                            "caption_ext": "txt",
-                            "caption_dropout_rate": 0.05,
-                            "shuffle_tokens": False,
-                            "cache_latents_to_disk": True,
-                            "resolution": [512, 768, 1024],
-                        }
-                    ],
-                    "train": {
-                        "batch_size": 1,
-                        "steps": 1000,
-                        "gradient_accumulation_steps": 1,
-                        "train_unet": True,
-                        "train_text_encoder": False,
-                        "gradient_checkpointing": True,
-                        "noise_scheduler": "flowmatch",
-                        "optimizer": "adamw8bit",
-                        "lr": 1e-4,
-                        "dtype": "bf16",
-                    },
-                    "model": {
-                        "name_or_path": "black-forest-labs/FLUX.1-dev",
-                        "is_flux": True,
-                        "quantize": True,
-                    },
-                    "sample": {
-                        "sampler": "flowmatch",
-                        "sample_every": 250,
-                        "width": 1024,
-                        "height": 1024,
-                        "prompts": SAMPLE_PROMPTS,
-                        "neg": "",
-                        "seed": 42,
-                        "walk_seed": True,
-                        "guidance_scale": 4,
-                        "sample_steps": 20,
-                    },
-                }
-            ],
-        },
+        "config": {"name": job_name, "process": [process]},
         "meta": {"name": "[name]", "version": "1.0"},
     }

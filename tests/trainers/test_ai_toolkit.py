@@ -1,0 +1,175 @@
+"""AiToolkitTrainer against a stand-in run.py: the real trainer needs CUDA and cannot be installed here.
+
+The stand-in (standins/ai_toolkit_run.py) reads the job YAML strictly, prints ai-toolkit's progress bar and
+writes small real .safetensors files where and how ai-toolkit does, resuming from the newest one as it does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+from trainer_data import built_project, training_input
+
+from flenwheel.config import Settings
+from flenwheel.store.project import Project
+from flenwheel.trainers.ai_toolkit import AiToolkitTrainer
+from flenwheel.trainers.base import (
+    LocalTrainingContext,
+    TrainerError,
+    TrainingCancelled,
+    TrainingSpec,
+)
+
+STANDIN = Path(__file__).parent / "standins" / "ai_toolkit_run.py"
+SPEC = TrainingSpec(
+    trigger="ohwx woman",
+    base_model="black-forest-labs/FLUX.1-dev",
+    family="flux",
+    rank=8,
+    alpha=4,
+    learning_rate=2e-4,
+    epochs=2,
+    repeats=1,
+    save_every_steps=4,
+    seed=7,
+)  # 8 images × 1 repeat = 8 steps an epoch: 16 steps, checkpoints at 4, 8, 12 and the final 16
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    return built_project(tmp_path_factory.mktemp("ait") / "project")
+
+
+@pytest.fixture
+def trainer(tmp_path: Path) -> AiToolkitTrainer:
+    install = tmp_path / "ai-toolkit"
+    install.mkdir()
+    shutil.copy(STANDIN, install / "run.py")
+    return AiToolkitTrainer(install, Path(sys.executable))
+
+
+def test_job_yaml_carries_the_run_values(project: Project, trainer: AiToolkitTrainer, tmp_path: Path) -> None:
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    trainer.run(SPEC, data, LocalTrainingContext())
+
+    config = yaml.safe_load((data.work_dir / "ai-toolkit-job.yaml").read_text())
+    [process] = config["config"]["process"]
+    assert config["config"]["name"] == "lora"
+    assert Path(process["training_folder"]) == data.work_dir / "ai-toolkit"
+    assert process["trigger_word"] == "ohwx" and process["training_seed"] == 7
+    assert process["network"] == {"type": "lora", "linear": 8, "linear_alpha": 4.0}
+    assert process["train"]["lr"] == 2e-4 and process["train"]["steps"] == 16
+    assert process["save"]["save_every"] == 4 and process["save"]["max_step_saves_to_keep"] >= 5
+    assert process["model"] == {
+        "name_or_path": "black-forest-labs/FLUX.1-dev",
+        "is_flux": True,
+        "quantize": True,
+    }
+    [dataset] = process["datasets"]
+    assert dataset["resolution"] == [512] and dataset["num_repeats"] == 1
+    captions = sorted(Path(dataset["folder_path"]).glob("*.txt"))
+    assert len(captions) == 8 and all("[trigger]" in c.read_text() for c in captions)
+    assert all("[trigger]" in prompt for prompt in process["sample"]["prompts"])
+
+
+def test_sdxl_job_names_the_architecture(trainer: AiToolkitTrainer, project: Project, tmp_path: Path) -> None:
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    spec = SPEC.model_copy(update={"family": "sdxl", "base_model": "/models/sdxl.safetensors"})
+    process = trainer.job_config(spec, data)["config"]["process"][0]  # type: ignore[index]
+    assert process["model"] == {"name_or_path": "/models/sdxl.safetensors", "is_xl": True}
+    assert process["train"]["noise_scheduler"] == "ddpm"
+
+
+def test_progress_and_every_checkpoint_are_reported(
+    project: Project, trainer: AiToolkitTrainer, tmp_path: Path
+) -> None:
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    seen: list[tuple[int, int, float | None]] = []
+    ctx = LocalTrainingContext(on_progress=lambda step, total, loss: seen.append((step, total, loss)))
+
+    result = trainer.run(SPEC, data, ctx)
+
+    assert [step for step, _, _ in seen] == list(range(1, 17))
+    assert all(total == 16 and loss is not None and 0 < loss < 1 for _, total, loss in seen)
+    assert [c.step for c in result.checkpoints] == [4, 8, 12, 16]
+    assert [c.epoch for c in result.checkpoints] == [None, 1, None, 2]
+    assert sorted(c.step for c in ctx.checkpoints) == [4, 8, 12, 16]  # each reported as it landed
+    assert result.checkpoints[-1].path.name == "lora.safetensors" and result.total_steps == 16
+    for checkpoint in result.checkpoints:
+        with safe_open(str(checkpoint.path), framework="numpy") as handle:
+            assert handle.keys()  # a real, complete safetensors file
+    assert (data.work_dir / "logs" / "ai-toolkit.log").read_text().count("loss:") >= 16
+
+
+def test_cancel_kills_the_trainer_and_a_rerun_resumes(
+    project: Project, trainer: AiToolkitTrainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    pid_file = tmp_path / "trainer.pid"
+    monkeypatch.setenv("STANDIN_PID_FILE", str(pid_file))
+    monkeypatch.setenv("STANDIN_HANG_AT_STEP", "9")  # step 10 of 16 printed, then it keeps "training"
+    first = LocalTrainingContext(cancel_after_step=10)
+    outcome: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            trainer.run(SPEC, data, first)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "cancel did not stop the trainer"
+    assert len(outcome) == 1 and isinstance(outcome[0], TrainingCancelled)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # the process is gone, not orphaned
+    assert sorted(c.step for c in first.checkpoints) == [4, 8]
+
+    monkeypatch.delenv("STANDIN_HANG_AT_STEP")
+    second_steps: list[int] = []
+    second = LocalTrainingContext(on_progress=lambda step, total, loss: second_steps.append(step))
+    result = trainer.run(SPEC, data, second)
+    assert second_steps[0] == 9  # resumed from the step-8 checkpoint, not from 0
+    assert [c.step for c in result.checkpoints] == [4, 8, 12, 16]
+    assert sorted(c.step for c in second.checkpoints) == [12, 16]  # nothing reported twice
+
+
+def test_a_failing_trainer_shows_its_last_lines(
+    project: Project, trainer: AiToolkitTrainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    monkeypatch.setenv("STANDIN_FAIL_AT_STEP", "6")
+    with pytest.raises(TrainerError) as failure:
+        trainer.run(SPEC, data, LocalTrainingContext())
+    assert "CUDA out of memory" in str(failure.value) and "exited with code 1" in str(failure.value)
+    assert not failure.value.transient
+
+
+def test_a_misnamed_key_is_refused_like_a_typo_in_the_yaml(
+    project: Project, trainer: AiToolkitTrainer, tmp_path: Path
+) -> None:
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    (trainer.path / "run.py").write_text(
+        STANDIN.read_text().replace('"linear_alpha", ', "")  # as if ai-toolkit had renamed it
+    )
+    with pytest.raises(TrainerError, match="unknown keys \\['linear_alpha'\\]"):
+        trainer.run(SPEC, data, LocalTrainingContext())
+
+
+def test_validate_and_settings(tmp_path: Path) -> None:
+    assert AiToolkitTrainer.from_settings(Settings(project=tmp_path)) is None
+    configured = AiToolkitTrainer.from_settings(
+        Settings(project=tmp_path, ai_toolkit_path=tmp_path / "nowhere")
+    )
+    assert configured is not None
+    problems = configured.validate(TrainingSpec(trigger="ohwx woman"))
+    assert any("no run.py in" in p and "FLENWHEEL_AI_TOOLKIT_PATH" in p for p in problems)
+    assert any("tiny model" in p and "--base-model" in p for p in problems)
