@@ -26,6 +26,14 @@ BRICK = FACES / "non_face" / "4_brick.jpg"
 LOSSES = [(step, 0.3 - step / 1000) for step in range(1, 201)]
 
 
+# A base model this machine does not have: the engine under test decides what is drawn.
+SPEC = {"base_model": "sd15-photos", "learning_rate": 1e-4, "trigger": "ohwx woman"}
+
+
+def two_checkpoints(project: Project, losses=LOSSES) -> tuple[int, list[int]]:
+    return add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], losses, spec=SPEC)
+
+
 def learned_then_lost(stem: str, strength: float, key: str) -> Path:
     """epoch1 learned lisa (at 0.6 one full-body shot is someone else); epoch2 draws strangers and a wall."""
     index = PROMPTS.index(key)
@@ -46,7 +54,7 @@ def by_cell(outcome) -> dict[tuple[int, float], object]:
 
 def test_the_checkpoint_that_learned_the_character_is_selected_and_made_active(project: Project) -> None:
     character_with_dataset(project)
-    run_id, (epoch1, _epoch2) = add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], LOSSES)
+    run_id, (epoch1, _epoch2) = two_checkpoints(project)
     engine = CheckpointPhotoEngine(learned_then_lost)
 
     outcome = evaluate(project, engine)
@@ -72,7 +80,8 @@ def test_the_checkpoint_that_learned_the_character_is_selected_and_made_active(p
     selection = outcome.selection
     assert (selection.checkpoint_id, selection.strength, selection.measured) == (epoch1, 1.0, True)
     assert (
-        "step 100 (epoch 1) at strength 1" in selection.reason and "3 of 3 images (100%)" in selection.reason
+        "step 100 (epoch 1) at strength 1.0" in selection.reason
+        and "3 of 3 images (100%)" in selection.reason
     )
     codes = [item.code for item in outcome.advice]
     assert "overfit" in codes and "ready" in codes
@@ -109,7 +118,7 @@ def memorised(stem: str, strength: float, key: str) -> Path:
 
 def test_near_copies_of_training_images_are_penalised(project: Project) -> None:
     character_with_dataset(project)
-    _run, (epoch1, _epoch2) = add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")])
+    _run, (epoch1, _epoch2) = two_checkpoints(project, losses=())
 
     outcome = evaluate(project, CheckpointPhotoEngine(memorised))
 
@@ -127,7 +136,7 @@ def test_near_copies_of_training_images_are_penalised(project: Project) -> None:
 
 def test_an_interrupted_evaluation_resumes_without_drawing_twice(project: Project, tmp_path: Path) -> None:
     character_with_dataset(project)
-    add_run(project, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], LOSSES)
+    two_checkpoints(project)
 
     with pytest.raises(ProviderError, match="went away"):
         evaluate(project, CheckpointPhotoEngine(learned_then_lost, stop_after=5))
@@ -153,7 +162,7 @@ def test_an_interrupted_evaluation_resumes_without_drawing_twice(project: Projec
     fresh = Project.init(Settings(project=tmp_path / "fresh", workers=2))
     try:
         character_with_dataset(fresh)
-        add_run(fresh, "lisa", [("epoch1", b"one"), ("epoch2", b"two")], LOSSES)
+        two_checkpoints(fresh)
         uninterrupted = evaluate(fresh, CheckpointPhotoEngine(learned_then_lost))
     finally:
         fresh.close()

@@ -44,7 +44,7 @@ def evaluate(
 ) -> None:
     """Score each checkpoint at each strength on fixed prompts; make the best the character's active LoRA."""
     from flenwheel.errors import InvalidInput
-    from flenwheel.evaluation.grid import parse_strengths
+    from flenwheel.evaluation.grid import parse_strengths, strength_text
     from flenwheel.pipeline.evaluation import evaluate_run
 
     if prompts not in ("all", "quick"):
@@ -85,7 +85,7 @@ def evaluate(
         mark = " ◀" if (cell.checkpoint_id, cell.strength) == chosen_cell else ""
         table.add_row(
             cell.label + mark,
-            f"{cell.strength:g}",
+            f"{strength_text(cell.strength)}",
             f"{cell.faces}/{cell.images}",
             f"{cell.success_rate:.0%}",
             similarity,

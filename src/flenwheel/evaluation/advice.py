@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from flenwheel.domain import Frozen
+from flenwheel.evaluation.grid import strength_text
 from flenwheel.evaluation.selection import SUCCESS_TARGET, CellSummary, SampleRecord, Selection
 
 # A drop at least this large from the peak checkpoint to the last one reads as overfitting.
@@ -49,7 +50,7 @@ def troubleshoot(
                 code="nsfw",
                 symptom="explicit images from SFW prompts",
                 evidence=f"{flagged} of {images} images were flagged NSFW (most: {worst.nsfw_flags} at "
-                f"{worst.label}, strength {worst.strength:g}); they count as failures",
+                f"{worst.label}, strength {strength_text(worst.strength)}); they count as failures",
                 remedy="check the dataset for explicit images and remove them, then retrain; meanwhile add "
                 "'nsfw, nude' to the negative prompt",
             )
@@ -75,7 +76,7 @@ def troubleshoot(
                 code="memorised",
                 symptom="near copies of training images (memorised)",
                 evidence=f"{copies} of {images} images are near copies of a training image (most: "
-                f"{worst.near_copies} at {worst.label}, strength {worst.strength:g})",
+                f"{worst.near_copies} at {worst.label}, strength {strength_text(worst.strength)})",
                 remedy="overfit: use an earlier checkpoint; next time add variety (backgrounds, poses, "
                 "lighting), lower the repeats or the rank (8–12)",
             )
@@ -123,7 +124,7 @@ def troubleshoot(
             Advice(
                 code="ready",
                 symptom="meets the model-card target",
-                evidence=f"{chosen.success_rate:.0%} success at {chosen.label}, strength {chosen.strength:g}",
+                evidence=f"{chosen.success_rate:.0%} success at {chosen.label}, strength {strength_text(chosen.strength)}",
                 remedy="use it: the studio now draws in LoRA mode with this checkpoint; the flywheel can "
                 "start making synthetic images",
             )
@@ -202,9 +203,9 @@ def _undertrained(cells: Sequence[CellSummary], selection: Selection) -> Advice 
     weakest = row[0]
     return Advice(
         code="undertrained",
-        symptom=f"likeness only at strength {row[-1].strength:g}",
-        evidence=f"{row[-1].success_rate:.0%} at strength {row[-1].strength:g} but {weakest.success_rate:.0%} "
-        f"at {weakest.strength:g} ({row[-1].label})",
+        symptom=f"likeness only at strength {strength_text(row[-1].strength)}",
+        evidence=f"{row[-1].success_rate:.0%} at strength {strength_text(row[-1].strength)} but {weakest.success_rate:.0%} "
+        f"at {strength_text(weakest.strength)} ({row[-1].label})",
         remedy="undertrained: train more steps (+2 epochs) or raise the learning rate; a finished LoRA holds "
         "the likeness from 0.6 to 1.0 (seed 002)",
     )

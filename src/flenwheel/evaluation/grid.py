@@ -106,3 +106,9 @@ def cell_request(cell: GridCell, settings: GridSettings) -> TextToImage:
         steps=settings.steps,
         guidance=settings.guidance,
     )
+
+
+def strength_text(value: float) -> str:
+    """A LoRA strength as users write it: 0.6, 0.85, 1.0."""
+    text = f"{value:.4f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import InvalidInput
-from flenwheel.evaluation.grid import CheckpointRef
+from flenwheel.evaluation.grid import CheckpointRef, strength_text
 from flenwheel.safety import NSFW_THRESHOLD
 
 SUCCESS_TARGET = 0.80
@@ -172,7 +172,7 @@ def select_best(cells: Sequence[CellSummary], threshold: float) -> Selection:
     best = ranked[0]
     total_images = sum(c.images for c in cells)
     measured = any(c.faces for c in cells)
-    where = f"{best.label} at strength {best.strength:g}"
+    where = f"{best.label} at strength {strength_text(best.strength)}"
     if not measured:
         reason = (
             f"No face was found in any of the {total_images} evaluation images, so likeness could not be "
@@ -194,7 +194,7 @@ def select_best(cells: Sequence[CellSummary], threshold: float) -> Selection:
         if len(ranked) > 1:
             runner = ranked[1]
             reason += (
-                f"; the next best is {runner.label} at strength {runner.strength:g} "
+                f"; the next best is {runner.label} at strength {strength_text(runner.strength)} "
                 f"({runner.success_rate:.0%}, joint {runner.joint_score:.2f})"
             )
             if runner.joint_score == best.joint_score:

@@ -27,6 +27,7 @@ from flenwheel.evaluation.grid import (
     cell_request,
     check_strengths,
     plan_grid,
+    strength_text,
 )
 from flenwheel.evaluation.prompts import PromptSetName, select_prompts
 from flenwheel.evaluation.scoring import (
@@ -145,7 +146,9 @@ def evaluate_run(
             if on_progress is not None:
                 on_progress(finished, len(grid))
             if ctx is not None:
-                ctx.progress(finished, len(grid), f"{cell.checkpoint.label}, strength {cell.strength:g}")
+                ctx.progress(
+                    finished, len(grid), f"{cell.checkpoint.label}, strength {strength_text(cell.strength)}"
+                )
     except BaseException:
         _set_status(project, evaluation_id, "interrupted")
         raise

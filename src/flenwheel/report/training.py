@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from flenwheel.evaluation.advice import Advice
+from flenwheel.evaluation.grid import strength_text
 from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
 from flenwheel.evaluation.selection import SUCCESS_TARGET, CellSummary, SampleRecord
 from flenwheel.images import open_stored
@@ -109,7 +110,7 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
 
     strengths = sorted({c.strength for c in cells})
     order = sorted({(c.step, c.checkpoint_id) for c in cells})
-    heatmap = _png_uri(_heatmap_png(cells, order, strengths, labels, selected))
+    heatmap = _png_uri(_heatmap_png(cells, order, strengths, labels, selected, threshold))
     loss_plot = _png_uri(_loss_png(losses, checkpoint_steps, selected[0])) if losses else None
     sheet = _contact_sheet(project, samples, order, strengths, labels, selected, threshold, allow_nsfw)
     table = _cell_table(cells, labels, selected)
@@ -201,7 +202,7 @@ def _contact_sheet(
             f"title='{e(sample.prompt_key)}: {e(what)}' alt='{e(sample.prompt_key)}'>"
         )
         by_cell.setdefault((sample.checkpoint_id, sample.strength), []).append(tag)
-    header = "".join(f"<th>strength {s:g}</th>" for s in strengths)
+    header = "".join(f"<th>strength {strength_text(s)}</th>" for s in strengths)
     rows = []
     for _step, checkpoint_id in order:
         cells = []
@@ -225,7 +226,7 @@ def _cell_table(
     for c in cells:
         chosen = " class='chosen'" if selected == (c.checkpoint_id, c.strength) else ""
         rows.append(
-            f"<tr{chosen}><td>{html.escape(labels.get(c.checkpoint_id, c.label))}</td><td>{c.strength:g}</td>"
+            f"<tr{chosen}><td>{html.escape(labels.get(c.checkpoint_id, c.label))}</td><td>{strength_text(c.strength)}</td>"
             f"<td>{c.images}</td><td>{c.faces}</td><td>{c.successes} ({c.success_rate:.0%})</td>"
             f"<td>{number(c.mean_similarity, c.spread)}</td><td>{number(c.mean_distance)}</td>"
             f"<td>{c.near_copies}</td><td>{c.nsfw_flags}</td><td>{c.joint_score:.2f}</td>"
@@ -256,8 +257,10 @@ def _heatmap_png(
     strengths: Sequence[float],
     labels: dict[int, str],
     selected: tuple[int | None, float | None],
+    threshold: float,
 ) -> bytes:
     import numpy as np
+    from matplotlib.colors import Normalize, TwoSlopeNorm
     from matplotlib.patches import Rectangle
 
     index = {(c.checkpoint_id, c.strength): c for c in cells}
@@ -265,10 +268,16 @@ def _heatmap_png(
     figure = _figure(4.0 + 1.4 * len(strengths), 1.4 + 0.45 * len(rows))
     axes = figure.subplots(1, 2)
     panels = (
-        ("success rate (target ≥ 80 %)", lambda c: c.success_rate, lambda v: f"{v:.0%}", (0.0, 1.0)),
-        ("mean identity similarity", lambda c: c.mean_similarity, lambda v: f"{v:.2f}", (0.3, 0.9)),
+        ("success rate (target ≥ 80 %)", lambda c: c.success_rate, lambda v: f"{v:.0%}", Normalize(0.0, 1.0)),
+        # Green above the match line (similarity 1 − threshold), red below it.
+        (
+            "mean identity similarity",
+            lambda c: c.mean_similarity,
+            lambda v: f"{v:.2f}",
+            TwoSlopeNorm(vcenter=1.0 - threshold, vmin=max(0.0, 0.65 - threshold), vmax=min(1.0, 1.3 - threshold)),
+        ),
     )
-    for ax, (title, value_of, text_of, (low, high)) in zip(axes, panels, strict=True):
+    for ax, (title, value_of, text_of, norm) in zip(axes, panels, strict=True):
         grid = np.full((len(rows), len(strengths)), np.nan)
         for i, checkpoint_id in enumerate(rows):
             for j, strength in enumerate(strengths):
@@ -283,9 +292,9 @@ def _heatmap_png(
                     ax.add_patch(
                         Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5)
                     )
-        image = ax.imshow(grid, cmap="RdYlGn", vmin=low, vmax=high, aspect="auto")
+        image = ax.imshow(grid, cmap="RdYlGn", norm=norm, aspect="auto")
         ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(strengths)), [f"{s:g}" for s in strengths])
+        ax.set_xticks(range(len(strengths)), [f"{strength_text(s)}" for s in strengths])
         ax.set_xlabel("LoRA strength")
         ax.set_yticks(range(len(rows)), [labels.get(r, str(r)) for r in rows], fontsize=8)
         figure.colorbar(image, ax=ax, shrink=0.8)

@@ -1,0 +1,88 @@
+"""End to end on the built-in tiny model: real LoRA files, real generation, real face analysis — which finds
+no faces, and the evaluation says so instead of inventing identity numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from checkpoint_runs import add_run, character_with_dataset
+from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
+from flenwheel.pipeline.evaluation import evaluate_run
+from flenwheel.providers.diffusers_local import LocalDiffusersProvider
+from flenwheel.providers.tiny_model import TINY_NOTE, ensure_tiny_model
+from flenwheel.store.models import Character, EvaluationSample
+from flenwheel.store.project import Project
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two PEFT LoRAs on the tiny UNet (different weights), saved with diffusers' save_lora_weights."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    folder = tmp_path_factory.mktemp("loras")
+    files = []
+    for seed in (1, 2):
+        pipeline = StableDiffusionPipeline.from_pretrained(ensure_tiny_model())
+        torch.manual_seed(seed)
+        pipeline.unet.add_adapter(
+            LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        )
+        with torch.no_grad():
+            for name, parameter in pipeline.unet.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.5)
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
+        StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=layers, weight_name=f"e{seed}.safetensors"
+        )
+        files.append(folder / f"e{seed}.safetensors")
+    return files
+
+
+def test_tiny_model_evaluation_runs_finds_no_faces_and_says_so(
+    project: Project, lora_files: list[Path]
+) -> None:
+    character_with_dataset(project)
+    losses = [(step, 0.2 + 0.1 / step) for step in range(1, 201)]
+    _run, (epoch1, _epoch2) = add_run(
+        project, "lisa", [("epoch1", lora_files[0]), ("epoch2", lora_files[1])], losses
+    )
+
+    outcome = evaluate_run(
+        project,
+        "lisa",
+        strengths=(0.6, 1.0),
+        prompts=["front-neutral", "profile_right-sad", "full_body-sitting"],
+        size=64,
+        steps=2,
+        providers=[LocalDiffusersProvider()],
+    )
+
+    assert outcome.images == outcome.generated_now == 12 and outcome.note == TINY_NOTE
+    with project.db.session() as session:
+        rows = session.scalars(select(EvaluationSample)).all()
+        assert not any(row.face_found for row in rows)
+        assert all(row.identity_distance is None and row.adherence is None for row in rows)
+        # The LoRA is applied: each checkpoint and strength draws different pixels from the same seed.
+        assert len({row.asset_id for row in rows}) == 12
+        character = session.scalar(select(Character))
+        assert (character.active_checkpoint_id, character.active_lora_strength) == (epoch1, 0.6)
+    assert all(c.faces == 0 and c.mean_similarity is None and c.success_rate == 0 for c in outcome.cells)
+    assert not outcome.selection.measured
+    assert (
+        "could not be measured" in outcome.selection.reason and "not by evidence" in outcome.selection.reason
+    )
+    assert [item.code for item in outcome.advice] == ["no_faces"]
+    assert outcome.adherence == ADHERENCE_NOT_MEASURED
+
+    page = outcome.report.read_text()
+    assert "No face was found in any of the 12 images" in page and "draws no faces" in page
+    assert page.count("data:image/png;base64,") == 2 and page.count("data:image/jpeg;base64,") == 12
+    assert "the model draws no faces" in page and "n/a" in page
