@@ -60,3 +60,32 @@ def project(tmp_path: Path) -> Iterator[Project]:
     project = Project.init(Settings(project=tmp_path / "project", workers=2))
     yield project
     project.close()
+
+
+@pytest.fixture(scope="session")
+def _moto_endpoint() -> Iterator[str]:
+    """moto's real S3 server on a free local port, for the whole session."""
+    import socket
+
+    server_module = pytest.importorskip("moto.server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_blob_url(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """s3://<fresh bucket>/blobs on the moto server; the endpoint and test credentials are in the env
+    (FLENWHEEL_S3_ENDPOINT_URL, AWS_*), so Settings() and worker subprocesses find them."""
+    for key, value in {
+        "FLENWHEEL_S3_ENDPOINT_URL": _moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://flenwheel-{uuid.uuid4().hex[:12]}/blobs"

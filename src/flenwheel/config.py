@@ -20,8 +20,9 @@ class Settings(BaseSettings):
 
     project: Path = Field(default_factory=Path.cwd)
     database_url: str | None = None  # default: SQLite file inside the project
-    blob_url: str | None = None  # default: a folder inside the project; s3://bucket/prefix shares blobs between hosts
-    s3_endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto …); default: AWS_ENDPOINT_URL, else AWS
+    # Default: a folder inside the project; s3://bucket/prefix shares the blobs between hosts.
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); default: AWS_ENDPOINT_URL
     # Identity gate: dlib embedding distance at or below which a face is the character.
     # Calibrated on ../shared/faces with bench/calibrate_identity.py (see README "Identity threshold").
     identity_threshold: float = Field(default=0.48, gt=0.0, lt=2.0)
@@ -32,7 +33,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=0, ge=0, le=256)  # 0 = one per CPU core
     # Background jobs: "embedded" (in-process workers on the job table) or "procrastinate" (PostgreSQL only).
     jobs: str = Field(default="embedded", pattern="^(embedded|procrastinate)$")
-    job_stale_after_s: float = Field(default=30.0, gt=0.0)  # a running job without a heartbeat this long is lost
+    # A running job whose worker sent no heartbeat for this long is requeued (or marked interrupted).
+    job_stale_after_s: float = Field(default=30.0, gt=0.0)
     job_retry_backoff_s: float = Field(default=2.0, ge=0.0)  # first wait before retrying a transient failure
     upload_max_mb: float = Field(default=25.0, gt=0.0, le=80.0)  # HTTP API: largest image one upload may be
     cache_dir: Path | None = None  # built models (the tiny pipeline); default ~/.cache/flenwheel

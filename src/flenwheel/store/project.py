@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from flenwheel.config import DATABASE_FILE, Settings
 from flenwheel.errors import CharacterNotFound, InvalidInput, ProjectNotFound
-from flenwheel.store.blobs import LocalBlobStore
+from flenwheel.store.blobs import FsspecBlobStore, open_blob_store
 from flenwheel.store.database import Database, migrate
 from flenwheel.store.models import Character
 
@@ -22,7 +22,7 @@ class Project:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.resolved_database_url())
-        self.blobs = LocalBlobStore(settings.resolved_blob_dir())
+        self.blobs = open_blob_store(settings)  # a local folder, or s3://… shared by every host
 
     @classmethod
     def init(cls, settings: Settings) -> Project:
@@ -37,6 +37,8 @@ class Project:
         (root / PROJECT_MARKER).write_text("flenwheel project v1\n")
         project = cls(settings)
         project.blobs.root.mkdir(parents=True, exist_ok=True)
+        if isinstance(project.blobs, FsspecBlobStore):
+            project.blobs.ensure_container()
         migrate(project.db.engine)
         return project
 
