@@ -86,6 +86,8 @@ def test_submitting_is_checked(api: Api) -> None:
         "/jobs", json={"kind": "paint", "character_id": character_id}, headers=api.alice
     )
     assert unknown.status_code == 422 and "curate" in unknown.json()["detail"]
+    known = api.client.get("/jobs/kinds", headers=api.alice).json()
+    assert {"curate", "dataset_build", "generate"} <= set(known)
     elsewhere = api.client.post(
         "/jobs",
         json={"kind": "curate", "character_id": character_id, "payload": {"character": "someone_else"}},

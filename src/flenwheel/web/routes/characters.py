@@ -105,18 +105,19 @@ def get(ref: OwnedCharacter, session: SessionDep) -> CharacterPublic:
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
 )
-def remove(ref: OwnedCharacter, session: SessionDep) -> Response:
+def remove(ref: OwnedCharacter, project: ProjectDep) -> Response:
     """Delete a character with its assets, reviews, dataset versions, runs and finished jobs.
 
     Refused (409) while one of its jobs is queued or running: cancel those first."""
-    unfinished = list(
-        session.scalars(select(Job.id).where(Job.character_id == ref.id, Job.status.in_(UNFINISHED)))
-    )
-    if unfinished:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail=f"character {ref.id} has unfinished jobs {unfinished}: cancel them with "
-            "POST /jobs/{id}/cancel and delete again once they have stopped",
+    with project.db.session() as session:  # committed before the 204 goes out
+        unfinished = list(
+            session.scalars(select(Job.id).where(Job.character_id == ref.id, Job.status.in_(UNFINISHED)))
         )
-    session.execute(delete(Character).where(Character.id == ref.id))
+        if unfinished:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"character {ref.id} has unfinished jobs {unfinished}: cancel them with "
+                "POST /jobs/{id}/cancel and delete again once they have stopped",
+            )
+        session.execute(delete(Character).where(Character.id == ref.id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -88,6 +88,12 @@ def submit(body: JobCreate, user: CurrentUser, project: ProjectDep, jobs: JobsDe
     return job_public(JobStore(project.db).get(job_id))
 
 
+@router.get("/kinds", summary="List job kinds", response_model=list[str])
+def list_kinds(user: CurrentUser) -> list[str]:
+    """The job kinds this server knows; `kind` in POST /jobs is one of them."""
+    return kinds.known_kinds()
+
+
 @router.get("", summary="List your jobs", response_model=JobPage)
 def list_jobs(
     user: CurrentUser,
