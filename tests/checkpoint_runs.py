@@ -75,6 +75,32 @@ def add_run(
         return run.id, ids
 
 
+def tiny_lora_file(path: Path, seed: int) -> Path:
+    """A PEFT LoRA on the tiny UNet with non-zero up-weights (so it changes the output), saved with diffusers'
+    save_lora_weights; `seed` decides its weights."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from flenwheel.providers.tiny_model import ensure_tiny_model
+
+    pipeline = StableDiffusionPipeline.from_pretrained(ensure_tiny_model())
+    torch.manual_seed(seed)  # PEFT draws lora_A from the global generator
+    pipeline.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    with torch.no_grad():
+        for name, parameter in pipeline.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path
+
+
 def _versions(session, character_id: int) -> list:
     from sqlalchemy import select
 

@@ -8,42 +8,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from checkpoint_runs import add_run, character_with_dataset
+from checkpoint_runs import add_run, character_with_dataset, tiny_lora_file
 from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
 from flenwheel.pipeline.evaluation import evaluate_run
 from flenwheel.providers.diffusers_local import LocalDiffusersProvider
-from flenwheel.providers.tiny_model import TINY_NOTE, ensure_tiny_model
+from flenwheel.providers.tiny_model import TINY_NOTE
 from flenwheel.store.models import Character, EvaluationSample
 from flenwheel.store.project import Project
 
 
 @pytest.fixture(scope="module")
 def lora_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two PEFT LoRAs on the tiny UNet (different weights), saved with diffusers' save_lora_weights."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
     folder = tmp_path_factory.mktemp("loras")
-    files = []
-    for seed in (1, 2):
-        pipeline = StableDiffusionPipeline.from_pretrained(ensure_tiny_model())
-        torch.manual_seed(seed)
-        pipeline.unet.add_adapter(
-            LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-        )
-        with torch.no_grad():
-            for name, parameter in pipeline.unet.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.5)
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
-        StableDiffusionPipeline.save_lora_weights(
-            folder, unet_lora_layers=layers, weight_name=f"e{seed}.safetensors"
-        )
-        files.append(folder / f"e{seed}.safetensors")
-    return files
+    return [tiny_lora_file(folder / f"e{seed}.safetensors", seed) for seed in (1, 2)]
 
 
 def test_tiny_model_evaluation_runs_finds_no_faces_and_says_so(
