@@ -20,8 +20,6 @@ from flenwheel.cli.common import (
     safe,
 )
 
-TIERS = {"draft": (512, 12), "hq": (1024, 30)}  # long side in px, steps
-
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
@@ -32,19 +30,9 @@ def register(app: typer.Typer) -> None:
 
 def size_for(aspect: str, tier: str) -> tuple[int, int, int]:
     """Width, height (multiples of 64) and steps for an aspect ratio like 9:16 and a tier."""
-    from flenwheel.errors import InvalidInput
+    from flenwheel.pipeline.studio import size_for as studio_size_for
 
-    if tier not in TIERS:
-        raise InvalidInput(f"unknown tier {tier!r}: use draft or hq")
-    match = re.fullmatch(r"\s*(\d{1,3})\s*:\s*(\d{1,3})\s*", aspect)
-    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise InvalidInput(f"aspect {aspect!r} is not like 1:1, 9:16 or 3:2")
-    w, h = int(match.group(1)), int(match.group(2))
-    if max(w, h) / min(w, h) > 4:
-        raise InvalidInput(f"aspect {aspect} is more extreme than 4:1")
-    long_side, steps = TIERS[tier]
-    scale = long_side / max(w, h)
-    return max(64, int(w * scale / 64 + 0.5) * 64), max(64, int(h * scale / 64 + 0.5) * 64), steps
+    return studio_size_for(aspect, tier)
 
 
 def parse_lora(text: str) -> Any:
@@ -100,10 +88,13 @@ def _report(outcome: Any, out: Path, json_output: bool) -> None:
         print_json(
             {
                 "files": files,
-                "outputs": outcome.outputs,
+                "outputs": [o.model_dump() for o in outcome.outputs],
                 "provider": outcome.provider,
                 "model": outcome.model,
                 "cost_usd": outcome.cost_usd,
+                "mode": outcome.mode,
+                "mode_reason": outcome.mode_reason,
+                "method": outcome.method,
                 "note": outcome.note,
             }
         )
@@ -115,6 +106,7 @@ def _report(outcome: Any, out: Path, json_output: bool) -> None:
     console.print(
         f"{len(files)} image(s) from {safe(outcome.provider)} ({safe(outcome.model)}), ${outcome.cost_usd:.4f}"
     )
+    err_console.print(f"{safe(outcome.mode_reason)}; {safe(outcome.method)}")
     if outcome.note:
         err_console.print(f"[yellow]note:[/] {safe(outcome.note)}")
 
@@ -140,29 +132,47 @@ def generate(
     negative: Annotated[str, typer.Option("--negative")] = "",
     model: Annotated[str | None, typer.Option("--model", help="Provider model id or local path")] = None,
     lora: Annotated[list[str] | None, typer.Option("--lora", help="PATH[:STRENGTH], repeatable")] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="auto (identity reference until a LoRA is active), text, identity_reference, lora"
+        ),
+    ] = "auto",
     out: OutOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Text-to-image for a character, routed within its budget and NSFW policy."""
-    from flenwheel.pipeline.generation import run_generation
-    from flenwheel.providers.base import TextToImage
+    """Generate for a character: identity-reference mode until a LoRA is active, LoRA mode after."""
+    from flenwheel.pipeline.studio import studio_generate
 
-    width, height, steps = size_for(aspect, tier)
-    request = TextToImage(
-        prompt=prompt,
-        negative=negative,
-        seed=seed,
-        count=count,
-        width=width,
-        height=height,
-        steps=steps,
-        model=model,
-        loras=tuple(parse_lora(x) for x in lora or ()),
-    )
+    if mode not in ("auto", "text", "identity_reference", "lora"):
+        from flenwheel.errors import InvalidInput
+
+        raise InvalidInput(f"--mode {mode!r}: use auto, text, identity_reference or lora")
+    steps = size_for(aspect, tier)[2]  # a bad aspect or tier is an error before the project opens
     project = open_project()
     with progress_bar("Generating", steps * count, enabled=not json_output) as advance:
-        outcome = run_generation(project, name, request, preferred=provider, on_progress=advance)
+        outcome = studio_generate(
+            project,
+            name,
+            prompt,
+            model=model,
+            aspect=aspect,
+            tier=tier,
+            count=count,
+            mode=mode,  # type: ignore[arg-type]
+            seed=seed,
+            negative=negative,
+            loras=tuple(parse_lora(x) for x in lora or ()),
+            provider=provider,
+            ctx=_progress_context(advance),
+        )
     _report(outcome, out or project.root / "outputs", json_output)
+
+
+def _progress_context(advance: Any) -> Any:
+    from flenwheel.jobs.base import LocalJobContext
+
+    return LocalJobContext(lambda done, _total, _message: advance(done))
 
 
 def edit(
@@ -178,45 +188,26 @@ def edit(
     json_output: JsonOption = False,
 ) -> None:
     """Edit an image: inpaint under a mask (the rest is kept), or image-to-image at a strength."""
-    from flenwheel.domain import AssetKind
     from flenwheel.errors import InvalidInput
-    from flenwheel.images import decode_image
-    from flenwheel.pipeline.generation import run_generation
-    from flenwheel.providers.base import ImageToImage, Inpaint
+    from flenwheel.pipeline.studio import studio_edit
 
     project = open_project()
     data, parents = read_image_argument(project, name, image)
-    decoded = decode_image(data).image
-    width, height = max(64, decoded.width // 8 * 8), max(64, decoded.height // 8 * 8)
-    if max(width, height) > 2048:
-        raise InvalidInput(
-            f"{image} is {decoded.width}x{decoded.height}; edit images up to 2048 px (downscale first)"
-        )
-    common = {
-        "prompt": prompt,
-        "seed": seed,
-        "steps": steps,
-        "width": width,
-        "height": height,
-        "strength": strength,
-    }
-    request: Any
-    if mask is not None:
-        if not mask.is_file():
-            raise InvalidInput(f"mask {mask} not found")
-        decode_image(mask.read_bytes())  # a clear error for a broken mask file
-        request = Inpaint(image=data, mask=mask.read_bytes(), **common)
-    else:
-        request = ImageToImage(image=data, **common)
+    if mask is not None and not mask.is_file():
+        raise InvalidInput(f"mask {mask} not found")
     with progress_bar("Editing", steps, enabled=not json_output) as advance:
-        outcome = run_generation(
+        outcome = studio_edit(
             project,
             name,
-            request,
-            kind=AssetKind.EDITED,
+            data,
+            prompt,
+            mask=mask.read_bytes() if mask is not None else None,
+            strength=strength,
+            seed=seed,
+            steps=steps,
             parents=parents,
-            preferred=provider,
-            on_progress=advance,
+            provider=provider,
+            ctx=_progress_context(advance),
         )
     _report(outcome, out or project.root / "outputs", json_output)
 
@@ -230,24 +221,16 @@ def upscale(
     json_output: JsonOption = False,
 ) -> None:
     """Upscale an image 2× or 4× (Real-ESRGAN on this machine by default)."""
-    from flenwheel.domain import AssetKind
     from flenwheel.errors import InvalidInput
-    from flenwheel.pipeline.generation import run_generation
-    from flenwheel.providers.base import Upscale
+    from flenwheel.pipeline.studio import studio_upscale
 
     if factor not in (2, 4):
         raise InvalidInput(f"--factor {factor}: use 2 or 4")
     project = open_project()
     data, parents = read_image_argument(project, name, image)
     with progress_bar("Upscaling", 1, enabled=not json_output) as advance:
-        outcome = run_generation(
-            project,
-            name,
-            Upscale(image=data, factor=factor),
-            kind=AssetKind.UPSCALED,
-            parents=parents,
-            preferred=provider,
-            on_progress=advance,
+        outcome = studio_upscale(
+            project, name, data, factor, parents=parents, provider=provider, ctx=_progress_context(advance)
         )
     _report(outcome, out or project.root / "outputs", json_output)
 
