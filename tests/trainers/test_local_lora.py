@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TrainingInputFactory
 from PIL import Image
 from safetensors.torch import load_file
 
-from flenwheel.trainers.base import LocalTrainingContext, TrainerError, TrainingCancelled, TrainingSpec
+from flenwheel.trainers.base import (
+    LocalTrainingContext,
+    TrainerError,
+    TrainingCancelled,
+    TrainingInput,
+    TrainingSpec,
+)
 from flenwheel.trainers.latent_cache import Bucket, TrainingCache, bucket_sizes, prepare_items
 from flenwheel.trainers.local_lora import LocalLoraTrainer
 from flenwheel.trainers.sd_models import model_fingerprint
 
 from photos import LISA
+
+TrainingInputFactory = Callable[..., TrainingInput]
 
 SPEC = TrainingSpec(
     trigger="ohwx woman", rank=4, resolution=64, epochs=2, repeats=2, seed=7, learning_rate=1e-2
