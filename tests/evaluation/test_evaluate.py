@@ -109,6 +109,15 @@ def test_the_checkpoint_that_learned_the_character_is_selected_and_made_active(p
     assert html.escape(selection.reason) in page and "identity falls after step 100" in page
     assert "Prompt adherence: not measured" in page and "No face was found" not in page
 
+    # A stricter identity threshold re-judges the stored images; nothing is drawn again.
+    strict = Project(project.settings.model_copy(update={"identity_threshold": 0.3}))
+    try:
+        rejudged = evaluate(strict, engine)
+    finally:
+        strict.close()
+    assert len(engine.calls) == 12 and rejudged.evaluation_id == outcome.evaluation_id
+    assert by_cell(rejudged)[100, 1.0].success_rate == 0.0 and "distance ≤ 0.30" in rejudged.selection.reason
+
 
 def memorised(stem: str, strength: float, key: str) -> Path:
     """epoch1 draws new photos of lisa; epoch2 hands back her training photos (it memorised them)."""
@@ -134,7 +143,11 @@ def test_near_copies_of_training_images_are_penalised(project: Project) -> None:
         assert "near copy of a training image" in page.read()
 
 
-def test_an_interrupted_evaluation_resumes_without_drawing_twice(project: Project, tmp_path: Path) -> None:
+def test_an_interrupted_evaluation_resumes_without_drawing_twice(
+    any_project: Project, tmp_path: Path
+) -> None:
+    """On SQLite and PostgreSQL: the unique cell key is what makes the second run draw only what is missing."""
+    project = any_project
     character_with_dataset(project)
     two_checkpoints(project)
 

@@ -125,8 +125,8 @@ def troubleshoot(
                 code="ready",
                 symptom="meets the model-card target",
                 evidence=f"{chosen.success_rate:.0%} success at {chosen.label}, strength {strength_text(chosen.strength)}",
-                remedy="use it: the studio now draws in LoRA mode with this checkpoint; the flywheel can "
-                "start making synthetic images",
+                remedy="use it: it is now the character's active LoRA, so generation can run in LoRA mode "
+                "and the flywheel can start making synthetic images",
             )
         )
     elif best_rate >= UNDERFIT_SUCCESS:

@@ -211,13 +211,20 @@ def _grid_settings(
 
 
 def _find_or_create_evaluation(project: Project, run_id: int, config: dict[str, Any]) -> int:
-    """The newest evaluation of this run with the same settings (to resume or refresh), else a new one."""
+    """The newest evaluation of this run that drew the same images (to resume or refresh), else a new one.
+
+    The identity threshold only changes how stored distances are judged, so a new threshold re-judges the
+    stored images instead of drawing them again."""
+
+    def drawing(settings: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in settings.items() if key != "identity_threshold"}
+
     with project.db.session() as session:
         for evaluation in session.scalars(
             select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id.desc())
         ):
-            if evaluation.config == config:
-                evaluation.status = "running"
+            if drawing(evaluation.config) == drawing(config):
+                evaluation.status, evaluation.config = "running", config
                 return evaluation.id
         evaluation = Evaluation(run_id=run_id, config=config, status="running")
         session.add(evaluation)
