@@ -3,6 +3,7 @@ metadata and image download; another user's assets are 404 everywhere."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import update
@@ -133,3 +134,38 @@ def test_another_users_assets_are_404(api: Api) -> None:
     )
     assert upload.status_code == 404
     assert api.client.get(f"/characters/{character_id}/assets", headers=api.alice).json()["total"] == 1
+
+
+def test_a_request_body_over_the_whole_limit_is_413_before_it_is_read(project) -> None:  # type: ignore[no-untyped-def]
+    for api in make_api(project, upload_max_mb=0.01):  # whole body: 50 × 0.01 MiB + 1 MiB ≈ 1.5 MiB
+        character_id = api.character()
+        url = f"/characters/{character_id}/assets"
+        multipart = {**api.alice, "content-type": "multipart/form-data; boundary=zzz"}
+        declared = api.client.post(url, content=b"x" * (2 * 2**20), headers=multipart)
+        assert declared.status_code == 413
+        assert "at most 50 images of at most 0.01 MiB" in declared.json()["detail"]
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: counted while it is read
+            yield b'--zzz\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
+            for _ in range(40):
+                yield b"x" * 2**16
+            yield b"\r\n--zzz--\r\n"
+
+        streamed = api.client.post(url, content=chunked(), headers=multipart)
+        assert streamed.status_code == 413 and "0.01 MiB" in streamed.json()["detail"]
+        assert api.client.get(url, headers=api.alice).json()["total"] == 0
+
+
+def test_an_uploaded_file_name_keeps_no_folders(api: Api) -> None:
+    character_id = api.character()
+    response = api.client.post(
+        f"/characters/{character_id}/assets",
+        files=[("files", ("../../etc/passwd.jpg", LISA[5].read_bytes(), "image/jpeg"))],
+        headers=api.alice,
+    )
+    (result,) = response.json()["results"]
+    assert result["filename"] == "passwd.jpg"
+    assert (
+        api.client.get(f"/assets/{result['asset_id']}", headers=api.alice).json()["source_name"]
+        == "passwd.jpg"
+    )

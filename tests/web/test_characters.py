@@ -46,6 +46,8 @@ def test_create_from_a_spec_derives_token_and_class_and_keeps_the_spec(api: Api)
 def test_bad_spec_field_and_missing_token_are_clear_400s(api: Api) -> None:
     bad = api.client.post("/characters", json={"name": "x", "spec": {"hair": "red"}}, headers=api.alice)
     assert bad.status_code == 400 and "hair" in bad.json()["detail"]
+    clash = api.client.post("/characters", json={"name": "x", "spec": {"name": "y"}}, headers=api.alice)
+    assert clash.status_code == 400 and "spec.name" in clash.json()["detail"]
     missing = api.client.post("/characters", json={"name": "x"}, headers=api.alice)
     assert missing.status_code == 400 and "class_word" in missing.json()["detail"]
 

@@ -10,7 +10,9 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flenwheel import __version__
 from flenwheel.config import Settings
@@ -81,9 +83,10 @@ def create_app(settings: Settings, job_workers: int = 0) -> FastAPI:
         version=__version__,
         openapi_tags=TAGS,
         lifespan=lifespan,
-        # Whole request bodies: a full batch of images at the per-file limit, plus the multipart framing.
-        max_body_size=assets.MAX_FILES_PER_UPLOAD * upload_limit + 2**20,
     )
+    # Whole request bodies: a full batch of images at the per-file limit, plus the multipart framing.
+    max_body = assets.MAX_FILES_PER_UPLOAD * upload_limit + 2**20
+    app.add_middleware(BodyLimit, max_body=max_body, upload_limit=upload_limit)
     app.state.project = project
     app.state.jobs = None
     app.state.job_workers = 0
@@ -98,6 +101,49 @@ def create_app(settings: Settings, job_workers: int = 0) -> FastAPI:
     _add_error_handlers(app, upload_limit)
     _document_errors(app)
     return app
+
+
+def too_large_detail(upload_limit: int) -> str:
+    return (
+        f"the request body is too large: upload at most {assets.MAX_FILES_PER_UPLOAD} images of at most "
+        f"{upload_limit / 2**20:.3g} MiB each per request (FLENWHEEL_UPLOAD_MAX_MB on the server)"
+    )
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_body` with a JSON 413 naming the limit: at once when Content-Length
+    says so, else as soon as a chunked body grows past it (the handler's read then fails with 413)."""
+
+    def __init__(self, app: ASGIApp, max_body: int, upload_limit: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            response = JSONResponse(
+                {"detail": too_large_detail(self.upload_limit)},
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise StarletteHTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "Content Too Large")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _job_backend(project: Project, job_workers: int) -> tuple[Any, int]:
@@ -153,6 +199,16 @@ def _add_error_handlers(app: FastAPI, upload_limit: int) -> None:
             )
         return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {
+                "detail": f"internal error ({type(exc).__name__}) on {request.method} {request.url.path}: this is "
+                "a bug in flenwheel; the server log has the traceback, please report it"
+            },
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
@@ -169,10 +225,7 @@ def _add_error_handlers(app: FastAPI, upload_limit: int) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == status.HTTP_413_CONTENT_TOO_LARGE and detail == "Content Too Large":
-            detail = (
-                f"the request body is too large: upload at most {assets.MAX_FILES_PER_UPLOAD} images of at "
-                f"most {upload_limit / 2**20:g} MiB each per request (FLENWHEEL_UPLOAD_MAX_MB on the server)"
-            )
+            detail = too_large_detail(upload_limit)
         elif exc.status_code == status.HTTP_404_NOT_FOUND and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}: see /docs for the API's routes"
         elif exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:

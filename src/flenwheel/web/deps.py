@@ -22,6 +22,9 @@ HOW_TO_GET_A_TOKEN = (
     "on the machine that holds the project (it is printed once)"
 )
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL; a larger one names nothing (and must not crash)
+IdPath = Path(ge=1, le=MAX_ID)
+
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="token",
@@ -103,7 +106,7 @@ def find_owned_character(project: Project, user: UserInfo, character_id: int) ->
 
 
 def owned_character(
-    project: ProjectDep, user: CurrentUser, character_id: Annotated[int, Path(ge=1)]
+    project: ProjectDep, user: CurrentUser, character_id: Annotated[int, IdPath]
 ) -> CharacterRef:
     return find_owned_character(project, user, character_id)
 
@@ -120,7 +123,7 @@ class AssetRef(Frozen):
     character: CharacterRef
 
 
-def owned_asset(project: ProjectDep, user: CurrentUser, asset_id: Annotated[int, Path(ge=1)]) -> AssetRef:
+def owned_asset(project: ProjectDep, user: CurrentUser, asset_id: Annotated[int, IdPath]) -> AssetRef:
     with project.db.session() as session:
         row = session.execute(
             select(Asset.id, Asset.sha256, Asset.format, Character.id, Character.name)

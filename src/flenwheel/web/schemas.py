@@ -220,7 +220,7 @@ class DatasetVersionDetail(DatasetVersionPublic):
 
 class JobCreate(Body):
     kind: str = Field(min_length=1, max_length=48, examples=["curate"], description="a registered job kind")
-    character_id: int = Field(description="one of your characters; the job works on it")
+    character_id: int = Field(ge=1, le=2**31 - 1, description="one of your characters; the job works on it")
     payload: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
     queue: Queue = Queue.CPU
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first")

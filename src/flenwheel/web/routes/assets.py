@@ -5,6 +5,7 @@ same reasons with the same codes; a batch goes on past a bad file and reports ev
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
@@ -74,7 +75,7 @@ def list_assets(
         str | None, Query(max_length=48, description="the pipeline stage in `attributes`")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> AssetPage:
     """A character's assets, oldest first, filtered by kind, current label and pipeline stage; `total`
     counts every match, so `offset += limit` pages through until `offset >= total`."""
@@ -162,7 +163,7 @@ async def upload(
     limit = upload_limit_bytes(project)
     results: list[UploadResult] = []
     for file in files:
-        name = printable_path(file.filename or "upload")
+        name = _file_name(file.filename)
         data = await _read_limited(file, limit)
         if data is None:
             outcome = IngestOutcome(
@@ -205,7 +206,7 @@ def upload_limit_bytes(project: Project) -> int:
 
 
 def _mib(size: int) -> str:
-    return f"{size / 2**20:g} MiB"
+    return f"{size / 2**20:.3g} MiB"
 
 
 async def _read_limited(file: UploadFile, limit: int) -> bytes | None:
@@ -226,3 +227,9 @@ def _ingest_one(
     project: Project, character_id: int, data: bytes, name: str, reference: bool
 ) -> IngestOutcome:
     return ingest_bytes(project, character_id, data, name, name, reference)
+
+
+def _file_name(given: str | None) -> str:
+    """The client's file name without any folders (`../../x.jpg` is `x.jpg`); only ever shown, never a path."""
+    name = PurePosixPath((given or "").replace("\\", "/")).name
+    return printable_path(name or "upload")

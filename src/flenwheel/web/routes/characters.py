@@ -37,7 +37,11 @@ def _create_fields(body: CharacterCreate) -> dict[str, Any]:
                 "give `token` and `class_word` (e.g. ohwx_lisa, woman), or a `spec` to derive them from"
             )
         return {"token": body.token, "class_word": body.class_word, "nsfw": bool(body.nsfw), "spec": None}
-    spec = parse_spec({"name": body.name, **body.spec}, "spec")
+    if body.spec.get("name", body.name) != body.name:
+        raise InvalidInput(
+            f"spec.name {body.spec['name']!r} differs from name {body.name!r}: leave `name` out of the spec"
+        )
+    spec = parse_spec({**body.spec, "name": body.name}, "spec")
     return {
         "token": body.token or spec.resolved_token,
         "class_word": body.class_word or spec.resolved_class,
@@ -73,7 +77,7 @@ def list_characters(
     user: CurrentUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> CharacterPage:
     """Your characters, oldest first, with their asset counts."""
     mine = Character.owner_id == user.id

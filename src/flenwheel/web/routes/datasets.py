@@ -24,7 +24,7 @@ from flenwheel.web.schemas import DatasetVersionDetail, DatasetVersionPublic
 
 router = APIRouter(prefix="/characters/{character_id}/datasets", tags=["datasets"])
 
-VersionNumber = Annotated[int, PathParam(ge=1, description="the version number: 1 for v1")]
+VersionNumber = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="the version number: 1 for v1")]
 
 
 def version_public(version: DatasetVersion, created: bool | None = None) -> DatasetVersionPublic:

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +19,15 @@ from flenwheel.jobs.base import JobRequest, JobStatus
 from flenwheel.jobs.store import JobInfo, JobStore
 from flenwheel.store.models import Character, Job
 from flenwheel.web.auth import UserInfo
-from flenwheel.web.deps import CurrentUser, JobsDep, ProjectDep, SessionDep, find_owned_character
+from flenwheel.web.deps import (
+    MAX_ID,
+    CurrentUser,
+    IdPath,
+    JobsDep,
+    ProjectDep,
+    SessionDep,
+    find_owned_character,
+)
 from flenwheel.web.schemas import ErrorPublic, JobCreate, JobPage, JobPublic
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -36,7 +44,7 @@ def visible_to(user: UserInfo) -> ColumnElement[bool]:
     )
 
 
-def owned_job(user: CurrentUser, session: SessionDep, job_id: Annotated[int, Path(ge=1)]) -> int:
+def owned_job(user: CurrentUser, session: SessionDep, job_id: Annotated[int, IdPath]) -> int:
     found = session.scalar(select(Job.id).where(Job.id == job_id, visible_to(user)))
     if found is None:
         raise HTTPException(
@@ -98,11 +106,11 @@ def list_kinds(user: CurrentUser) -> list[str]:
 def list_jobs(
     user: CurrentUser,
     session: SessionDep,
-    character_id: Annotated[int | None, Query(ge=1)] = None,
+    character_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
     kind: Annotated[str | None, Query(max_length=48)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobPage:
     """Your jobs, newest first, filtered by character, status and kind."""
     conditions: list[ColumnElement[bool]] = [visible_to(user)]
