@@ -173,3 +173,19 @@ def test_validate_and_settings(tmp_path: Path) -> None:
     problems = configured.validate(TrainingSpec(trigger="ohwx woman"))
     assert any("no run.py in" in p and "FLENWHEEL_AI_TOOLKIT_PATH" in p for p in problems)
     assert any("tiny model" in p and "--base-model" in p for p in problems)
+
+
+def test_a_checkpoint_still_being_written_is_not_reported(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from flenwheel.trainers.subprocess_run import StableFiles
+
+    whole = tmp_path / "lora_000000004.safetensors"
+    save_file({"a": np.ones((64, 64), np.float16)}, str(whole), metadata={"training_info": "{}"})
+    partial = tmp_path / "lora_000000008.safetensors"
+    partial.write_bytes(whole.read_bytes()[:-100])  # as a trainer leaves it mid-write
+    watcher = StableFiles(tmp_path, "lora*.safetensors")
+    assert watcher.new_stable() == [whole]
+    partial.write_bytes(whole.read_bytes())
+    assert watcher.new_stable() == [partial] and watcher.new_stable() == []

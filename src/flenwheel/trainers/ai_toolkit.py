@@ -136,8 +136,8 @@ class AiToolkitTrainer:
         watcher.reported.update(save_root.glob(f"{JOB_NAME}*.safetensors"))  # earlier runs' files: known
         checkpoints.extend(_checkpoint(path, total, per_epoch) for path in sorted(watcher.reported))
 
-        def collect(finished: bool = False) -> None:
-            for path in watcher.new_stable(finished):
+        def collect() -> None:
+            for path in watcher.new_stable():
                 checkpoint = _checkpoint(path, total, per_epoch)
                 checkpoints.append(checkpoint)
                 ctx.checkpoint_saved(checkpoint)
@@ -157,6 +157,7 @@ class AiToolkitTrainer:
             grace_s=self.grace_s,
         )
         outcome = process.run(on_line, ctx.cancelled, on_tick=collect)
+        collect()  # what landed before it exited (or was stopped) stays valid
         if outcome.cancelled:
             done = max((c.step for c in checkpoints), default=0)
             raise TrainingCancelled(
@@ -165,7 +166,6 @@ class AiToolkitTrainer:
             )
         if outcome.returncode != 0:
             raise TrainerError(self.id, failure_message("ai-toolkit run.py", outcome, process.log_path))
-        collect(finished=True)
         if not any(c.step == total for c in checkpoints):
             raise TrainerError(
                 self.id,

@@ -195,8 +195,8 @@ class KohyaTrainer:
         plan.offset_epochs = resume_epoch or 0
         losses: list[tuple[int, float]] = []
 
-        def collect(finished: bool = False) -> None:
-            for path in watcher.new_stable(finished):
+        def collect() -> None:
+            for path in watcher.new_stable():
                 checkpoint = plan.checkpoint(path)
                 checkpoints.append(checkpoint)
                 ctx.checkpoint_saved(checkpoint)
@@ -222,6 +222,7 @@ class KohyaTrainer:
             grace_s=self.grace_s,
         )
         outcome = process.run(on_line, ctx.cancelled, on_tick=collect)
+        collect()  # what landed before it exited (or was stopped) stays valid
         if outcome.cancelled:
             raise TrainingCancelled(
                 f"{self.id}: stopped; {len(checkpoints)} checkpoints kept; run it again to resume from the "
@@ -231,7 +232,6 @@ class KohyaTrainer:
             raise TrainerError(
                 self.id, failure_message(f"sd-scripts {SCRIPTS[spec.family]}", outcome, process.log_path)
             )
-        collect(finished=True)
         if not final.exists():
             raise TrainerError(
                 self.id, f"sd-scripts finished but wrote no {final.name}; see {process.log_path}"

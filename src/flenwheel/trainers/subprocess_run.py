@@ -8,6 +8,7 @@ watches for cancellation and kills the whole process group on request (accelerat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -55,27 +56,36 @@ class ProcessOutcome:
 
 
 class StableFiles:
-    """Files matching a glob that stopped changing between two looks: a checkpoint a trainer finished writing."""
+    """Checkpoint files matching a glob, each reported once, when it is a complete .safetensors file."""
 
     def __init__(self, folder: Path, pattern: str) -> None:
         self.folder = folder
         self.pattern = pattern
-        self._sizes: dict[Path, tuple[int, int]] = {}
         self.reported: set[Path] = set()
 
-    def new_stable(self, finished: bool = False) -> list[Path]:
-        """Files not reported before whose size and mtime held since the last call (all of them once finished)."""
-        stable = []
+    def new_stable(self) -> list[Path]:
+        """Files not reported before that a trainer has finished writing."""
+        found = []
         for path in sorted(self.folder.glob(self.pattern)) if self.folder.is_dir() else []:
-            if path in self.reported or not path.is_file():
-                continue
-            stat = path.stat()
-            signature = (stat.st_size, stat.st_mtime_ns)
-            if finished or self._sizes.get(path) == signature:
-                stable.append(path)
+            if path not in self.reported and complete_safetensors(path):
+                found.append(path)
                 self.reported.add(path)
-            self._sizes[path] = signature
-        return stable
+        return found
+
+
+def complete_safetensors(path: Path) -> bool:
+    """True when the file holds its whole header and every tensor the header lists (not still being written)."""
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            header_length = int.from_bytes(handle.read(8), "little")
+            if size < 8 + header_length:
+                return False
+            header = json.loads(handle.read(header_length))
+    except (OSError, ValueError):
+        return False
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return size == 8 + header_length + max(ends, default=0)
 
 
 class TrainerProcess:
