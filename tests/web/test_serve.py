@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,10 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]
             break
     else:
         pytest.fail(f"flenwheel serve stopped before listening:\n{''.join(log)}")
+    drain = threading.Thread(
+        target=log.extend, args=(server.stderr,), daemon=True
+    )  # a full pipe would block it
+    drain.start()
     try:
         yield (
             f"http://127.0.0.1:{port}",
@@ -79,7 +84,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]
         )
     finally:
         server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=60) == 0, "".join(log) + server.stderr.read()
+        assert server.wait(timeout=60) == 0, "".join(log)
+        drain.join(timeout=10)
+        assert "Traceback" not in "".join(log), "".join(log)
 
 
 def _follow(client: httpx.Client, job_id: int, headers: dict[str, str]) -> list[tuple[str, dict]]:
