@@ -56,6 +56,7 @@ def main() -> None:
         server = subprocess.Popen(
             [str(FLENWHEEL), "-p", str(project), "serve", "--port", str(port), "--workers", "2"],
             env=env,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
