@@ -39,12 +39,20 @@ def serve(
     from flenwheel.config import load_settings
     from flenwheel.web.app import create_app
 
+    from flenwheel.jobs.worker import uses_procrastinate
+
     app = create_app(load_settings(project=project_dir()), job_workers=workers)
+    project = app.state.project
+    if uses_procrastinate(project):
+        jobs = "jobs handed to Procrastinate workers (run `flenwheel worker` on any host)"
+    elif workers:
+        jobs = f"{workers} embedded job worker{'s' if workers != 1 else ''}"
+    else:
+        jobs = "no job workers (jobs wait for `flenwheel worker`)"
     shown = f"[{host}]" if ":" in host else host
     err_console.print(
-        f"flenwheel API on http://{shown}:{port} (docs: /docs) with {app.state.project.db.engine.dialect.name} "
-        f"and {workers or 'no'} embedded job worker{'s' if workers != 1 else ''}. "
-        "Make a token with `flenwheel user add NAME`."
+        f"flenwheel API on http://{shown}:{port} (docs: /docs), {project.db.engine.dialect.name} database, "
+        f"{jobs}. Make a token with `flenwheel user add NAME`."
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
 
