@@ -37,9 +37,8 @@ def serve(
     import uvicorn
 
     from flenwheel.config import load_settings
-    from flenwheel.web.app import create_app
-
     from flenwheel.jobs.worker import uses_procrastinate
+    from flenwheel.web.app import create_app
 
     app = create_app(load_settings(project=project_dir()), job_workers=workers)
     project = app.state.project
