@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import curation, dataset, demo, evaluate, jobs, project, serve, studio, training
+from flenwheel.cli import curation, dataset, demo, evaluate, jobs, project, serve, sheet, studio, training
 from flenwheel.cli.common import state
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ def _global(
 project.register(app)
 curation.register(app)
 studio.register(app)
+sheet.register(app)
 training.register(app)
 evaluate.register(app)
 app.add_typer(dataset.app, name="dataset")

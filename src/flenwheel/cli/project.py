@@ -45,8 +45,12 @@ def init(
 @character_app.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="Character name, e.g. lisa")],
-    token: Annotated[str, typer.Option("--token", help="Trigger token the LoRA learns, e.g. ohwx_char")],
-    class_word: Annotated[str, typer.Option("--class", help="Class word, e.g. person, woman, man")],
+    token: Annotated[
+        str | None, typer.Option("--token", help="Trigger token the LoRA learns, e.g. ohwx_char")
+    ] = None,
+    class_word: Annotated[
+        str | None, typer.Option("--class", help="Class word, e.g. person, woman, man")
+    ] = None,
     nsfw: Annotated[
         bool, typer.Option("--nsfw", help="Allow NSFW work (kept on self-hosted engines)")
     ] = False,
@@ -55,13 +59,28 @@ def create(
         str | None,
         typer.Option("--caption-template", help="e.g. 'photo of {token} {class_word}, {angle} view'"),
     ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", help="Wizard spec YAML (appearance + identity); token/class derived"),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a character with its trigger token and class word."""
+    """Create a character with its trigger token and class word, or from a wizard spec (--spec)."""
     from flenwheel.characters import create_character
+    from flenwheel.errors import InvalidInput
 
     project = open_project()
-    info = create_character(project, name, token, class_word, nsfw, budget, caption_template)
+    if spec is not None:
+        from flenwheel.pipeline.spec import create_character_from_spec, load_spec
+
+        given = {"token": token, "class_word": class_word, "nsfw_allowed": True if nsfw else None}
+        loaded = load_spec(spec)
+        loaded = loaded.model_copy(update={k: v for k, v in given.items() if v is not None})
+        info = create_character_from_spec(project, loaded, budget, name=name)
+    elif token is None or class_word is None:
+        raise InvalidInput("give --token and --class (e.g. --token ohwx_char --class woman), or --spec FILE")
+    else:
+        info = create_character(project, name, token, class_word, nsfw, budget, caption_template)
     if json_output:
         print_json(info)
     else:

@@ -123,20 +123,23 @@ def parse_spec(data: dict[str, object], where: str = "spec") -> CharacterSpec:
 
 
 def create_character_from_spec(
-    project: Project, spec: CharacterSpec, budget_usd: float = 5.0, name: str | None = None
+    project: Project,
+    spec: CharacterSpec,
+    budget_usd: float = 5.0,
+    name: str | None = None,
+    owner_id: int | None = None,
 ) -> CharacterInfo:
-    """Create the character (token and class derived from the spec unless given) and store the spec."""
-    info = create_character(
+    """Create the character (token and class derived from the spec unless given) with its spec stored."""
+    return create_character(
         project,
         name or spec.name,
         spec.resolved_token,
         spec.resolved_class,
         nsfw=spec.nsfw_allowed,
         budget_usd=budget_usd,
+        owner_id=owner_id,
+        spec=spec.model_dump(mode="json"),
     )
-    with project.db.session() as session:
-        get_character(session, info.name).spec = spec.model_dump(mode="json")
-    return info
 
 
 def character_spec(project: Project, name: str) -> CharacterSpec:

@@ -25,6 +25,7 @@ from flenwheel.providers.base import (
     ImageProvider,
     ProviderContext,
 )
+from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
 from flenwheel.store.models import Analysis, Asset
 from flenwheel.store.project import Project, get_character
 
@@ -399,6 +400,7 @@ def existing_stage_image(
         cost_usd=asset.cost_usd,
         file=str(project.blobs.path(asset.sha256)),
         attributes=dict(asset.attributes),
+        note=TINY_NOTE if asset.model == TINY_MODEL_ID else None,
     )
 
 
