@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -206,8 +207,12 @@ def _grid_settings(
         return GridSettings(
             size=size or (64 if tiny else 512), steps=steps or (4 if tiny else 20), model=model
         )
-    except ValueError as exc:
-        raise InvalidInput(f"evaluation settings are not valid: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])} {error['input']!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidInput(f"evaluation settings are not valid — {problems}") from None
 
 
 def _find_or_create_evaluation(project: Project, run_id: int, config: dict[str, Any]) -> int:
