@@ -28,6 +28,7 @@ from flenwheel.trainers.base import (
     TrainingResult,
     TrainingSpec,
 )
+from flenwheel.trainers.schedule import planned_steps, steps_per_epoch
 from flenwheel.trainers.subprocess_run import (
     StableFiles,
     TrainerProcess,
@@ -38,21 +39,6 @@ from flenwheel.trainers.subprocess_run import (
 
 JOB_NAME = "lora"  # the file names: lora_000000250.safetensors, lora.safetensors
 _STEP_FILE = re.compile(rf"{JOB_NAME}_(\d{{9}})\.safetensors")
-
-
-def steps_per_epoch(spec: TrainingSpec, images: int) -> int:
-    """Optimizer steps in one pass over the dataset with its repeats (ai-toolkit counts steps, not epochs)."""
-    return max(1, math.ceil(images * spec.repeats / spec.batch_size))
-
-
-def planned_steps(spec: TrainingSpec, images: int) -> tuple[int, int]:
-    """(total steps, save every N steps) for a spec that may be written in epochs."""
-    per_epoch = steps_per_epoch(spec, images)
-    total = spec.epochs * per_epoch
-    if spec.max_steps is not None:
-        total = min(total, spec.max_steps)
-    every = spec.save_every_steps or (spec.save_every_epochs or 1) * per_epoch
-    return total, min(every, total)
 
 
 class AiToolkitTrainer:
