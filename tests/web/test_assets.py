@@ -77,7 +77,7 @@ def test_list_filters_and_pages_with_total(api: Api) -> None:
     ids = [r["asset_id"] for r in uploaded["results"]]
     with api.project.db.session() as session:
         session.execute(update(Asset).where(Asset.id.in_(ids[:2])).values(attributes={"stage": "anchor"}))
-        session.execute(update(Asset).where(Asset.id == ids[2]).values(kind="generated"))
+        session.execute(update(Asset).where(Asset.id == ids[2]).values(kind="generated", job_id=7))
     url = f"/characters/{character_id}/assets"
     seen: list[int] = []
     offset = 0
@@ -94,6 +94,8 @@ def test_list_filters_and_pages_with_total(api: Api) -> None:
     ]
     generated = api.client.get(f"{url}?kind=generated", headers=api.alice).json()
     assert generated["total"] == 1 and generated["items"][0]["id"] == ids[2]
+    by_job = api.client.get(f"{url}?job_id=7", headers=api.alice).json()
+    assert [a["id"] for a in by_job["items"]] == [ids[2]]
     api.client.post(
         f"/assets/{ids[3]}/reviews", json={"label": "reject", "reason": "blurry"}, headers=api.alice
     )
@@ -169,3 +171,15 @@ def test_an_uploaded_file_name_keeps_no_folders(api: Api) -> None:
         api.client.get(f"/assets/{result['asset_id']}", headers=api.alice).json()["source_name"]
         == "passwd.jpg"
     )
+
+
+def test_upload_as_identity_reference(api: Api) -> None:
+    character_id = api.character()
+    response = api.client.post(
+        f"/characters/{character_id}/assets",
+        files=[("files", ("ref.jpg", LISA[5].read_bytes(), "image/jpeg"))],
+        data={"reference": "true"},
+        headers=api.alice,
+    )
+    (result,) = response.json()["results"]
+    assert api.client.get(f"/assets/{result['asset_id']}", headers=api.alice).json()["is_reference"] is True

@@ -74,10 +74,14 @@ def list_assets(
     stage: Annotated[
         str | None, Query(max_length=48, description="the pipeline stage in `attributes`")
     ] = None,
+    job_id: Annotated[
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="only the images this job made (they land as it runs)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> AssetPage:
-    """A character's assets, oldest first, filtered by kind, current label and pipeline stage; `total`
+    """A character's assets, oldest first, filtered by kind, current label, pipeline stage or job; `total`
     counts every match, so `offset += limit` pages through until `offset >= total`."""
     conditions: list[ColumnElement[bool]] = [Asset.character_id == ref.id]
     if kind is not None:
@@ -88,6 +92,8 @@ def list_assets(
         conditions.append(current_label().is_(None))
     if stage is not None:
         conditions.append(Asset.attributes["stage"].as_string() == stage)
+    if job_id is not None:
+        conditions.append(Asset.job_id == job_id)
     where = and_(*conditions)
     total = session.scalar(select(func.count()).select_from(Asset).where(where)) or 0
     rows = session.scalars(
