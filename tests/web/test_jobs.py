@@ -112,3 +112,51 @@ def test_another_users_jobs_are_404(api: Api) -> None:
     )
     assert onto_theirs.status_code == 404
     assert api.client.get(f"/jobs/{job['id']}", headers=api.alice).json()["status"] == "queued"
+
+
+def test_a_payload_cannot_point_at_files_on_the_server(api: Api) -> None:
+    character_id = api.character()
+    for request in (
+        {"prompt": "x", "loras": [{"path": "/work/other_user/lora.safetensors", "strength": 1}]},
+        {"prompt": "x", "model": "../../models/private"},
+        {"prompt": "x", "model": "~/models/sd15"},
+    ):
+        response = api.client.post(
+            "/jobs",
+            json={"kind": "generate", "character_id": character_id, "payload": {"request": request}},
+            headers=api.alice,
+        )
+        assert response.status_code == 400, request
+        assert "path on the server" in response.json()["detail"]
+    remote = {"prompt": "x", "loras": [{"path": "https://example.com/lora.safetensors"}], "model": "tiny"}
+    accepted = api.client.post(
+        "/jobs",
+        json={"kind": "generate", "character_id": character_id, "payload": {"request": remote}},
+        headers=api.alice,
+    )
+    assert accepted.status_code == 202
+
+
+def test_generate_on_the_tiny_model_and_fetch_the_images(working_api: Api) -> None:
+    api = working_api
+    character_id = api.character()
+    request = {"prompt": "photo of ohwx_lisa woman", "steps": 2, "width": 64, "height": 64, "count": 2}
+    job = api.client.post(
+        "/jobs",
+        json={
+            "kind": "generate",
+            "queue": "gpu",
+            "character_id": character_id,
+            "payload": {"request": request},
+        },
+        headers=api.alice,
+    ).json()
+    events = follow(api, job["id"])
+    assert events[-1][1]["status"] == "succeeded", events[-1]
+    done = api.client.get(f"/jobs/{job['id']}", headers=api.alice).json()
+    assert "draws no faces" in done["result"]["note"]  # the tiny model says so; no face is faked
+    made = api.client.get(f"/characters/{character_id}/assets?job_id={job['id']}", headers=api.alice).json()
+    assert made["total"] == 2 and {a["kind"] for a in made["items"]} == {"generated"}
+    assert [a["id"] for a in made["items"]] == done["result"]["asset_ids"]
+    image = api.client.get(made["items"][0]["image_url"], headers=api.alice)
+    assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")

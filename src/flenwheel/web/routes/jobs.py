@@ -83,6 +83,7 @@ def submit(body: JobCreate, user: CurrentUser, project: ProjectDep, jobs: JobsDe
             f"payload.character is {given!r} but character_id {character.id} is {character.name!r}: "
             "leave `character` out of the payload; character_id says which character the job works on"
         )
+    refuse_server_paths(body.payload)
     request = JobRequest(
         kind=body.kind,
         payload={**body.payload, "character": character.name},
@@ -168,6 +169,39 @@ def retry(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
             "be retried",
         )
     return job_public(jobs.retry(job_id))
+
+
+PATH_KEYS = {"path", "model", "checkpoint", "dir", "out", "file"}
+
+
+def refuse_server_paths(value: Any, where: str = "payload") -> None:
+    """An API user must not point a job at files on the server (another user's LoRA, /etc/…): values of
+    path-like keys may be https URLs or names, never absolute, home-relative or `..` paths."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = str(key).lower()
+            path_like = name in PATH_KEYS or name.endswith(("_path", "_dir", "_file"))
+            if path_like and isinstance(item, str) and _server_path(item):
+                raise InvalidInput(
+                    f"{where}.{key} is a path on the server ({item!r}): over the API give an https URL or a "
+                    "model name; the character's own trained LoRA is used by the studio once it is active"
+                )
+            refuse_server_paths(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_server_paths(item, f"{where}[{index}]")
+
+
+def _server_path(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered.startswith(("https://", "http://")):
+        return False
+    return (
+        lowered.startswith(("/", "~", "\\", "file:", "./"))
+        or ".." in lowered.replace("\\", "/").split("/")
+        or (len(lowered) > 1 and lowered[1] == ":")  # C:\…
+        or lowered.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+    )
 
 
 def _event_data(info: JobInfo) -> dict[str, Any]:
