@@ -274,7 +274,9 @@ def _heatmap_png(
             "mean identity similarity",
             lambda c: c.mean_similarity,
             lambda v: f"{v:.2f}",
-            TwoSlopeNorm(vcenter=1.0 - threshold, vmin=max(0.0, 0.65 - threshold), vmax=min(1.0, 1.3 - threshold)),
+            TwoSlopeNorm(
+                vcenter=1.0 - threshold, vmin=max(0.0, 0.65 - threshold), vmax=min(1.0, 1.3 - threshold)
+            ),
         ),
     )
     for ax, (title, value_of, text_of, norm) in zip(axes, panels, strict=True):
@@ -324,7 +326,17 @@ def _loss_png(
             linewidth=2 if chosen else 1,
             label="selected checkpoint" if chosen else None,
         )
+        ax.annotate(
+            f"step {step}",
+            (step, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            ha="right",
+            va="top",
+            color="#176f2c" if chosen else "#777777",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     return _to_png(figure)
