@@ -142,6 +142,24 @@ def test_cancel_kills_the_trainer_and_a_rerun_resumes(
     assert sorted(c.step for c in second.checkpoints) == [12, 16]  # nothing reported twice
 
 
+def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install = tmp_path / "ai-toolkit"
+    install.mkdir()
+    shutil.copy(STANDIN, install / "run.py")
+    stubborn = AiToolkitTrainer(install, Path(sys.executable), grace_s=0.5)
+    data = training_input(project, "ai-toolkit", tmp_path / "run1")
+    pid_file = tmp_path / "trainer.pid"
+    monkeypatch.setenv("STANDIN_PID_FILE", str(pid_file))
+    monkeypatch.setenv("STANDIN_IGNORE_SIGTERM", "1")
+    monkeypatch.setenv("STANDIN_HANG_AT_STEP", "2")
+    with pytest.raises(TrainingCancelled):
+        stubborn.run(SPEC, data, LocalTrainingContext(cancel_after_step=3))
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 def test_a_failing_trainer_shows_its_last_lines(
     project: Project, trainer: AiToolkitTrainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

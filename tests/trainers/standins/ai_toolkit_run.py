@@ -6,7 +6,7 @@ postfix) and saves small real .safetensors files where ai-toolkit does: `<traini
 <step:09d>.safetensors` every save_every steps and `<name>.safetensors` at the end, with `training_info` in the
 metadata. On start it resumes from the newest of those, as BaseSDTrainProcess.get_latest_save_path does.
 Test knobs (environment): STANDIN_HANG_AT_STEP (block after that step, like a long run), STANDIN_FAIL_AT_STEP
-(die with a CUDA OOM traceback), STANDIN_PID_FILE (write our pid there).
+(die with a CUDA OOM traceback), STANDIN_PID_FILE (write our pid there), STANDIN_IGNORE_SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,8 @@ def main() -> None:
     parser.add_argument("-n", "--name", type=str, default=None)
     parser.add_argument("-l", "--log", type=str, default=None)
     args = parser.parse_args()
+    if os.environ.get("STANDIN_IGNORE_SIGTERM"):  # like a trainer whose launcher traps SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.environ.get("STANDIN_PID_FILE"):
         Path(os.environ["STANDIN_PID_FILE"]).write_text(str(os.getpid()))
     hang_at = int(os.environ.get("STANDIN_HANG_AT_STEP", "-1"))
