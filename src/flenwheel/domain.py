@@ -27,6 +27,10 @@ class AssetKind(StrEnum):
     EVALUATION = "evaluation"  # drawn by a checkpoint during evaluation; never enters a dataset
 
 
+# Kinds that curation labels and datasets may contain (evaluation images measure a LoRA; they never train one).
+DATASET_KINDS = tuple(kind.value for kind in AssetKind if kind is not AssetKind.EVALUATION)
+
+
 class ReviewLabel(StrEnum):
     """The three labels of seed 001 step 1.3."""
 

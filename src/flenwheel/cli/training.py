@@ -117,13 +117,13 @@ def trainers(json_output: JsonOption = False) -> None:
     from flenwheel.trainers.registry import TrainerRegistry
 
     registry = TrainerRegistry.from_settings(load_settings(project=project_dir()))
-    rows = [
-        {"id": t.id, "dataset_format": t.dataset_format, "allows_nsfw": t.allows_nsfw} for t in registry.all()
-    ]
+    found = registry.all()
     if json_output:
-        print_json(rows)
+        print_json(
+            [{"id": t.id, "dataset_format": t.dataset_format, "allows_nsfw": t.allows_nsfw} for t in found]
+        )
         return
     table = Table("trainer", "dataset format", "NSFW datasets")
-    for row in rows:
-        table.add_row(row["id"], row["dataset_format"], "yes" if row["allows_nsfw"] else "never")
+    for trainer in found:
+        table.add_row(trainer.id, trainer.dataset_format, "yes" if trainer.allows_nsfw else "never")
     console.print(table)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
 from flenwheel.datasets.analysis import analyze_files
 from flenwheel.datasets.gate import GateInput, run_gates
-from flenwheel.domain import AssetAnalysis, ReviewLabel, ReviewSource
+from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
 from flenwheel.quality import QualityThresholds, quality_grade
 from flenwheel.store.models import Analysis, Asset, Character, IngestRejection, Review
 from flenwheel.store.project import Project, get_character
@@ -67,7 +67,11 @@ def curate(
         pending = session.execute(
             select(Asset.id, Asset.sha256)
             .outerjoin(Analysis, Analysis.asset_id == Asset.id)
-            .where(Asset.character_id == character_id, Analysis.asset_id.is_(None))
+            .where(
+                Asset.character_id == character_id,
+                Asset.kind.in_(DATASET_KINDS),
+                Analysis.asset_id.is_(None),
+            )
             .order_by(Asset.id)
         ).all()
 
@@ -144,7 +148,7 @@ def _assets_with_analysis(session: Session, character_id: int) -> list[Asset]:
     return list(
         session.scalars(
             select(Asset)
-            .where(Asset.character_id == character_id)
+            .where(Asset.character_id == character_id, Asset.kind.in_(DATASET_KINDS))
             .options(selectinload(Asset.analysis), selectinload(Asset.reviews))
             .order_by(Asset.id)
         )

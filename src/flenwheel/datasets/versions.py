@@ -10,7 +10,7 @@ from sqlalchemy.orm import selectinload
 
 from flenwheel.captions import check_caption
 from flenwheel.datasets.curate import current_review
-from flenwheel.domain import AssetAnalysis, ReviewLabel, Shot
+from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, Shot
 from flenwheel.errors import DatasetEmpty, FlenwheelError, InvalidInput
 from flenwheel.quality import QualityThresholds, quality_grade
 from flenwheel.store.models import Asset, DatasetItem, DatasetVersion
@@ -35,7 +35,7 @@ def build_dataset_version(project: Project, character_name: str) -> BuildResult:
         character = get_character(session, character_name)
         assets = session.scalars(
             select(Asset)
-            .where(Asset.character_id == character.id)
+            .where(Asset.character_id == character.id, Asset.kind.in_(DATASET_KINDS))
             .options(selectinload(Asset.reviews), selectinload(Asset.analysis))
             .order_by(Asset.id)
         ).all()

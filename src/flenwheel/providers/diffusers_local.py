@@ -47,6 +47,7 @@ def _import_torch() -> Any:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     return torch
 
 
