@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from face_engines import PhotoEngine
 from sqlalchemy import func, select
 
 from flenwheel.errors import InvalidInput
@@ -28,6 +27,7 @@ from flenwheel.providers.diffusers_local import LocalDiffusersProvider
 from flenwheel.store.models import Asset
 from flenwheel.store.project import Project
 
+from face_engines import PhotoEngine
 from photos import LISA, london
 
 SPEC = CharacterSpec(name="mara", gender_presentation="woman", hair_colour="auburn")
@@ -131,7 +131,9 @@ def test_sheet_on_the_tiny_model_waits_for_picks_and_never_pretends_identity_pas
         assert session.scalar(select(func.count()).select_from(Asset)) == before + 1  # only "reading" is new
 
 
-def test_the_drift_gate_redraws_another_person_and_reports_it_after_the_limit(project: Project) -> None:
+def test_the_drift_gate_redraws_another_person_and_reports_it_after_the_limit(any_project: Project) -> None:
+    """On SQLite and on PostgreSQL: threads store images side by side."""
+    project = any_project
     create_character_from_spec(project, SPEC)
     fingerprint = SPEC.fingerprint()
 

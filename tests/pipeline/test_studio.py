@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from face_engines import PhotoEngine
 from PIL import Image
 from sqlalchemy import select
 
@@ -27,6 +26,7 @@ from flenwheel.providers.tiny_model import ensure_tiny_model
 from flenwheel.store.models import Asset, Character, Checkpoint, DatasetVersion, TrainingRun
 from flenwheel.store.project import Project
 
+from face_engines import PhotoEngine
 from photos import LISA
 
 SPEC = CharacterSpec(name="mara", gender_presentation="woman", hair_colour="auburn")
@@ -212,7 +212,9 @@ def test_inpaint_keeps_the_original_upscale_and_regenerate(
     assert asset(project, upscaled.outputs[0].asset_id).parents == [out.asset_id]
 
 
-def test_nsfw_studio_work_stays_on_self_hosted_engines_and_is_charged(project: Project) -> None:
+def test_nsfw_studio_work_stays_on_self_hosted_engines_and_is_charged(any_project: Project) -> None:
+    """On SQLite and on PostgreSQL (random seeds fit its 32-bit seed column)."""
+    project = any_project
     create_character_from_spec(project, SPEC, budget_usd=1.0)
     external = PhotoEngine("fal", pick=lambda r: LISA[0], price=0.05)
     own = PhotoEngine("comfyui", allows_nsfw=True, pick=lambda r: LISA[1])

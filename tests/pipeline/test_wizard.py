@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from face_engines import PhotoEngine
 from sqlalchemy import select
 
 from flenwheel.config import Settings
@@ -28,6 +27,7 @@ from flenwheel.providers.diffusers_local import LocalDiffusersProvider
 from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project
 
+from face_engines import PhotoEngine
 from photos import LISA, london
 
 TINY = RenderSize(width=64, height=64, steps=2)
@@ -101,7 +101,9 @@ def test_base_images_on_the_tiny_model_are_stored_and_say_faces_are_not_measurab
     ]
 
 
-def test_base_images_are_submitted_together_and_charged(project: Project) -> None:
+def test_base_images_are_submitted_together_and_charged(any_project: Project) -> None:
+    """On SQLite and on PostgreSQL: threads store images side by side."""
+    project = any_project
     create_character_from_spec(project, SPEC, budget_usd=1.0)
     people = {base_seeds(SPEC, slot): london(slot + 1) for slot in range(3)}
     # Each call waits until all three are in flight: submitted one after another, this would time out.

@@ -31,6 +31,7 @@ from flenwheel.store.project import Project, get_character
 
 T = TypeVar("T")
 REMOTE_CONCURRENCY = 4  # fal / Replicate / ComfyUI take several at once; 3 base images must run together
+SEED_MASK = 2**31 - 1
 LOCAL_CONCURRENCY = 1  # the in-process diffusers pipeline is not re-entrant
 
 
@@ -51,9 +52,10 @@ class RenderSize(Frozen):
 
 
 def derive_seed(*parts: object) -> int:
-    """A seed fixed by its parts (spec fingerprint, stage, slot, attempt): same inputs, same seed, anywhere."""
+    """A seed fixed by its parts (spec fingerprint, stage, slot, attempt): same inputs, same seed, anywhere.
+    31 bits: `asset.seed` is a 32-bit signed integer on PostgreSQL."""
     digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+    return int.from_bytes(digest[:4], "big") & SEED_MASK
 
 
 # -- engines ----------------------------------------------------------------------------------------------
@@ -198,13 +200,23 @@ def update_attributes(project: Project, asset_id: int, **changes: Any) -> None:
         asset.attributes = {**asset.attributes, **changes}
 
 
+STAGE_KINDS = {
+    "base": AssetKind.BASE,
+    "anchor": AssetKind.ANCHOR,
+    "variation": AssetKind.VARIATION,
+    "enriched": AssetKind.ENRICHED,
+    "profile": AssetKind.GENERATED,
+}
+
+
 def stage_assets(project: Project, character_name: str, stage: str, **match: Any) -> list[Asset]:
     """The character's assets whose attributes say `stage` (and match every given attribute), oldest first."""
     with project.db.session() as session:
         character = get_character(session, character_name)
-        rows = session.scalars(
-            select(Asset).where(Asset.character_id == character.id).order_by(Asset.id)
-        ).all()
+        query = select(Asset).where(Asset.character_id == character.id).order_by(Asset.id)
+        if stage in STAGE_KINDS:  # narrow in SQL; the JSON attributes are matched here
+            query = query.where(Asset.kind == STAGE_KINDS[stage])
+        rows = session.scalars(query).all()
         return [
             asset
             for asset in rows

@@ -20,7 +20,14 @@ from flenwheel.domain import AssetKind, Frozen
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobContext, LocalJobContext
 from flenwheel.pipeline.generation import GenerationOutcome, run_generation
-from flenwheel.pipeline.stage import RenderSize, StageEngines, check_cancelled, picked_base, stage_assets
+from flenwheel.pipeline.stage import (
+    SEED_MASK,
+    RenderSize,
+    StageEngines,
+    check_cancelled,
+    picked_base,
+    stage_assets,
+)
 from flenwheel.providers.base import (
     Capability,
     GenerationRequest,
@@ -203,6 +210,7 @@ def studio_generate(
         size = RenderSize(width=width, height=height, steps=steps)
     decision = decide_mode(project, character_name, mode)
     engines = StageEngines.for_project(project, providers)
+    seed = _fresh_seed() if seed is None else seed
     with project.db.session() as session:
         character = get_character(session, character_name)
         token, class_word, character_nsfw = character.token, character.class_word, character.nsfw
@@ -289,6 +297,7 @@ def studio_edit(
     of the whole image at `strength` when no mask is given."""
     from flenwheel.images import decode_image
 
+    seed = _fresh_seed() if seed is None else seed
     decoded = decode_image(image).image
     width, height = max(64, decoded.width // 8 * 8), max(64, decoded.height // 8 * 8)
     if max(width, height) > 2048:
@@ -404,7 +413,7 @@ def regenerate(
     if recipe.get("reference_sha256s"):
         data["references"] = tuple(project.blobs.get(sha) for sha in recipe["reference_sha256s"])
     if data.get("kind") != "upscale":
-        data["seed"] = random.SystemRandom().randrange(2**32)
+        data["seed"] = _fresh_seed()
     request = _REQUEST.validate_python(data)
     engines = StageEngines.for_project(project, providers)
     mode: RanMode = recipe.get("mode", "text")
@@ -425,6 +434,12 @@ def regenerate(
 
 
 # -- shared ------------------------------------------------------------------------------------------------
+def _fresh_seed() -> int:
+    """A random seed that, with up to 10 images counted up from it, fits `asset.seed` (32-bit signed on
+    PostgreSQL)."""
+    return random.SystemRandom().randrange(SEED_MASK - 16)
+
+
 def _run(
     project: Project,
     character_name: str,
