@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 ENDPOINT = "fal-ai/flux-lora-fast-training"
 MISSING_KEY = "FAL_KEY is not set: export it or use --trainer local"
-# https://fal.ai/models/fal-ai/flux-lora-fast-training (pricing, read 2026-11): $2 per 1000 steps.
+# https://fal.ai/models/fal-ai/flux-lora-fast-training lists $2 per 1000 steps (not re-checked from here: no
+# internet on the build machine; correct it when fal's page says otherwise).
 PRICE_PER_STEP = 0.002
 MAX_STEPS = 10_000  # the endpoint's own limit on `steps`
 FLUX_MODELS = frozenset({"tiny", "black-forest-labs/FLUX.1-dev", ENDPOINT})  # "tiny" = not chosen: fal's FLUX

@@ -48,8 +48,8 @@ MISSING_DESTINATION = (
     "FLENWHEEL_REPLICATE_DESTINATION is not set: create a model to receive the LoRA at "
     "https://replicate.com/create and set FLENWHEEL_REPLICATE_DESTINATION=owner/model"
 )
-# Replicate bills the trainer's H100 time: $0.001525/s (https://replicate.com/pricing, read 2026-11); the
-# estimate assumes ostris/flux-dev-lora-trainer's ~1 step a second. The result's cost uses the real run time.
+# Replicate bills the trainer's H100 time, $0.001525/s on https://replicate.com/pricing (not re-checked from
+# here: no internet on the build machine); the estimate assumes ~1 step a second. The result uses the real run time.
 PRICE_PER_SECOND = 0.001525
 SECONDS_PER_STEP = 1.0
 DEFAULT_TRAINER: str = Settings.model_fields["replicate_trainer"].default  # a pinned version
