@@ -17,12 +17,12 @@ from flenwheel.domain import AssetKind, ReviewLabel, ReviewSource
 from flenwheel.store.models import Asset, Review
 from flenwheel.store.project import Project
 from flenwheel.web.deps import OwnedAsset, OwnedCharacter, ProjectDep, SessionDep
+from flenwheel.web.limits import MAX_FILES_PER_UPLOAD
 from flenwheel.web.schemas import AssetPage, AssetPublic, ErrorPublic, UploadReport, UploadResult
 
 router = APIRouter(tags=["assets"])
 
 MIME_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-MAX_FILES_PER_UPLOAD = 50
 CHUNK = 1 << 20
 
 
