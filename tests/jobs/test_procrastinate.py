@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -12,6 +13,7 @@ from test_restart import SLOW_TINY, generated_assets
 from workers import kill, start_worker, stop, wait_for
 
 from flenwheel.characters import create_character
+from flenwheel.config import Settings
 from flenwheel.jobs.base import JobRequest, JobStatus, Queue
 from flenwheel.jobs.procrastinate_backend import ProcrastinateBackend, ensure_schema
 from flenwheel.jobs.store import JobStore
@@ -93,7 +95,13 @@ def test_cancel_a_running_job_and_retry_it(pg: Project, worker_thread: threading
 
 
 @on_postgres
-def test_sigkilled_worker_of_two_the_job_finishes_once_on_the_other(pg: Project) -> None:
+def test_sigkilled_worker_of_two_the_job_finishes_once_on_the_other(
+    pg: Project, s3_blob_url: str, tmp_path: Path
+) -> None:
+    """Two worker processes share the PostgreSQL database and an S3 bucket, as two hosts would."""
+    pg = Project.init(
+        Settings(project=tmp_path / "s3-project", database_url=pg.settings.database_url, blob_url=s3_blob_url)
+    )
     create_character(pg, "lisa", "ohwx", "woman")
     backend = ProcrastinateBackend(pg)
     job_id = backend.submit(
@@ -119,6 +127,10 @@ def test_sigkilled_worker_of_two_the_job_finishes_once_on_the_other(pg: Project)
     assets = generated_assets(pg)
     assert sorted(a for a, _ in assets) == sorted(done.result["asset_ids"]) and len(assets) == 2
     assert {job for _, job in assets} == {job_id}
+    for sha256 in done.result["sha256"]:  # the images are in the bucket, readable from here
+        assert pg.blobs.fs.exists(pg.blobs.url(sha256).removeprefix("s3://"))
+        assert pg.blobs.get(sha256).startswith(b"\x89PNG")
+    pg.close()
 
 
 @on_postgres

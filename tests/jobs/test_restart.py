@@ -12,7 +12,7 @@ from flenwheel.jobs.store import JobStore
 from flenwheel.store.models import Asset
 from flenwheel.store.project import Project
 
-SLOW_TINY = {"prompt": "photo of ohwx woman", "steps": 150, "width": 64, "height": 64, "count": 2}
+SLOW_TINY = {"prompt": "photo of ohwx woman", "steps": 60, "width": 64, "height": 64, "count": 2}
 
 
 def generated_assets(project: Project) -> list[tuple[int, int | None]]:

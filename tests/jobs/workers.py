@@ -24,6 +24,8 @@ def start_worker(project: Project, *args: str, env: dict[str, str] | None = None
         environment["FLENWHEEL_DATABASE_URL"] = project.settings.database_url
     if project.settings.blob_url:
         environment["FLENWHEEL_BLOB_URL"] = project.settings.blob_url
+    if project.settings.s3_endpoint_url:
+        environment["FLENWHEEL_S3_ENDPOINT_URL"] = project.settings.s3_endpoint_url
     environment.update(env or {})
     return subprocess.Popen(
         [str(FLENWHEEL), "--project", str(project.root), "worker", *args],

@@ -25,9 +25,9 @@ def _backend(project: Any) -> Any:
         from flenwheel.jobs.procrastinate_backend import ProcrastinateBackend
 
         return ProcrastinateBackend(project)
-    from flenwheel.jobs.store import JobStore
+    from flenwheel.jobs.embedded import EmbeddedBackend
 
-    return JobStore(project.db)
+    return EmbeddedBackend(project)  # not started: a running `flenwheel worker` picks the job up
 
 
 def _row(job: Any) -> dict[str, Any]:
@@ -86,6 +86,47 @@ def list_jobs(
     console.print(table)
 
 
+@app.command("submit")
+def submit(
+    kind: Annotated[str, typer.Argument(help="Job kind, e.g. curate, dataset_build, generate, noop")],
+    payload: Annotated[str, typer.Option("--payload", help='JSON object, e.g. {"character": "lisa"}')] = "{}",
+    queue: Annotated[str, typer.Option("--queue", "-q", help="gpu, cpu or api")] = "cpu",
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Queue a job for the workers (`flenwheel worker`)."""
+    import json
+
+    from flenwheel.errors import InvalidInput
+    from flenwheel.jobs import kinds
+    from flenwheel.jobs.base import JobRequest, Queue
+
+    if kind not in kinds.known_kinds():
+        raise kinds.UnknownJobKind(kind, kinds.known_kinds())
+    if queue not in {q.value for q in Queue}:
+        raise InvalidInput(f"--queue {queue!r}: use one of gpu, cpu, api")
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"--payload is not JSON ({exc.msg} at character {exc.pos}): give an object"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidInput('--payload must be a JSON object, e.g. {"character": "lisa"}')
+    project = open_project()
+    try:
+        backend = _backend(project)
+        job_id = backend.submit(JobRequest(kind=kind, payload=data, queue=Queue(queue), priority=priority))
+        if hasattr(backend, "close"):
+            backend.close()
+    finally:
+        project.close()
+    if json_output:
+        print_json({"id": job_id, "status": "queued"})
+        return
+    console.print(f"job {job_id}: queued on {queue}; follow it with `flenwheel jobs show {job_id}`")
+
+
 @app.command("show")
 def show(job_id: Annotated[int, typer.Argument(help="Job id")], json_output: JsonOption = False) -> None:
     """Everything about one job: payload, progress, result, error, external ids."""
@@ -108,7 +149,7 @@ def cancel(job_id: Annotated[int, typer.Argument(help="Job id")], json_output: J
     """Cancel a queued job now, or ask a running one to stop at its next step."""
     project = open_project()
     try:
-        status = _backend(project).cancel(job_id)
+        status = _backend(project).store.cancel(job_id)
     finally:
         project.close()
     if json_output:
@@ -125,7 +166,10 @@ def retry(job_id: Annotated[int, typer.Argument(help="Job id")], json_output: Js
     """Queue a failed, cancelled or interrupted job again; remote work it started is resumed."""
     project = open_project()
     try:
-        job = _backend(project).retry(job_id)
+        backend = _backend(project)
+        job = backend.retry(job_id)
+        if hasattr(backend, "close"):
+            backend.close()
     finally:
         project.close()
     if json_output:

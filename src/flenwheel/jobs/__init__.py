@@ -21,13 +21,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flenwheel.jobs.base import JobCancelled, JobContext, JobRequest, JobStatus, Queue, TransientJobError
+from flenwheel.jobs.base import (
+    JobBackend,
+    JobCancelled,
+    JobContext,
+    JobRequest,
+    JobStatus,
+    Queue,
+    TransientJobError,
+)
 
 if TYPE_CHECKING:
-    from flenwheel.jobs.embedded import EmbeddedBackend
     from flenwheel.store.project import Project
 
 __all__ = [
+    "JobBackend",
     "JobCancelled",
     "JobContext",
     "JobRequest",
@@ -38,7 +46,7 @@ __all__ = [
 ]
 
 
-def open_backend(project: Project, start_workers: bool = False, workers: int = 2) -> EmbeddedBackend:
+def open_backend(project: Project, start_workers: bool = False, workers: int = 2) -> JobBackend:
     """The backend the settings choose. Embedded: `start_workers=True` also runs a pool in this process
     (`flenwheel serve`, the demo); otherwise jobs wait for a `flenwheel worker`."""
     from flenwheel.jobs.worker import uses_procrastinate
@@ -46,7 +54,7 @@ def open_backend(project: Project, start_workers: bool = False, workers: int = 2
     if uses_procrastinate(project):
         from flenwheel.jobs.procrastinate_backend import ProcrastinateBackend
 
-        return ProcrastinateBackend(project)  # type: ignore[return-value]
+        return ProcrastinateBackend(project)
     from flenwheel.jobs.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(project, workers=workers)

@@ -8,12 +8,15 @@ Pipeline stages are plain functions that take a `JobContext`; the same function 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import Field
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
+
+if TYPE_CHECKING:
+    from flenwheel.jobs.store import JobInfo, JobStore
 
 
 class JobStatus(StrEnum):
@@ -98,3 +101,19 @@ class TransientJobError(FlenwheelError):
     """A failure worth another attempt (a dropped connection, a busy engine); the job is retried with backoff."""
 
     transient = True
+
+
+class JobBackend(Protocol):
+    """How callers (CLI, web, pipeline chains) hand work to workers; `store` reads and lists the job table."""
+
+    store: JobStore
+
+    def submit(self, request: JobRequest) -> int: ...
+
+    def get(self, job_id: int) -> JobInfo: ...
+
+    def wait(self, job_id: int, timeout: float = 60.0) -> JobInfo: ...
+
+    def cancel(self, job_id: int) -> JobStatus: ...
+
+    def retry(self, job_id: int) -> JobInfo: ...

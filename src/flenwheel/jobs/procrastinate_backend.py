@@ -230,6 +230,10 @@ async def _serve(project: Project, queues: list[str], concurrency: int, stop: th
         requeued, _ = await asyncio.to_thread(state.store.recover, settings.job_stale_after_s)
         if requeued:
             log.warning("requeued jobs %s whose worker stopped", requeued)
+        for job_id in requeued:  # the dead worker's task is still `doing`: the queueing lock does not block
+            with contextlib.suppress(AlreadyEnqueued):
+                job = await asyncio.to_thread(state.store.get, job_id)
+                await _deferrer(app, job).defer_async(job_id=job_id)
         for job in await asyncio.to_thread(state.undelivered):
             with contextlib.suppress(AlreadyEnqueued):
                 await _deferrer(app, job).defer_async(job_id=job.id)
