@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,24 +50,23 @@ def main() -> None:
             text=True,
         )
         headers = {"Authorization": f"Bearer {json.loads(made.stdout)['token']}"}
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [str(FLENWHEEL), "-p", str(project), "serve", "--port", str(port), "--workers", "2"],
+        server = subprocess.Popen(  # port 0: uvicorn reports the port it was given
+            [str(FLENWHEEL), "-p", str(project), "serve", "--port", "0", "--workers", "2"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
         assert server.stderr is not None
+        base = ""
         for line in server.stderr:
-            if "Application startup complete" in line:
+            if listening := re.search(r"Uvicorn running on (http://\S+)", line):
+                base = listening.group(1)
                 break
         # Keep reading the server's log so a full pipe never blocks it.
         threading.Thread(target=server.stderr.read, daemon=True).start()
         try:
-            measure(f"http://127.0.0.1:{port}", headers, args.runs)
+            measure(base, headers, args.runs)
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=60)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,12 +41,6 @@ def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
     """A project served on a free port with two embedded workers; yields (base URL, alice, bob headers)."""
@@ -57,18 +51,18 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]
         made = _cli(project, "user", "add", name, "--json")
         assert made.returncode == 0, made.stderr
         tokens[name] = json.loads(made.stdout)["token"]
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(FLENWHEEL), "--project", str(project), "serve", "--port", str(port), "--workers", "2"],
+    server = subprocess.Popen(  # port 0: the system picks a free one and uvicorn says which
+        [str(FLENWHEEL), "--project", str(project), "serve", "--port", "0", "--workers", "2"],
         env=_env(),
         stderr=subprocess.PIPE,
         text=True,
     )
     log: list[str] = []
     assert server.stderr is not None
-    for line in server.stderr:  # uvicorn says when it listens; no polling
+    for line in server.stderr:  # uvicorn says where it listens once the socket is bound; no polling
         log.append(line)
-        if "Application startup complete" in line:
+        if listening := re.search(r"Uvicorn running on (http://\S+)", line):
+            base = listening.group(1)
             break
     else:
         pytest.fail(f"flenwheel serve stopped before listening:\n{''.join(log)}")
@@ -78,7 +72,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]
     drain.start()
     try:
         yield (
-            f"http://127.0.0.1:{port}",
+            base,
             {"Authorization": f"Bearer {tokens['alice']}"},
             {"Authorization": f"Bearer {tokens['bob']}"},
         )

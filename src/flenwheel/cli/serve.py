@@ -51,7 +51,8 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     err_console.print(
         f"flenwheel API on http://{shown}:{port} (docs: /docs), {project.db.engine.dialect.name} database, "
-        f"{jobs}. Make a token with `flenwheel user add NAME`."
+        f"{jobs}. Make a token with `flenwheel user add NAME`.",
+        soft_wrap=True,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
 
