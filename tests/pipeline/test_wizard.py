@@ -254,3 +254,24 @@ def test_consistent_mode_says_how_it_keeps_the_face(project: Project, tiny: Loca
     assert referenced.method == "consistent: identity reference on comfyui"
     assert len(requests) == 8 and all(isinstance(r, IdentityReference) for r in requests)
     assert not any(isinstance(r, ImageToImage) for r in requests)
+
+
+def test_a_failing_engine_fails_the_stage_with_its_message_and_cancel_stops_it(project: Project) -> None:
+    from flenwheel.jobs.base import JobCancelled
+    from flenwheel.providers.base import ProviderError
+
+    create_character_from_spec(project, SPEC)
+
+    def refuse(request: GenerationRequest) -> Path:
+        if request.seed == base_seeds(SPEC, 1):
+            raise ProviderError("fal", "HTTP 422: prompt rejected", transient=False)
+        return london(1 + request.seed % 5)
+
+    with pytest.raises(ProviderError, match="HTTP 422: prompt rejected"):
+        generate_base_images(project, "mara", LocalJobContext(), providers=[PhotoEngine("fal", pick=refuse)])
+    cancelled = LocalJobContext()
+    cancelled.cancel()
+    engine = PhotoEngine("fal", pick=lambda r: LISA[0])
+    with pytest.raises(JobCancelled):
+        generate_profile_set(project, "mara", cancelled, providers=[engine])
+    assert engine.calls == []  # nothing submitted, nothing paid
