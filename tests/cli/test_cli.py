@@ -585,7 +585,7 @@ def test_parallel_ingest_names_the_asset_each_duplicate_is_of(parallel_ingest: P
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Wrong today (xfail, strict): each test states the behaviour a user should get.
+# Once wrong (fixed since): each test states the behaviour a user should get.
 
 
 def test_parallel_curate_runs_both_finish(tmp_path: Path) -> None:

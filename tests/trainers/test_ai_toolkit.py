@@ -209,12 +209,6 @@ def test_a_checkpoint_still_being_written_is_not_reported(tmp_path: Path) -> Non
     assert watcher.new_stable() == [partial] and watcher.new_stable() == []
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=True,
-    reason="pipeline/training.py _prepare_input calls Result.tuples(), which fails on SQLAlchemy 2.1; "
-    "`.all()` fixes it (passes then; drop this mark)",
-)
 def test_flenwheel_train_records_checkpoints_and_a_rerun_after_a_crash_resumes(
     project: Project, trainer: AiToolkitTrainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

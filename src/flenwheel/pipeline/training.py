@@ -102,9 +102,11 @@ def train_character(
     try:
         result = trainer.run(spec, data, context)
     except TrainingCancelled:
+        context.flush()
         _set_status(project, run.id, "cancelled")
         raise
     except BaseException as exc:
+        context.flush()
         _set_status(project, run.id, "failed", error=str(exc))
         if reservation is not None and not context.remote_started:
             budget.release(reservation)
@@ -202,9 +204,8 @@ def _prepare_input(
     with project.db.session() as session:
         token = get_character(session, character_name).token
         asset_ids = [item.asset_id for item in version.items]
-        formats = dict(
-            session.execute(select(Asset.id, Asset.format).where(Asset.id.in_(asset_ids))).tuples()
-        )
+        rows = session.execute(select(Asset.id, Asset.format).where(Asset.id.in_(asset_ids)))
+        formats = {asset_id: fmt for asset_id, fmt in rows}
     for item in version.items:
         name = f"{token}_{item.position + 1:03d}.{formats[item.asset_id]}"
         image_path = images_dir / name
@@ -285,10 +286,10 @@ class StoredTrainingContext:
             self.job.progress(step, total, message)
         now = time.monotonic()
         if now - self._last_flush >= self.FLUSH_SECONDS or step >= total:
-            self._flush()
+            self.flush()
             self._last_flush = now
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         with self.project.db.session() as session:
             run = session.get_one(TrainingRun, self.run_id)
             run.step, run.total_steps = self._step, self._total
@@ -302,7 +303,7 @@ class StoredTrainingContext:
         return self.job is not None and self.job.cancelled()
 
     def checkpoint_saved(self, checkpoint: CheckpointFile) -> None:
-        self._flush()
+        self.flush()
         path = Path(checkpoint.path)
         relative = path.resolve().relative_to(self.project.root.resolve()).as_posix()
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
