@@ -45,11 +45,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def make_api(project: Project, job_workers: int = 0, **settings: object) -> Iterator[Api]:
+def make_api(
+    project: Project, job_workers: int = 0, raise_server_exceptions: bool = True, **settings: object
+) -> Iterator[Api]:
     alice = bearer(add_user(project, "alice")[1])
     bob = bearer(add_user(project, "bob")[1])
     app = create_app(project.settings.model_copy(update=settings), job_workers=job_workers)
-    with TestClient(app) as client:
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
         yield Api(client, project, alice, bob)
 
 
