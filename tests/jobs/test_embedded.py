@@ -115,3 +115,20 @@ def test_generate_on_the_tiny_model_stores_assets_linked_to_the_job(any_project:
     with any_project.db.session() as session:
         linked = session.scalars(select(Asset.id).where(Asset.job_id == job_id)).all()
     assert sorted(linked) == sorted(done.result["asset_ids"])
+
+
+def test_an_attempt_that_lost_its_row_to_recovery_stops_instead_of_working_twice(
+    any_project: Project,
+) -> None:
+    with EmbeddedBackend(any_project, workers=1, stale_after_s=3600) as pool:
+        job_id = pool.submit(JobRequest(kind="sleep", payload={"steps": 100_000, "step_s": 0.01}))
+        store = pool.store
+        wait = store.wait
+        while store.get(job_id).progress_done < 2:
+            wait(job_id, timeout=0.05)
+        assert store.recover(timeout_s=0) == ([job_id], [])  # as if its heartbeats had stopped
+        # The pool has one thread: it can only start attempt 2 once attempt 1 has noticed and stopped.
+        while (job := store.get(job_id)).attempts < 2 or job.status != JobStatus.RUNNING:
+            wait(job_id, timeout=0.05)
+        pool.cancel(job_id)
+        assert pool.wait(job_id, timeout=10).status == JobStatus.CANCELLED

@@ -221,18 +221,31 @@ class JobStore:
         with self.db.session() as session:
             return _rowcount(session.execute(statement.values(heartbeat_at=utcnow())))
 
-    def progress(self, job_id: int, done: int, total: int, message: str = "") -> None:
+    def progress(
+        self, job_id: int, done: int, total: int, message: str = "", worker: str | None = None
+    ) -> None:
+        """Record progress of a running job (of `worker`'s attempt, when given)."""
         values: dict[str, Any] = {"progress_done": max(0, done), "progress_total": max(0, total, done)}
         if message:
             values["message"] = message
+        statement = update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        if worker is not None:
+            statement = statement.where(Job.worker == worker)
         with self.db.session() as session:
-            session.execute(
-                update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value).values(**values)
-            )
+            session.execute(statement.values(**values))
 
-    def cancel_requested(self, job_id: int) -> bool:
+    def cancel_requested(self, job_id: int, worker: str | None = None) -> bool:
+        """True when the user asked the job to stop — or, given `worker`, when that worker no longer owns the
+        row (it was recovered and handed to another), so the stale attempt stops instead of working twice."""
         with self.db.session() as session:
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+            row = session.execute(
+                select(Job.cancel_requested, Job.status, Job.worker).where(Job.id == job_id)
+            ).first()
+        if row is None:
+            return True
+        if worker is not None and (row.status != JobStatus.RUNNING.value or row.worker != worker):
+            return True
+        return bool(row.cancel_requested)
 
     def remember_external_id(self, job_id: int, key: str, value: str) -> None:
         with self.db.session() as session:
@@ -425,6 +438,7 @@ class DbJobContext:
         self.store = store
         self.job_id: int | None = job.id
         self._id = job.id
+        self._worker = job.worker
         self._external = dict(job.external_ids)
         self._interval = min_progress_interval_s
         self._last_write = 0.0
@@ -442,7 +456,7 @@ class DbJobContext:
 
     def flush(self) -> None:
         if self._pending is not None:
-            self.store.progress(self._id, *self._pending)
+            self.store.progress(self._id, *self._pending, worker=self._worker)
             self._pending = None
             self._last_write = time.monotonic()
 
@@ -450,7 +464,7 @@ class DbJobContext:
         now = time.monotonic()
         if not self._cancelled and now - self._cancel_checked >= 0.05:
             self._cancel_checked = now
-            self._cancelled = self.store.cancel_requested(self._id)
+            self._cancelled = self.store.cancel_requested(self._id, self._worker)
         return self._cancelled
 
     def remember_external_id(self, key: str, value: str) -> None:
