@@ -229,8 +229,12 @@ def generate_anchors(
     def draw(anchor_id: str, k: int) -> AnchorCandidate:
         nonlocal reused
         anchor = config.anchor(anchor_id)
-        attributes = {"stage": "anchor", "anchor": anchor.id, "candidate": k}
-        image = existing_stage_image(project, character_name, "anchor", anchor=anchor.id, candidate=k)
+        # drawn from this base (or from text): a new pick of the base draws new anchors
+        source = base.id if from_base and base is not None else None
+        attributes = {"stage": "anchor", "anchor": anchor.id, "candidate": k, "base_asset": source}
+        image = existing_stage_image(
+            project, character_name, "anchor", anchor=anchor.id, candidate=k, base_asset=source
+        )
         if image is not None:
             reused += 1
         else:
@@ -296,6 +300,12 @@ def auto_pick_anchors(
     for anchor in config.anchors:
         own = [c for c in candidates if c.anchor == anchor.id]
         if not own:
+            continue
+        users = stage_assets(project, character_name, "anchor", anchor=anchor.id, picked=True, pick="user")
+        if users:  # the user's own pick is never overruled
+            picks.append(
+                AnchorPick(anchor=anchor.id, asset_id=users[-1].id, by="user", reason="picked by the user")
+            )
             continue
         measured = [c for c in own if c.identity.distance is not None]
         if measured:
@@ -430,7 +440,12 @@ def generate_variations(
             progress,
             partial(_variation_request, spec, variation, project.blobs.get(anchor.sha256), size),
             AssetKind.VARIATION,
-            {"stage": "variation", "variation": variation.id, "anchor": variation.anchor},
+            {
+                "stage": "variation",
+                "variation": variation.id,
+                "anchor": variation.anchor,
+                "anchor_asset": anchor.id,
+            },
             anchor.id,
             reference,
             config.identity_retries,

@@ -151,7 +151,7 @@ def nearest_anchor(project: Project, character_name: str, prompt: str) -> tuple[
     picked = {a.attributes["anchor"]: a for a in stage_assets(project, character_name, "anchor", picked=True)}
     text = prompt.lower()
     scored = [
-        (sum(word in text for word in (*anchor.keywords, anchor.id.replace("_", " "))), anchor.id)
+        (sum(_mentions(text, word) for word in (*anchor.keywords, anchor.id.replace("_", " "))), anchor.id)
         for anchor in anchors
         if anchor.id in picked
     ]
@@ -165,6 +165,11 @@ def nearest_anchor(project: Project, character_name: str, prompt: str) -> tuple[
         first = next(iter(picked.values()))
         return first, f"anchor {first.attributes['anchor']!r} (asset {first.id}): no picked base"
     return None, ""
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    """`phrase` as whole words: "bar" is in "hanging from a bar", not in "barbecue"."""
+    return re.search(rf"(?<![\w-]){re.escape(phrase.lower())}(?![\w-])", text) is not None
 
 
 def _identity_reference_image(project: Project, character_name: str) -> Asset | None:
