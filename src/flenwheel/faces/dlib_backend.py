@@ -42,9 +42,16 @@ class DlibFaceAnalyzer:
     @staticmethod
     def load_modules() -> tuple[Any, Any]:
         """Import dlib and the model package, or say which extra to install."""
+        import warnings
+
         try:
             import dlib
-            import face_recognition_models as models
+
+            with (
+                warnings.catch_warnings()
+            ):  # its pkg_resources import warns on every start; not the user's concern
+                warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+                import face_recognition_models as models
         except ImportError as exc:  # face_recognition_models also needs pkg_resources (setuptools < 81)
             raise MissingDependency(f"dlib / face_recognition_models ({exc})", "faces") from exc
         return dlib, models
