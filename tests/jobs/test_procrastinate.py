@@ -154,3 +154,19 @@ def test_claimers_in_several_processes_never_take_the_same_job(pg: Project) -> N
     claimed = [int(line) for process in processes for line in process.communicate(timeout=120)[0].split()]
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
     assert all(store.get(job_id).attempts == 1 for job_id in ids)
+
+
+@on_postgres
+def test_a_stopping_worker_hands_its_running_job_back_to_the_queue(pg: Project) -> None:
+    stop_event = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(pg, None, 1, stop_event, 0.2), daemon=True)
+    thread.start()
+    with ProcrastinateBackend(pg) as backend:
+        job_id = backend.submit(JobRequest(kind="sleep", payload={"steps": 100_000, "step_s": 0.01}))
+        wait_for(backend.store, job_id, lambda job: job.status == JobStatus.RUNNING, timeout=30)
+        stop_event.set()
+        thread.join(60)
+        assert not thread.is_alive()
+        handed_back = backend.store.get(job_id)
+    assert handed_back.status == JobStatus.QUEUED and handed_back.attempts == 0
+    assert "shutting down" in handed_back.message

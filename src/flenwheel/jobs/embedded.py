@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -71,8 +72,9 @@ class EmbeddedBackend:
         to the queue for another worker. Returns the ids handed back."""
         self._stop.set()
         self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._threads = [thread for thread in self._threads if thread.is_alive()]
         with self._lock:
             left = dict(self._running)

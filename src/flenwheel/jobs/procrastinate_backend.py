@@ -171,6 +171,14 @@ class _WorkerState:
                 self.running.pop(job_id, None)
         return self.store.get(job_id)
 
+    def hand_back(self) -> list[JobInfo]:
+        """Rows still running at shutdown go back to the queue (their attempts stop when they notice)."""
+        with self.lock:
+            running = dict(self.running)
+        return [
+            self.store.get(job_id) for job_id, worker in running.items() if self.store.release(job_id, worker)
+        ]
+
     def heartbeat(self) -> None:
         with self.lock:
             running = dict(self.running)
@@ -200,14 +208,49 @@ class _WorkerState:
 
 
 def run_procrastinate_worker(
-    project: Project, queues: Sequence[Queue | str], concurrency: int = 1, stop: threading.Event | None = None
+    project: Project,
+    queues: Sequence[Queue | str],
+    concurrency: int = 1,
+    stop: threading.Event | None = None,
+    shutdown_timeout_s: float = 30.0,
 ) -> None:
-    """Run a Procrastinate worker on `queues` until SIGTERM/SIGINT or `stop`."""
+    """Run a Procrastinate worker on `queues` until SIGTERM/SIGINT or `stop`; running jobs get
+    `shutdown_timeout_s` to finish, then go back to the queue for another worker."""
     ensure_schema(project)
-    asyncio.run(_serve(project, [Queue(q).value for q in queues], max(1, concurrency), stop))
+    queue_names = [Queue(q).value for q in queues]
+    asyncio.run(_serve(project, queue_names, max(1, concurrency), stop, shutdown_timeout_s))
 
 
-async def _serve(project: Project, queues: list[str], concurrency: int, stop: threading.Event | None) -> None:
+async def _in_daemon_thread(function: Any, *args: Any) -> Any:
+    """Like asyncio.to_thread, but the thread does not hold the process open after shutdown hands its job back."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(setter: Any, value: Any) -> None:
+        if not future.done():
+            setter(value)
+
+    def target() -> None:
+        try:
+            outcome = function(*args)
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(deliver, future.set_exception, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, future.set_result, outcome)
+
+    threading.Thread(target=target, name="flenwheel-job", daemon=True).start()
+    return await future
+
+
+async def _serve(
+    project: Project,
+    queues: list[str],
+    concurrency: int,
+    stop: threading.Event | None,
+    shutdown_timeout_s: float,
+) -> None:
     import procrastinate
     from procrastinate.exceptions import AlreadyEnqueued
 
@@ -218,7 +261,7 @@ async def _serve(project: Project, queues: list[str], concurrency: int, stop: th
 
     @app.task(name=TASK_NAME, pass_context=False)
     async def run_job(job_id: int) -> None:
-        finished = await asyncio.to_thread(state.run, job_id)
+        finished = await _in_daemon_thread(state.run, job_id)
         if (
             finished is not None and finished.status == JobStatus.QUEUED
         ):  # a transient failure: try again later
@@ -272,6 +315,7 @@ async def _serve(project: Project, queues: list[str], concurrency: int, stop: th
                 concurrency=concurrency,
                 name=worker_name("procrastinate"),
                 install_signal_handlers=False,
+                shutdown_graceful_timeout=shutdown_timeout_s,
                 fetch_job_polling_interval=1.0,
                 abort_job_polling_interval=5.0,
                 update_heartbeat_interval=beat_s,
@@ -285,3 +329,7 @@ async def _serve(project: Project, queues: list[str], concurrency: int, stop: th
         for task in (maintenance, worker):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for job in state.hand_back():
+            log.warning("job %s was still running at shutdown: handed back to the queue", job.id)
+            with contextlib.suppress(AlreadyEnqueued):
+                await _deferrer(app, job).defer_async(job_id=job.id)

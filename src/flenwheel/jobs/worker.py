@@ -29,13 +29,15 @@ def run_worker(
     queues: Sequence[Queue | str] | None = None,
     concurrency: int = 1,
     stop: threading.Event | None = None,
+    shutdown_timeout_s: float = 30.0,
 ) -> None:
-    """Work on `queues` (default: all) until a signal arrives or `stop` is set."""
+    """Work on `queues` (default: all) until a signal arrives or `stop` is set; then running jobs get
+    `shutdown_timeout_s` to finish before they are handed back to the queue."""
     chosen = [Queue(q) for q in queues] if queues else list(Queue)
     if uses_procrastinate(project):
         from flenwheel.jobs.procrastinate_backend import run_procrastinate_worker
 
-        run_procrastinate_worker(project, chosen, concurrency, stop)
+        run_procrastinate_worker(project, chosen, concurrency, stop, shutdown_timeout_s)
         return
     from flenwheel.jobs.embedded import EmbeddedBackend
 
@@ -45,7 +47,7 @@ def run_worker(
     try:
         stop.wait()
     finally:
-        backend.shutdown(timeout=30.0)
+        backend.shutdown(timeout=shutdown_timeout_s)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
