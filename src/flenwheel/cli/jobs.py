@@ -194,10 +194,14 @@ def worker(
     for name in queue or []:
         if name not in known:
             raise InvalidInput(f"--queue {name!r}: use one of {', '.join(sorted(known))}")
+    from flenwheel.jobs.worker import uses_procrastinate
+
     project = open_project()
     try:
+        kind = "Procrastinate" if uses_procrastinate(project) else "embedded"
         err_console.print(
-            f"worker on queues {', '.join(queue or sorted(known))} with concurrency {concurrency}; Ctrl-C stops"
+            f"{kind} worker on queues {', '.join(queue or sorted(known))} with concurrency {concurrency}; "
+            "Ctrl-C stops"
         )
         run_worker(project, queue or None, concurrency)
     finally:

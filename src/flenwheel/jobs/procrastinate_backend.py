@@ -316,7 +316,7 @@ async def _serve(
                 name=worker_name("procrastinate"),
                 install_signal_handlers=False,
                 shutdown_graceful_timeout=shutdown_timeout_s,
-                fetch_job_polling_interval=1.0,
+                fetch_job_polling_interval=0.25,  # a fallback: LISTEN/NOTIFY usually delivers at once
                 abort_job_polling_interval=5.0,
                 update_heartbeat_interval=beat_s,
                 stalled_worker_timeout=settings.job_stale_after_s,
