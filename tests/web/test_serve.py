@@ -13,6 +13,7 @@ import sys
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,9 +42,34 @@ def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@dataclass
+class Served:
+    """A running `flenwheel serve`: its URL, two users' headers, the process and its log."""
+
+    base: str
+    alice: dict[str, str]
+    bob: dict[str, str]
+    project: Path
+    process: subprocess.Popen[str]
+    log: list[str]
+
+    interrupted: bool = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C, once (a second one would force uvicorn to quit without cleaning up)."""
+        if not self.interrupted and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        self.interrupted = True
+
+    def stop(self) -> int:
+        """Stop as a user does and wait; returns the exit status."""
+        self.interrupt()
+        return self.process.wait(timeout=60)
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
-    """A project served on a free port with two embedded workers; yields (base URL, alice, bob headers)."""
+def served(tmp_path: Path) -> Iterator[Served]:
+    """A project served on a free port with two embedded workers, and two users."""
     project = tmp_path / "project"
     assert _cli(project.parent, "init", str(project)).returncode == 0
     tokens = {}
@@ -66,19 +92,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]
             break
     else:
         pytest.fail(f"flenwheel serve stopped before listening:\n{''.join(log)}")
-    drain = threading.Thread(
-        target=log.extend, args=(server.stderr,), daemon=True
-    )  # a full pipe would block it
+    drain = threading.Thread(target=log.extend, args=(server.stderr,), daemon=True)  # a full pipe blocks it
     drain.start()
+    bearer = {name: {"Authorization": f"Bearer {token}"} for name, token in tokens.items()}
+    running = Served(base, bearer["alice"], bearer["bob"], project, server, log)
     try:
-        yield (
-            base,
-            {"Authorization": f"Bearer {tokens['alice']}"},
-            {"Authorization": f"Bearer {tokens['bob']}"},
-        )
+        yield running
     finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=60) == 0, "".join(log)
+        assert running.stop() == 0, "".join(log)
         drain.join(timeout=10)
         assert "Traceback" not in "".join(log), "".join(log)
 
@@ -90,8 +111,8 @@ def _follow(client: httpx.Client, job_id: int, headers: dict[str, str]) -> list[
         return read_events(response.iter_lines())
 
 
-def test_a_characters_life_over_http(served: tuple[str, dict[str, str], dict[str, str]]) -> None:
-    base, alice, bob = served
+def test_a_characters_life_over_http(served: Served) -> None:
+    base, alice, bob = served.base, served.alice, served.bob
     with httpx.Client(base_url=base, timeout=120) as client:
         assert client.get("/openapi.json").json()["info"]["title"] == "flenwheel API"
         assert client.get("/health").json()["job_workers"] == 2
@@ -161,3 +182,32 @@ def test_user_add_prints_the_token_once(tmp_path: Path) -> None:
     assert token not in (project / "flenwheel.db").read_bytes().decode("latin-1")
     again = _cli(project, "user", "add", "alice")
     assert again.returncode != 0 and "already exists" in again.stderr + again.stdout
+
+
+def test_stopping_the_server_ends_event_streams_and_hands_running_jobs_back(served: Served) -> None:
+    with httpx.Client(base_url=served.base, timeout=120) as client:
+        character = client.post(
+            "/characters",
+            json={"name": "lisa", "token": "ohwx_lisa", "class_word": "woman"},
+            headers=served.alice,
+        ).json()
+        job = client.post(
+            "/jobs",
+            json={
+                "kind": "sleep",
+                "character_id": character["id"],
+                "payload": {"steps": 10000, "step_s": 0.05},
+            },
+            headers=served.alice,
+        ).json()
+        with client.stream("GET", f"/jobs/{job['id']}/events", headers=served.alice) as stream:
+            lines = stream.iter_lines()
+            for line in lines:
+                if line.startswith("data: ") and '"status": "running"' in line:
+                    break
+            served.interrupt()
+            rest = list(lines)  # the stream ends by itself; the server does not wait on it
+    assert any("server is stopping" in line for line in rest)
+    assert served.stop() == 0
+    listed = json.loads(_cli(served.project, "jobs", "ls", "--json").stdout)
+    assert listed[0]["status"] == "queued" and listed[0]["attempts"] == 0  # runs again on the next start

@@ -34,13 +34,12 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and run background jobs in this process."""
-    import uvicorn
-
     from flenwheel.config import load_settings
     from flenwheel.jobs.worker import uses_procrastinate
     from flenwheel.web.app import create_app
+    from flenwheel.web.server import run_server
 
-    app = create_app(load_settings(project=project_dir()), job_workers=workers)
+    app = create_app(load_settings(project=project_dir()), job_workers=workers, job_shutdown_timeout_s=10.0)
     project = app.state.project
     if uses_procrastinate(project):
         jobs = "jobs handed to Procrastinate workers (run `flenwheel worker` on any host)"
@@ -54,7 +53,7 @@ def serve(
         f"{jobs}. Make a token with `flenwheel user add NAME`.",
         soft_wrap=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    run_server(app, host=host, port=port, log_level=log_level)
 
 
 @user_app.command("add")

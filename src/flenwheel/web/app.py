@@ -3,6 +3,8 @@ errors to HTTP statuses, and (with `job_workers > 0`) runs an embedded job worke
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +18,8 @@ from flenwheel.web.errors import add_error_handlers
 from flenwheel.web.limits import MAX_FILES_PER_UPLOAD, BodyLimit
 from flenwheel.web.routes import assets, characters, datasets, jobs, reviews
 from flenwheel.web.schemas import HealthPublic
+
+log = logging.getLogger("uvicorn.error")  # shown with the server's own messages
 
 DESCRIPTION = """\
 Keep an AI character the same person: upload photos, review them, build dataset versions, and run the
@@ -48,9 +52,10 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings, job_workers: int = 0) -> FastAPI:
+def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s: float = 30.0) -> FastAPI:
     """The API over the project in `settings`. With `job_workers > 0` (and the embedded job backend) the
-    app runs that many worker threads on the job table from start-up to shutdown."""
+    app runs that many worker threads on the job table from start-up to shutdown; at shutdown, jobs still
+    running after `job_shutdown_timeout_s` go back to the queue for the next start (or another worker)."""
     project = Project.open(settings)
     upload_limit = int(settings.upload_max_mb * 2**20)
 
@@ -60,7 +65,12 @@ def create_app(settings: Settings, job_workers: int = 0) -> FastAPI:
         try:
             yield
         finally:
-            _stop(app.state.jobs)
+            if app.state.job_workers:
+                log.info(
+                    "stopping job workers: running jobs get up to %g s to finish, then go back to the queue",
+                    job_shutdown_timeout_s,
+                )
+            _stop(app.state.jobs, job_shutdown_timeout_s)
             project.close()
 
     app = FastAPI(
@@ -74,6 +84,8 @@ def create_app(settings: Settings, job_workers: int = 0) -> FastAPI:
     max_body = MAX_FILES_PER_UPLOAD * upload_limit + 2**20
     app.add_middleware(BodyLimit, max_body=max_body, upload_limit=upload_limit)
     app.state.project = project
+    # Set when the server starts to stop: open event streams end so it need not wait for them.
+    app.state.stopping = threading.Event()
     app.state.jobs = None
     app.state.job_workers = 0
     for module in (characters, assets, reviews, datasets, jobs):
@@ -107,9 +119,9 @@ def _job_backend(project: Project, job_workers: int) -> tuple[Any, int]:
     return JobStore(project.db), 0
 
 
-def _stop(backend: Any) -> None:
+def _stop(backend: Any, timeout_s: float) -> None:
     if hasattr(backend, "shutdown"):
-        backend.shutdown(timeout=30.0)
+        backend.shutdown(timeout=timeout_s)
     elif hasattr(backend, "close"):
         backend.close()
 

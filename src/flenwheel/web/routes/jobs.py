@@ -219,7 +219,7 @@ def _event_data(info: JobInfo) -> dict[str, Any]:
 async def events(job_id: OwnedJob, project: ProjectDep, request: Request) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events until the job finishes: `event: progress` when done/total or the
     message change, `event: status` when the status changes; each `data:` is the job's state as JSON. The
-    stream ends after the final `status` event."""
+    stream ends after the final `status` event (or early when the server stops: reconnect)."""
     store = JobStore(project.db)
     last_status: JobStatus | None = None
     last_progress: tuple[int, int, str] | None = None
@@ -236,5 +236,8 @@ async def events(job_id: OwnedJob, project: ProjectDep, request: Request) -> Asy
             sequence += 1
             yield ServerSentEvent(event="status", data=_event_data(info), id=str(sequence))
         if info.status.finished or await request.is_disconnected():
+            return
+        if request.app.state.stopping.is_set():
+            yield ServerSentEvent(comment="the server is stopping: reconnect to go on following the job")
             return
         await asyncio.sleep(EVENTS_POLL_S)
