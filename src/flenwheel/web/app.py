@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 
 from flenwheel import __version__
 from flenwheel.config import Settings
+from flenwheel.jobs.base import JobBackend
 from flenwheel.store.project import Project
 from flenwheel.web.errors import add_error_handlers
 from flenwheel.web.limits import MAX_FILES_PER_UPLOAD, BodyLimit
@@ -101,22 +102,15 @@ def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s:
     return app
 
 
-def _job_backend(project: Project, job_workers: int) -> tuple[Any, int]:
-    """The embedded pool when asked for, Procrastinate when configured, else the job table alone (jobs wait
-    for a `flenwheel worker`)."""
+def _job_backend(project: Project, job_workers: int) -> tuple[JobBackend, int]:
+    """The backend the settings choose (jobs/open_backend): the embedded pool, running `job_workers` threads
+    here when asked for, or Procrastinate (its workers are `flenwheel worker`s)."""
+    from flenwheel.jobs import open_backend
     from flenwheel.jobs.worker import uses_procrastinate
 
-    if uses_procrastinate(project):
-        from flenwheel.jobs.procrastinate_backend import ProcrastinateBackend
-
-        return ProcrastinateBackend(project), 0
-    if job_workers > 0:
-        from flenwheel.jobs.embedded import EmbeddedBackend
-
-        return EmbeddedBackend(project, workers=job_workers).start(), job_workers
-    from flenwheel.jobs.store import JobStore
-
-    return JobStore(project.db), 0
+    start = job_workers > 0 and not uses_procrastinate(project)
+    backend = open_backend(project, start_workers=start, workers=max(1, job_workers))
+    return backend, job_workers if start else 0
 
 
 def _stop(backend: Any, timeout_s: float) -> None:

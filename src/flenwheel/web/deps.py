@@ -5,7 +5,7 @@ another user is answered exactly like something that does not exist: 404."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flenwheel.domain import Frozen
+from flenwheel.jobs.base import JobBackend
 from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project
 from flenwheel.web.auth import UserInfo, user_for_token
@@ -48,12 +49,13 @@ def get_session(project: ProjectDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_jobs(request: Request) -> Any:
-    """The job backend: the server's embedded pool when it runs one, else the job table (or Procrastinate)."""
-    return request.app.state.jobs
+def get_jobs(request: Request) -> JobBackend:
+    """The job backend: the server's embedded pool, or Procrastinate; `.store` reads the job table."""
+    backend: JobBackend = request.app.state.jobs
+    return backend
 
 
-JobsDep = Annotated[Any, Depends(get_jobs)]
+JobsDep = Annotated[JobBackend, Depends(get_jobs)]
 
 
 def current_user(

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs import kinds
 from flenwheel.jobs.base import JobRequest, JobStatus
-from flenwheel.jobs.store import JobInfo, JobStore
+from flenwheel.jobs.store import JobInfo
 from flenwheel.store.models import Character, Job
 from flenwheel.web.auth import UserInfo
 from flenwheel.web.deps import (
@@ -94,7 +94,7 @@ def submit(body: JobCreate, user: CurrentUser, project: ProjectDep, jobs: JobsDe
         max_attempts=body.max_attempts,
     )
     job_id = jobs.submit(request)
-    return job_public(JobStore(project.db).get(job_id))
+    return job_public(jobs.store.get(job_id))
 
 
 @router.get("/kinds", summary="List job kinds", response_model=list[str])
@@ -128,9 +128,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", summary="Get a job", response_model=JobPublic)
-def get_job(job_id: OwnedJob, project: ProjectDep) -> JobPublic:
+def get_job(job_id: OwnedJob, jobs: JobsDep) -> JobPublic:
     """One job: status, progress, result or error."""
-    return job_public(JobStore(project.db).get(job_id))
+    return job_public(jobs.store.get(job_id))
 
 
 @router.post(
@@ -139,18 +139,17 @@ def get_job(job_id: OwnedJob, project: ProjectDep) -> JobPublic:
     response_model=JobPublic,
     responses={409: {"model": ErrorPublic}},
 )
-def cancel(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
+def cancel(job_id: OwnedJob, jobs: JobsDep) -> JobPublic:
     """A queued job is cancelled at once; a running one is asked to stop at its next step (its status turns
     `cancelled` when it has). 409 when the job has already finished."""
-    store = JobStore(project.db)
-    before = store.get(job_id)
+    before = jobs.store.get(job_id)
     if before.status.finished:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail=f"job {job_id} has already finished ({before.status.value}): there is nothing to cancel",
         )
     jobs.cancel(job_id)
-    return job_public(store.get(job_id))
+    return job_public(jobs.store.get(job_id))
 
 
 @router.post(
@@ -159,9 +158,9 @@ def cancel(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
     response_model=JobPublic,
     responses={409: {"model": ErrorPublic}},
 )
-def retry(job_id: OwnedJob, project: ProjectDep, jobs: JobsDep) -> JobPublic:
+def retry(job_id: OwnedJob, jobs: JobsDep) -> JobPublic:
     """Queue a failed, cancelled or interrupted job again; remote work it started is resumed, not paid twice."""
-    current = JobStore(project.db).get(job_id)
+    current = jobs.store.get(job_id)
     if current.status not in RETRYABLE:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -216,11 +215,11 @@ def _event_data(info: JobInfo) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/events", summary="Follow a job's progress (SSE)", response_class=EventSourceResponse)
-async def events(job_id: OwnedJob, project: ProjectDep, request: Request) -> AsyncIterator[ServerSentEvent]:
+async def events(job_id: OwnedJob, jobs: JobsDep, request: Request) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events until the job finishes: `event: progress` when done/total or the
     message change, `event: status` when the status changes; each `data:` is the job's state as JSON. The
     stream ends after the final `status` event (or early when the server stops: reconnect)."""
-    store = JobStore(project.db)
+    store = jobs.store
     last_status: JobStatus | None = None
     last_progress: tuple[int, int, str] | None = None
     sequence = 0
