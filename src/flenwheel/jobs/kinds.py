@@ -26,6 +26,14 @@ BUILT_IN: dict[str, str] = {
     "curate": "flenwheel.jobs.builtin_kinds:curate_job",
     "dataset_build": "flenwheel.jobs.builtin_kinds:dataset_build_job",
     "generate": "flenwheel.jobs.builtin_kinds:generate_job",
+    # The background chain (pipeline/chain.py): a root job and one job per stage.
+    "chain": "flenwheel.pipeline.chain:chain_job",
+    "chain_sheet": "flenwheel.pipeline.chain:chain_sheet",
+    "chain_gate": "flenwheel.pipeline.chain:chain_gate",
+    "chain_dataset": "flenwheel.pipeline.chain:chain_dataset",
+    "chain_train": "flenwheel.pipeline.chain:chain_train",
+    "chain_evaluate": "flenwheel.pipeline.chain:chain_evaluate",
+    "chain_activate": "flenwheel.pipeline.chain:chain_activate",
 }
 
 

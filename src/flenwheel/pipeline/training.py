@@ -79,14 +79,23 @@ def train_character(
     version_number: int | None = None,
     ctx: JobContext | None = None,
     on_progress: ProgressCallback | None = None,
+    reuse_finished: bool = False,
     **spec_overrides: Any,
 ) -> TrainingOutcome:
-    """Train (or resume training) a LoRA of the character on one dataset version through `trainer`."""
+    """Train (or resume training) a LoRA of the character on one dataset version through `trainer`.
+
+    `reuse_finished`: when a run with these exact settings already succeeded on this dataset version, return
+    it instead of training again (the background chain, retried after a crash, must not train twice).
+    """
     version = get_dataset_version(project, character_name, version_number)
     spec = training_spec(project, character_name, version, **spec_overrides)
     problems = trainer.validate(spec)
     if problems:
         raise InvalidInput(f"trainer {trainer.id!r} cannot run this: " + "; ".join(problems))
+    if reuse_finished:
+        finished = _finished_run(project, version, trainer.id, spec)
+        if finished is not None:
+            return outcome(project, finished, resumed=True)
     run, resumed = _find_or_create_run(project, character_name, version, trainer.id, spec)
     work_dir = project.root / run.work_dir
     data = _prepare_input(project, character_name, version, trainer, work_dir)
@@ -160,6 +169,24 @@ def latest_run(project: Project, character_name: str, run_id: int | None = None)
 def spec_fingerprint(trainer_id: str, spec: TrainingSpec) -> str:
     text = json.dumps({"trainer": trainer_id, "spec": spec.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished_run(
+    project: Project, version: DatasetVersion, trainer_id: str, spec: TrainingSpec
+) -> int | None:
+    with project.db.session() as session:
+        run_id = session.scalar(
+            select(TrainingRun.id)
+            .where(
+                TrainingRun.dataset_version_id == version.id,
+                TrainingRun.trainer == trainer_id,
+                TrainingRun.fingerprint == spec_fingerprint(trainer_id, spec),
+                TrainingRun.status == "succeeded",
+            )
+            .order_by(TrainingRun.id.desc())
+            .limit(1)
+        )
+        return int(run_id) if run_id is not None else None
 
 
 def _find_or_create_run(

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -74,7 +85,7 @@ class Asset(Base):
     parents: Mapped[list[Any]] = mapped_column(default=list)
     prompt: Mapped[str | None] = mapped_column(Text, default=None)
     negative: Mapped[str | None] = mapped_column(Text, default=None)
-    seed: Mapped[int | None] = mapped_column(Integer, default=None)
+    seed: Mapped[int | None] = mapped_column(BigInteger, default=None)  # 0 … 2³²−1 does not fit PG's INTEGER
     provider: Mapped[str | None] = mapped_column(String(64), default=None)
     model: Mapped[str | None] = mapped_column(Text, default=None)
     loras: Mapped[list[Any]] = mapped_column(default=list)
@@ -273,7 +284,7 @@ class EvaluationSample(Base):
     strength: Mapped[float] = mapped_column(Float)
     prompt_key: Mapped[str] = mapped_column(String(48))
     prompt: Mapped[str] = mapped_column(Text)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
     asset_id: Mapped[int | None] = mapped_column(ForeignKey("asset.id"), default=None)
     face_found: Mapped[bool] = mapped_column(Boolean, default=False)
     identity_distance: Mapped[float | None] = mapped_column(Float, default=None)

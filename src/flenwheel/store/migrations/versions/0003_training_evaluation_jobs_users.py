@@ -125,7 +125,7 @@ def upgrade() -> None:
     sa.Column('strength', sa.Float(), nullable=False),
     sa.Column('prompt_key', sa.String(length=48), nullable=False),
     sa.Column('prompt', sa.Text(), nullable=False),
-    sa.Column('seed', sa.Integer(), nullable=False),
+    sa.Column('seed', sa.BigInteger(), nullable=False),
     sa.Column('asset_id', sa.Integer(), nullable=True),
     sa.Column('face_found', sa.Boolean(), nullable=False),
     sa.Column('identity_distance', sa.Float(), nullable=True),
@@ -144,6 +144,7 @@ def upgrade() -> None:
     with op.batch_alter_table('asset', schema=None) as batch_op:
         batch_op.add_column(sa.Column('attributes', sa.JSON(), server_default='{}', nullable=False))
         batch_op.add_column(sa.Column('job_id', sa.Integer(), nullable=True))
+        batch_op.alter_column('seed', existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=True)
         batch_op.create_index(batch_op.f('ix_asset_job_id'), ['job_id'], unique=False)
 
     with op.batch_alter_table('character', schema=None) as batch_op:
@@ -169,6 +170,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table('asset', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_asset_job_id'))
+        batch_op.alter_column('seed', existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=True)
         batch_op.drop_column('job_id')
         batch_op.drop_column('attributes')
 

@@ -1,0 +1,275 @@
+"""The background chain of seed 000: sheet → identity gate → dataset version → train → evaluate → activate.
+
+Each stage is its own job (kind `chain_<stage>`), a child of one `chain` job. A stage does its work, then
+submits the next stage — unless that child already exists, so a stage retried after a crash never starts
+the rest twice. Every stage is idempotent: the sheet reuses stored anchors, curation its cached analyses,
+an unchanged dataset returns its latest version, training resumes (or reuses a finished run with the same
+settings), and evaluation draws only what is missing. A stage that would overspend the character's budget
+fails with the budget message, and the chain stops there, cleanly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from flenwheel.errors import InvalidInput
+from flenwheel.jobs.base import JobContext, JobRequest, Queue
+from flenwheel.store.models import Job
+from flenwheel.store.project import Project, get_character
+
+STAGES = ("sheet", "gate", "dataset", "train", "evaluate", "activate")
+STAGE_QUEUE = {
+    "sheet": Queue.GPU,
+    "gate": Queue.CPU,
+    "dataset": Queue.CPU,
+    "train": Queue.GPU,
+    "evaluate": Queue.GPU,
+    "activate": Queue.CPU,
+}
+# What a chain may be told; anything else in its options is refused (typos must not be silently ignored).
+OPTION_KEYS = {"trainer", "training", "evaluation", "sheet", "skip"}
+
+
+def stage_kind(stage: str) -> str:
+    return f"chain_{stage}"
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise InvalidInput(
+            f"unknown chain option(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(OPTION_KEYS))}"
+        )
+    skip = options.get("skip", [])
+    if not isinstance(skip, list) or any(s not in STAGES for s in skip):
+        raise InvalidInput(f"chain option skip must list stages among {', '.join(STAGES)}")
+    for key in ("training", "evaluation", "sheet"):
+        if not isinstance(options.get(key, {}), dict):
+            raise InvalidInput(f"chain option {key} must be an object of settings")
+    return options
+
+
+def start_chain(
+    project: Project,
+    backend: Any,
+    character_name: str,
+    options: dict[str, Any] | None = None,
+    owner_id: int | None = None,
+) -> int:
+    """Submit the chain's root job; it submits the first stage. Returns the root job id."""
+    options = check_options(dict(options or {}))
+    with project.db.session() as session:
+        character_id = get_character(session, character_name).id
+    job_id: int = backend.submit(
+        JobRequest(
+            kind="chain",
+            queue=Queue.CPU,
+            character_id=character_id,
+            owner_id=owner_id,
+            payload={"character": character_name, "options": options},
+        )
+    )
+    return job_id
+
+
+def chain_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The root: checks the options and submits the first stage not skipped."""
+    options = check_options(dict(payload.get("options", {})))
+    root = ctx.job_id
+    first = _next_stage(None, options)
+    child = _submit_stage(project, payload, root, first) if first else None
+    ctx.progress(1, 1, f"chain started at {first}")
+    return {"stages": [s for s in STAGES if s not in options.get("skip", [])], "first_job": child}
+
+
+def chain_status(project: Project, root_id: int) -> list[dict[str, Any]]:
+    """The stage jobs of a chain, in order, with status, progress and result."""
+    with project.db.session() as session:
+        rows = session.scalars(select(Job).where(Job.parent_id == root_id).order_by(Job.id)).all()
+        return [
+            {
+                "job": row.id,
+                "stage": row.kind.removeprefix("chain_"),
+                "status": row.status,
+                "progress": [row.progress_done, row.progress_total],
+                "message": row.message,
+                "error": row.error,
+                "result": row.result,
+                "cost_usd": row.cost_usd,
+            }
+            for row in rows
+        ]
+
+
+def _next_stage(stage: str | None, options: dict[str, Any]) -> str | None:
+    skip = set(options.get("skip", []))
+    start = 0 if stage is None else STAGES.index(stage) + 1
+    for candidate in STAGES[start:]:
+        if candidate not in skip:
+            return candidate
+    return None
+
+
+def _submit_stage(project: Project, payload: dict[str, Any], root: int | None, stage: str) -> int:
+    """Submit `stage` under `root` unless it exists already (a retried stage must not fork the chain)."""
+    from flenwheel.jobs import open_backend
+
+    with project.db.session() as session:
+        existing = session.scalar(select(Job.id).where(Job.parent_id == root, Job.kind == stage_kind(stage)))
+        character_id = get_character(session, payload["character"]).id
+    if existing is not None:
+        return int(existing)
+    backend = open_backend(project)
+    try:
+        return int(
+            backend.submit(
+                JobRequest(
+                    kind=stage_kind(stage),
+                    queue=STAGE_QUEUE[stage],
+                    character_id=character_id,
+                    parent_id=root,
+                    payload={
+                        "character": payload["character"],
+                        "options": payload.get("options", {}),
+                        "root": root,
+                    },
+                )
+            )
+        )
+    finally:
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
+
+
+def _run_stage(stage: str, project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    result = STAGE_FUNCTIONS[stage](project, payload["character"], payload.get("options", {}), ctx)
+    following = _next_stage(stage, payload.get("options", {}))
+    if following is not None:
+        result["next_job"] = _submit_stage(project, payload, payload.get("root"), following)
+    return result
+
+
+# -- the stages -----------------------------------------------------------------------------------------
+
+
+def _sheet(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from flenwheel.pipeline.sheet import run_sheet
+    from flenwheel.pipeline.stage import picked_base
+
+    if picked_base(project, name) is None:
+        ctx.progress(1, 1, "no base image picked: sheet skipped")
+        return {"skipped": "no base image has been picked, so there is nothing to draw the sheet from"}
+    result = run_sheet(project, name, ctx, pick_auto=True)
+    variations = result.variations
+    return {
+        "anchors_picked": len(result.anchors.picks),
+        "variations": {
+            "passed": variations.passed,
+            "drifted": variations.drifted,
+            "not measurable": variations.not_measurable,
+            "skipped": variations.skipped,
+        },
+        "cost_usd": result.anchors.cost_usd + variations.cost_usd,
+        "note": result.anchors.note or variations.note,
+        "config_file": result.config_file,
+    }
+
+
+def _gate(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from flenwheel.jobs.builtin_kinds import curate_job
+
+    return curate_job(project, {"character": name}, ctx)
+
+
+def _dataset(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from flenwheel.jobs.builtin_kinds import dataset_build_job
+
+    return dataset_build_job(project, {"character": name}, ctx)
+
+
+def _train(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from flenwheel.pipeline.training import train_character
+    from flenwheel.trainers.registry import TrainerRegistry
+
+    trainer = TrainerRegistry.from_settings(project.settings).get(options.get("trainer", "local"))
+    outcome = train_character(
+        project, name, trainer, ctx=ctx, reuse_finished=True, **options.get("training", {})
+    )
+    return {
+        "run": outcome.run_id,
+        "steps": outcome.steps,
+        "checkpoints": len(outcome.checkpoints),
+        "final_loss": outcome.final_loss,
+        "resumed": outcome.resumed,
+        "cost_usd": outcome.cost_usd,
+    }
+
+
+def _evaluate(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from flenwheel.pipeline.evaluation import evaluate_run
+
+    settings = dict(options.get("evaluation", {}))
+    outcome = evaluate_run(project, name, ctx=ctx, **settings)
+    return {
+        "evaluation": outcome.evaluation_id,
+        "run": outcome.run_id,
+        "images": outcome.images,
+        "generated_now": outcome.generated_now,
+        "selected_checkpoint": outcome.selection.checkpoint_id,
+        "selected_strength": outcome.selection.strength,
+        "measured": outcome.selection.measured,
+        "reason": outcome.selection.reason,
+        "report": str(outcome.report) if outcome.report else None,
+        "note": outcome.note,
+    }
+
+
+def _activate(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The studio now draws in LoRA mode: say so, with the checkpoint and strength evaluation chose."""
+    from flenwheel.pipeline.studio import decide_mode
+
+    decision = decide_mode(project, name)
+    ctx.progress(1, 1, f"studio mode: {decision.mode}")
+    with project.db.session() as session:
+        character = get_character(session, name)
+        active, strength = character.active_checkpoint_id, character.active_lora_strength
+    if active is None:
+        raise InvalidInput(f"{name!r} has no active LoRA after evaluation: run `flenwheel evaluate {name}`")
+    return {"mode": decision.mode, "reason": decision.reason, "checkpoint": active, "strength": strength}
+
+
+STAGE_FUNCTIONS = {
+    "sheet": _sheet,
+    "gate": _gate,
+    "dataset": _dataset,
+    "train": _train,
+    "evaluate": _evaluate,
+    "activate": _activate,
+}
+
+
+def chain_sheet(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return _run_stage("sheet", project, payload, ctx)
+
+
+def chain_gate(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return _run_stage("gate", project, payload, ctx)
+
+
+def chain_dataset(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return _run_stage("dataset", project, payload, ctx)
+
+
+def chain_train(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return _run_stage("train", project, payload, ctx)
+
+
+def chain_evaluate(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return _run_stage("evaluate", project, payload, ctx)
+
+
+def chain_activate(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return _run_stage("activate", project, payload, ctx)
