@@ -34,6 +34,17 @@ BUILT_IN: dict[str, str] = {
     "chain_train": "flenwheel.pipeline.chain:chain_train",
     "chain_evaluate": "flenwheel.pipeline.chain:chain_evaluate",
     "chain_activate": "flenwheel.pipeline.chain:chain_activate",
+    # Wizard, sheet, studio, training and evaluation stages (pipeline/jobs.py).
+    "base_images": "flenwheel.pipeline.jobs:base_images_job",
+    "pick_base": "flenwheel.pipeline.jobs:pick_base_job",
+    "skin_pass": "flenwheel.pipeline.jobs:skin_pass_job",
+    "profile_set": "flenwheel.pipeline.jobs:profile_set_job",
+    "regenerate_position": "flenwheel.pipeline.jobs:regenerate_position_job",
+    "sheet": "flenwheel.pipeline.jobs:sheet_job",
+    "enrich": "flenwheel.pipeline.jobs:enrich_job",
+    "studio_generate": "flenwheel.pipeline.jobs:studio_generate_job",
+    "train": "flenwheel.pipeline.jobs:train_job",
+    "evaluate": "flenwheel.pipeline.jobs:evaluate_job",
 }
 
 

@@ -17,7 +17,7 @@ from flenwheel.jobs.base import JobBackend
 from flenwheel.store.project import Project
 from flenwheel.web.errors import add_error_handlers
 from flenwheel.web.limits import MAX_FILES_PER_UPLOAD, BodyLimit
-from flenwheel.web.routes import assets, characters, datasets, jobs, reviews
+from flenwheel.web.routes import assets, characters, datasets, jobs, reviews, wizard
 from flenwheel.web.schemas import HealthPublic
 
 log = logging.getLogger("uvicorn.error")  # shown with the server's own messages
@@ -89,7 +89,7 @@ def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s:
     app.state.stopping = threading.Event()
     app.state.jobs = None
     app.state.job_workers = 0
-    for module in (characters, assets, reviews, datasets, jobs):
+    for module in (characters, assets, reviews, datasets, jobs, wizard):
         app.include_router(module.router)
 
     @app.get("/health", tags=["system"], response_model=HealthPublic)

@@ -1,0 +1,84 @@
+"""The wizard's quick calls: pick the base image or an anchor, edit the character sheet, and ask which
+mode the studio draws in (identity reference until a LoRA is active, LoRA after). Drawing is a job
+(POST /jobs with kind base_images, profile_set, sheet, studio_generate, …)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from flenwheel.domain import Frozen
+from flenwheel.web.deps import OwnedCharacter, ProjectDep
+
+router = APIRouter(prefix="/characters/{character_id}", tags=["characters"])
+
+
+class PickBody(Frozen):
+    asset_id: int = Field(ge=1, le=2**31 - 1)
+
+
+class SheetBody(Frozen):
+    config: dict[str, Any]  # the sheet.yaml fields (pipeline/sheet.py SheetConfig)
+
+
+class ModePublic(Frozen):
+    mode: str
+    reason: str
+    checkpoint_id: int | None
+    strength: float | None
+
+
+@router.post("/pick-base", summary="Pick the base image")
+async def pick_base(ref: OwnedCharacter, body: PickBody, project: ProjectDep) -> dict[str, Any]:
+    """Make one of the character's base images the pick; the sheet and consistent profiles draw from it."""
+    from flenwheel.pipeline.wizard import pick_base as pick
+
+    picked = await run_in_threadpool(pick, project, ref.name, body.asset_id)
+    return {"picked": picked.asset_id}
+
+
+@router.post("/anchors/{anchor}/pick", summary="Pick an anchor candidate")
+async def pick_anchor(
+    ref: OwnedCharacter, anchor: str, body: PickBody, project: ProjectDep
+) -> dict[str, Any]:
+    """The user's pick of one anchor; an automatic pick never overrules it."""
+    from flenwheel.pipeline.sheet import pick_anchor as pick
+
+    picked = await run_in_threadpool(pick, project, ref.name, anchor, body.asset_id)
+    return picked.model_dump(mode="json")
+
+
+@router.put("/sheet", summary="Edit the character sheet")
+async def put_sheet(ref: OwnedCharacter, body: SheetBody, project: ProjectDep) -> dict[str, Any]:
+    """Replace the character's sheet (anchors, variations, strengths, image size); checked before saving."""
+    import yaml
+    from pydantic import ValidationError
+
+    from flenwheel.errors import InvalidInput
+    from flenwheel.pipeline.sheet import SheetConfig, sheet_path
+
+    try:
+        config = SheetConfig.model_validate(body.config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"sheet config is not valid: {problems}") from None
+    path = sheet_path(project, ref.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    return config.model_dump(mode="json")
+
+
+@router.get("/mode", summary="The studio's mode", response_model=ModePublic)
+async def mode(ref: OwnedCharacter, project: ProjectDep) -> ModePublic:
+    """identity_reference until a LoRA is active, lora after (switched by the chain's activate stage)."""
+    from flenwheel.pipeline.studio import decide_mode
+    from flenwheel.store.models import Character
+
+    decision = await run_in_threadpool(decide_mode, project, ref.name)
+    with project.db.session() as session:
+        character = session.get_one(Character, ref.id)
+        checkpoint, strength = character.active_checkpoint_id, character.active_lora_strength
+    return ModePublic(mode=decision.mode, reason=decision.reason, checkpoint_id=checkpoint, strength=strength)
