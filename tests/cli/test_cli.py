@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -455,6 +456,20 @@ def test_demo_json_rerun_reports_nothing_reanalysed(demo: DemoRuns, tmp_path: Pa
     result = ok_json("demo", "--out", out)
     assert result["curation"]["analysed_now"] == 0
     assert _decisions(result["curation"]) == _decisions(demo.curate_after_second)
+
+
+def test_demo_trains_evaluates_and_switches_the_studio_to_the_lora(demo: DemoRuns) -> None:
+    out = demo.first.stdout
+    for stage in ("gate", "dataset", "train", "evaluate", "activate"):
+        assert re.search(rf"│ {stage}\s+│ succeeded", out), (stage, out)
+    assert "studio now in lora mode" in out and "Studio (lora mode)" in out
+    evaluation = next((demo.out / "reports").glob("lisa-run*-evaluation.html")).read_text(encoding="utf-8")
+    assert "No face was found" in evaluation  # the tiny model draws none, and the report says so
+    assert evaluation.count("data:image/png;base64,") >= 2  # the heatmap and the loss curve
+    assert "Background chain" in (demo.out / "report.html").read_text(encoding="utf-8")
+    with sqlite3.connect(demo.out / "flenwheel.db") as db:  # the second demo reused the run and its scores
+        assert db.execute("SELECT count(*) FROM training_run").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM evaluation").fetchone() == (1,)
 
 
 def test_demo_rerun_lists_each_broken_file_once(demo: DemoRuns) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -45,6 +46,9 @@ def demo(
                 "exports": result.exports,
                 "generated": result.generated,
                 "upscaled": result.upscaled,
+                "chain": result.chain,
+                "studio": result.studio.model_dump(mode="json"),
+                "evaluation_report": result.evaluation_report,
                 "report": result.report,
             }
         )
@@ -70,4 +74,35 @@ def demo(
             )
     if result.generated.note:
         err_console.print(f"[yellow]note:[/] {safe(result.generated.note)}")
+    chain = Table("job", "stage", "status", "result", title="Background chain (embedded job backend)")
+    for stage in result.chain:
+        chain.add_row(str(stage["job"]), stage["stage"], stage["status"], safe(_stage_summary(stage)))
+    console.print(chain)
+    for output in result.studio.outputs:
+        target = result.project / "outputs" / f"{output.asset_id:05d}-{output.seed}.png"
+        shutil.copyfile(output.file, target)
+        console.print(
+            f"Studio ({result.studio.mode} mode): asset {output.asset_id} {output.width}x{output.height}: "
+            f"{safe(target)}"
+        )
+    console.print(f"  why this mode: {safe(result.studio.mode_reason)}")
+    if result.evaluation_report is not None:
+        console.print(f"Evaluation report: [bold]{safe(result.evaluation_report)}[/]")
     console.print(f"Report: [bold]{safe(result.report)}[/]  (open it in a browser)")
+
+
+def _stage_summary(stage: dict[str, Any]) -> str:
+    r = stage["result"]
+    if stage["status"] != "succeeded":
+        return str(stage["error"] or stage["message"])
+    if stage["stage"] == "train":
+        return f"run {r['run']}: {r['steps']} steps, {r['checkpoints']} checkpoints, final loss {r['final_loss']:.3f}"
+    if stage["stage"] == "evaluate":
+        return f"{r['images']} images scored; {r['reason']}"
+    if stage["stage"] == "activate":
+        return f"studio now in {r['mode']} mode (checkpoint {r['checkpoint']}, strength {r['strength']})"
+    if stage["stage"] == "gate":
+        return ", ".join(f"{count} {label}" for label, count in r["labels"].items())
+    if stage["stage"] == "dataset":
+        return f"v{r['number']}, {r['items']} images" + ("" if r["created"] else " (unchanged)")
+    return stage["message"]

@@ -1,11 +1,20 @@
-"""`flenwheel demo`: the flow so far on the bundled example photos, ending in a report."""
+"""`flenwheel demo`: the whole flow on the bundled example photos and the embedded defaults, ending in a report.
+
+Ingest → curate → dataset → export → generate/upscale, then the background chain through the embedded job
+backend (identity gate → dataset → train the tiny model → evaluate every checkpoint → activate the best), and
+a studio image drawn in LoRA mode. The tiny model draws no faces: the evaluation says so instead of scoring.
+"""
 
 from __future__ import annotations
 
+import html
+import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -39,7 +48,18 @@ class DemoResult:
     exports: list[ExportResult]
     generated: GenerationOutcome
     upscaled: GenerationOutcome
+    chain: list[dict[str, Any]]  # the stage jobs: stage, status, result
+    studio: Any  # StudioResult of one image drawn after the chain (LoRA mode)
+    evaluation_report: Path | None
     report: Path
+
+
+# The chain's settings for the demo: small enough for a few minutes on 2 CPU cores.
+DEMO_CHAIN_OPTIONS: dict[str, Any] = {
+    "skip": ["sheet"],  # the demo character comes from photos, not from a picked base image
+    "training": {"resolution": 64, "rank": 4, "epochs": 3, "repeats": 2, "learning_rate": 1e-3, "seed": 11},
+    "evaluation": {"prompts": "quick", "size": 64, "steps": 4},
+}
 
 
 def default_examples_dir() -> Path:
@@ -104,16 +124,117 @@ def run_demo(
             kind=AssetKind.UPSCALED,
             parents=(source.asset_id,),
         )
+        on_stage("Background chain as jobs: identity gate → dataset → train (tiny) → evaluate → activate")
+        chain = run_chain_in_process(project, on_stage)
+        on_stage("Studio: drawing in the mode the chain left (LoRA mode once a checkpoint is active)")
+        from flenwheel.pipeline.studio import studio_generate
+
+        studio = studio_generate(
+            project,
+            DEMO_CHARACTER,
+            f"photo of {DEMO_TOKEN} {DEMO_CLASS} in a park",
+            seed=77,
+            size=_demo_size(),
+        )
+        evaluation_report = _evaluation_report(chain)
         report = write_curation_report(
             project,
             curation,
             dataset.version,
             exports,
             project_dir / "report.html",
-            generated=[("generated", generated), ("upscaled 2x", upscaled)],
+            generated=[
+                ("generated", generated),
+                ("upscaled 2x", upscaled),
+                (f"studio ({studio.mode})", studio),
+            ],
+            sections=[("Background chain", chain_section(chain, evaluation_report, project_dir))],
         )
     finally:
         project.close()
     return DemoResult(
-        project_dir.resolve(), ingested, curation, dataset, exports, generated, upscaled, report
+        project_dir.resolve(),
+        ingested,
+        curation,
+        dataset,
+        exports,
+        generated,
+        upscaled,
+        chain,
+        studio,
+        evaluation_report,
+        report,
     )
+
+
+def _demo_size() -> Any:
+    from flenwheel.pipeline.stage import RenderSize
+
+    return RenderSize(width=128, height=128, steps=8)
+
+
+def run_chain_in_process(project: Project, on_stage: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Start the embedded worker pool in this process, submit the chain, and wait for its last stage."""
+    from flenwheel.jobs.embedded import EmbeddedBackend
+    from flenwheel.pipeline.chain import chain_status, start_chain
+
+    backend = EmbeddedBackend(project, workers=min(2, os.cpu_count() or 1)).start()
+    try:
+        root = start_chain(project, backend, DEMO_CHARACTER, DEMO_CHAIN_OPTIONS)
+        backend.wait(root, timeout=60)
+        announced: set[int] = set()
+        while True:
+            stages = chain_status(project, root)
+            for stage in stages:
+                if stage["job"] not in announced and stage["status"] in ("running", "succeeded"):
+                    announced.add(stage["job"])
+                    on_stage(f"  job {stage['job']}: {stage['stage']}")
+            if not stages or any(s["status"] in ("failed", "cancelled", "interrupted") for s in stages):
+                break
+            if stages[-1]["stage"] == "activate" and stages[-1]["status"] == "succeeded":
+                break
+            backend.wait(stages[-1]["job"], timeout=2)
+            time.sleep(0)  # let the worker threads run between polls
+    finally:
+        backend.shutdown(timeout=60)
+    failed = [s for s in stages if s["status"] != "succeeded"]
+    if failed:
+        raise FlenwheelError(f"the demo chain stopped at {failed[0]['stage']}: {failed[0]['error']}")
+    return stages
+
+
+def _evaluation_report(chain: list[dict[str, Any]]) -> Path | None:
+    for stage in chain:
+        if stage["stage"] == "evaluate" and stage["result"].get("report"):
+            return Path(stage["result"]["report"])
+    return None
+
+
+def chain_section(chain: list[dict[str, Any]], evaluation_report: Path | None, project_dir: Path) -> str:
+    """An HTML table of the chain's jobs, linking the evaluation report."""
+    e = html.escape
+    rows = []
+    for stage in chain:
+        result = stage["result"]
+        detail = {
+            "gate": lambda r: f"{r.get('labels')}",
+            "dataset": lambda r: f"v{r.get('number')}, {r.get('items')} images",
+            "train": lambda r: (
+                f"run {r.get('run')}: {r.get('steps')} steps, {r.get('checkpoints')} checkpoints, "
+                f"final loss {r.get('final_loss') or 0:.3f}"
+            ),
+            "evaluate": lambda r: f"{r.get('images')} images; {r.get('reason', '')}",
+            "activate": lambda r: (
+                f"studio mode {r.get('mode')}: checkpoint {r.get('checkpoint')} at strength "
+                f"{r.get('strength')}"
+            ),
+        }.get(stage["stage"], lambda r: "")(result)
+        rows.append(
+            f"<tr><td>{stage['job']}</td><td>{e(stage['stage'])}</td><td>{e(stage['status'])}</td>"
+            f"<td>{e(detail)}</td></tr>"
+        )
+    link = ""
+    if evaluation_report is not None:
+        relative = os.path.relpath(evaluation_report.resolve(), project_dir.resolve())
+        link = f"<p><a href='{e(relative)}'>Evaluation report: checkpoints × strengths, heatmap, loss curve</a></p>"
+    return f"<table><tr><th>job</th><th>stage</th><th>status</th><th>result</th></tr>{''.join(rows)}</table>{link}"

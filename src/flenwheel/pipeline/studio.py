@@ -67,6 +67,7 @@ def size_for(aspect: str, tier: str) -> tuple[int, int, int]:
 
 class StudioOutput(Frozen):
     asset_id: int
+    sha256: str
     seed: int | None
     width: int
     height: int
@@ -503,6 +504,7 @@ def _result(outcome: GenerationOutcome, mode: RanMode, reason: str, method: str)
         outputs=tuple(
             StudioOutput(
                 asset_id=o.asset_id,
+                sha256=o.sha256,
                 seed=o.seed,
                 width=o.width,
                 height=o.height,

@@ -38,7 +38,9 @@ def write_curation_report(
     exports: list[Any],
     target: Path,
     generated: Sequence[tuple[str, Any]] = (),
+    sections: Sequence[tuple[str, str]] = (),
 ) -> Path:
+    """The page of a curation; `sections` are (title, trusted HTML) blocks appended by the caller."""
     e = html.escape
     rows = []
     for d in report.decisions:
@@ -82,6 +84,7 @@ kept; {len(report.ingest_rejections)} file(s) could not be read as images.</p>
 <h2>Exports</h2><table><tr><th>format</th><th>files</th></tr>{export_rows}</table>
 <h2>Generation</h2><table><tr><th>image</th><th>step</th><th>asset</th><th>engine</th><th>note</th></tr>
 {generated_rows or "<tr><td colspan=5>none</td></tr>"}</table>
+{"".join(f"<h2>{e(title)}</h2>{body}" for title, body in sections)}
 </body></html>
 """
     target.write_text(document, encoding="utf-8")
