@@ -75,8 +75,8 @@ def demo(
     if result.generated.note:
         err_console.print(f"[yellow]note:[/] {safe(result.generated.note)}")
     chain = Table("job", "stage", "status", "result", title="Background chain (embedded job backend)")
-    for stage in result.chain:
-        chain.add_row(str(stage["job"]), stage["stage"], stage["status"], safe(_stage_summary(stage)))
+    for job in result.chain:
+        chain.add_row(str(job["job"]), job["stage"], job["status"], safe(_stage_summary(job)))
     console.print(chain)
     for output in result.studio.outputs:
         target = result.project / "outputs" / f"{output.asset_id:05d}-{output.seed}.png"
