@@ -16,8 +16,9 @@ and again on the same data (a re-run: latents and text embeddings come from the 
 image with the VAE and every caption with the text encoder at every step.
 
 Columns: end-to-end steps/s = steps / the child's wall time (start-up, model load, caching, training, saving);
-loop steps/s = the training loop alone, from its first to its last optimizer step (the peer: updates of its own
-"Steps" progress bar, noted by a launcher that runs the script unchanged; flenwheel: its progress reports); ratio = flenwheel / peer for each.
+CPU s/step = the child's user + system CPU seconds / steps (end to end; steadier than wall time on a shared
+machine); loop steps/s = the training loop alone, from its first to its last optimizer step (the peer: updates of its own
+"Steps" progress bar, noted by a launcher that runs the script unchanged; flenwheel: its progress reports); ratio = flenwheel / peer for each (for CPU: peer's CPU per step / flenwheel's).
 
 The peer needs the `datasets` and `torchvision` packages. When they are not installed, the bench gives its
 process small stand-ins (an imagefolder reader and the five PIL transforms the script uses: Resize, CenterCrop,
@@ -62,6 +63,7 @@ class Run:
     loop_s: float | None
     loop_steps: int
     peak_rss_mb: float
+    cpu_s: float  # user + system CPU seconds of the whole child: less swayed by other load than wall time
 
     @property
     def steps_per_s(self) -> float:
@@ -72,8 +74,8 @@ class Run:
         return self.loop_steps / self.loop_s if self.loop_s else None
 
 
-def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, output) of one child process."""
+def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in MB, output, CPU seconds) of one child process."""
     started = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -83,7 +85,7 @@ def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float
     text = log.read_text(errors="replace")
     if process.returncode != 0:
         raise SystemExit(f"{command[1]} failed ({process.returncode}); its output:\n{text[-4000:]}")
-    return wall, usage.ru_maxrss / 1024, text
+    return wall, usage.ru_maxrss / 1024, text, usage.ru_utime + usage.ru_stime
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
@@ -188,12 +190,20 @@ def run_flenwheel(
         *(sys.executable, __file__, "--flenwheel-child", str(model_dir), str(steps)),
         *(str(root / name), str(cache), str(resolution)),
     ]
-    wall, rss, text = run_child(command, dict(os.environ), root / f"{name}.log")
+    wall, rss, text, cpu = run_child(command, dict(os.environ), root / f"{name}.log")
     found = re.search(r"^FLENWHEEL (\{.*\})$", text, re.M)
     assert found, text[-2000:]
     timing = json.loads(found.group(1))
     return Run(
-        f"flenwheel ({label})", model, resolution, steps, wall, timing["loop_s"], timing["loop_steps"], rss
+        f"flenwheel ({label})",
+        model,
+        resolution,
+        steps,
+        wall,
+        timing["loop_s"],
+        timing["loop_steps"],
+        rss,
+        cpu,
     )
 
 
@@ -347,7 +357,7 @@ def run_diffusers(
     missing = missing_peer_packages()
     if missing:
         env["FLENWHEEL_BENCH_STAND_INS"] = str(write_stand_ins(root, missing))
-    wall, rss, text = run_child(command, env, root / f"diffusers-{model}-{resolution}.log")
+    wall, rss, text, cpu = run_child(command, env, root / f"diffusers-{model}-{resolution}.log")
     found = re.search(r"^PEER_LOOP (\{.*\})$", text, re.M)
     timing = json.loads(found.group(1)) if found else {"loop_s": None, "loop_steps": 0}
     return Run(
@@ -359,6 +369,7 @@ def run_diffusers(
         timing["loop_s"],
         timing["loop_steps"],
         rss,
+        cpu,
     )
 
 
@@ -371,6 +382,7 @@ def median_run(runs: list[Run]) -> Run:
     loops = sorted(run.loop_s for run in runs if run.loop_s)
     loop_s = loops[len(loops) // 2] if loops else None
     peak = max(run.peak_rss_mb for run in runs)
+    cpu = sorted(run.cpu_s for run in runs)[len(runs) // 2]
     return Run(
         middle.tool,
         middle.model,
@@ -380,6 +392,7 @@ def median_run(runs: list[Run]) -> Run:
         loop_s,
         middle.loop_steps,
         peak,
+        cpu,
     )
 
 
@@ -396,15 +409,16 @@ def print_table(rows: list[Run], note: str, repeats: int) -> None:
         "steps",
         "end-to-end steps/s",
         "loop steps/s",
+        "CPU s/step",
         "peak RSS MB",
-        "ratio e2e / loop",
+        "ratio e2e / loop / CPU",
     )
     for column in columns:
         table.add_column(column)
     peers = {(run.model, run.resolution): run for run in rows if run.tool.startswith("diffusers")}
     for run in rows:
         peer = peers.get((run.model, run.resolution))
-        ratio = "1.00 / 1.00" if run is peer or peer is None else _ratios(run, peer)
+        ratio = "1.00 / 1.00 / 1.00" if run is peer or peer is None else _ratios(run, peer)
         loop = run.loop_steps_per_s
         table.add_row(
             run.model,
@@ -413,6 +427,7 @@ def print_table(rows: list[Run], note: str, repeats: int) -> None:
             str(run.steps),
             f"{run.steps_per_s:.3f}",
             f"{loop:.3f}" if loop else "n/a",
+            f"{run.cpu_s / run.steps:.2f}",
             f"{run.peak_rss_mb:.0f}",
             ratio,
         )
@@ -420,9 +435,12 @@ def print_table(rows: list[Run], note: str, repeats: int) -> None:
 
 
 def _ratios(run: Run, peer: Run) -> str:
-    e2e = run.steps_per_s / peer.steps_per_s
-    loop = (run.loop_steps_per_s or 0) / peer.loop_steps_per_s if peer.loop_steps_per_s else None
-    return f"{e2e:.2f}x / {loop:.2f}x" if loop else f"{e2e:.2f}x / n/a"
+    """flenwheel / peer: steps per second end to end and in the loop; CPU seconds per step, peer / flenwheel."""
+    e2e = f"{run.steps_per_s / peer.steps_per_s:.2f}x"
+    loop = "n/a"
+    if peer.loop_steps_per_s and run.loop_steps_per_s:
+        loop = f"{run.loop_steps_per_s / peer.loop_steps_per_s:.2f}x"
+    return f"{e2e} / {loop} / {peer.cpu_s / run.cpu_s:.2f}x"
 
 
 def main() -> None:
