@@ -72,7 +72,7 @@ def main() -> None:
             server.wait(timeout=60)
 
 
-def measure(base: str, headers: dict[str, str], runs: int) -> None:
+def measure(base: str, headers: dict[str, str], runs: int, setup: str = "SQLite, 2 embedded workers") -> None:
     after_failure: list[float] = []
     after_submit: list[float] = []
     with httpx.Client(base_url=base, timeout=30) as client:
@@ -101,7 +101,7 @@ def measure(base: str, headers: dict[str, str], runs: int) -> None:
             finished = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
             after_failure.append(heard - finished.timestamp())
             after_submit.append(heard - submitted)
-    print(f"{runs} failing jobs through flenwheel serve (SQLite, 2 embedded workers)")
+    print(f"{runs} failing jobs through flenwheel serve ({setup})")
     print("                              p50      p90      max")
     for label, values in (
         ("job failed -> SSE event", after_failure),

@@ -105,12 +105,12 @@ class Stack:
 
 
 @contextmanager
-def running_stack(project: Path, env: dict[str, str], workers: int) -> Iterator[Stack]:
+def running_stack(project: Path, env: dict[str, str], workers: int, concurrency: int = 2) -> Iterator[Stack]:
     stack = Stack(project, env)
     try:
         stack.start_server()
         for _ in range(workers):
-            stack.start_worker()
+            stack.start_worker(concurrency)
         yield stack
     finally:
         stack.stop()
