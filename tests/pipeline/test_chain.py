@@ -4,10 +4,12 @@ job; the studio switches to LoRA mode when it ends; a retried stage does not for
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from flenwheel.config import Settings
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.embedded import EmbeddedBackend
 from flenwheel.pipeline.chain import chain_status, start_chain
@@ -92,3 +94,32 @@ def test_a_bad_option_is_refused_before_anything_is_queued(project: Project) -> 
         start_chain(project, backend, "lisa", {"skip": ["lunch"]})
     with project.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_a_stage_that_would_overspend_stops_the_chain_cleanly(tmp_path: Path) -> None:
+    """fal is configured but never reached: the budget is checked before anything is uploaded."""
+    nowhere = "http://127.0.0.1:9"
+    settings = Settings(
+        project=tmp_path / "p", workers=2, fal_key="k", fal_queue_url=nowhere, fal_rest_url=nowhere
+    )
+    project = Project.init(settings)
+    try:
+        character_with_dataset(project)
+        with project.db.session() as session:
+            session.scalars(select(Character)).one().budget_usd = 1.0
+        options = {
+            "skip": ["sheet"],
+            "trainer": "fal",
+            "training": {"family": "flux", "base_model": "black-forest-labs/FLUX.1-dev", "max_steps": 1000},
+        }
+
+        stages = run_chain(project, options)
+
+        assert [s["stage"] for s in stages] == ["gate", "dataset", "train"]  # nothing after the refusal
+        assert stages[2]["status"] == "failed" and "budget" in stages[2]["error"], stages[2]
+        with project.db.session() as session:
+            assert session.scalars(select(Character)).one().spent_usd == 0.0
+            run = session.scalars(select(TrainingRun)).one()
+            assert run.status == "failed" and "budget" in (run.error or "")
+    finally:
+        project.close()

@@ -22,7 +22,7 @@ from flenwheel.datasets.export import default_repeats, export_dataset
 from flenwheel.datasets.versions import get_dataset_version
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobContext
-from flenwheel.store.budget import CharacterBudget
+from flenwheel.store.budget import BudgetExceeded, CharacterBudget
 from flenwheel.store.models import Asset, Checkpoint, DatasetVersion, TrainingRun
 from flenwheel.store.project import Project, get_character
 from flenwheel.trainers.base import (
@@ -103,9 +103,13 @@ def train_character(
         character = get_character(session, character_name)
         budget = CharacterBudget(project.db, character.id, character.name)
     cost = trainer.estimate_cost(spec, len(version.items))
-    reservation = (
-        budget.reserve(cost, f"training {character_name} with {trainer.id}") if not resumed else None
-    )
+    try:
+        reservation = (
+            budget.reserve(cost, f"training {character_name} with {trainer.id}") if not resumed else None
+        )
+    except BudgetExceeded as exc:
+        _set_status(project, run.id, "failed", error=str(exc))
+        raise
     context = StoredTrainingContext(project, run.id, ctx, on_progress)
     _set_status(project, run.id, "running")
     try:
