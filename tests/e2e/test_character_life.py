@@ -176,6 +176,10 @@ def test_a_characters_whole_life_survives_a_killed_worker(
             client.put(f"/characters/{cid}/sheet", json={"config": SHEET}, headers=alice).status_code == 200
         )
 
+        studio = {"prompt": "reading in a cafe", "size": TINY}
+        early = wait_job(client, alice, submit(client, alice, cid, "studio_generate", studio))
+        assert early["status"] == "succeeded" and early["result"]["mode"] == "identity_reference", early
+
         before = asset_census(project, cid)
         root = submit(client, alice, cid, "chain", {"options": CHAIN})
         jobs = live_chain(stack, project, client, alice, cid, kill_all=not procrastinate)
@@ -192,6 +196,8 @@ def test_a_characters_whole_life_survives_a_killed_worker(
         )
 
         after = asset_census(project, cid)
+        late = wait_job(client, alice, submit(client, alice, cid, "studio_generate", studio))
+        assert late["status"] == "succeeded" and late["result"]["mode"] == "lora", late  # switched by itself
         drawn = after - before
         assert after - drawn == before  # nothing that existed before the chain was lost
         assert all(n == 1 for key, n in after.items() if key[1] in ("anchor", "variation")), after
