@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,12 @@ from flenwheel.store.project import Project
 
 from photos import FACES, FIXTURES, LISA, london
 
-__all__ = ["FACES", "FIXTURES", "LISA", "london"]
+# The real ComfyUI server and the random SD1.5-architecture checkpoint (tests/providers/comfyui_server.py),
+# declared once here so the provider and trainer tests share one server per session.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
+from comfyui_server import comfyui_server, tiny_sd15
+
+__all__ = ["FACES", "FIXTURES", "LISA", "comfyui_server", "london", "tiny_sd15"]
 POSTGRES_ADMIN_URL = os.environ.get(
     "FLENWHEEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_runs import add_run, character_with_dataset, tiny_lora_file
 from flenwheel.config import Settings
 from flenwheel.store.project import Project
+
+from checkpoint_runs import add_run, character_with_dataset, tiny_lora_file
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 

@@ -7,10 +7,8 @@ import html
 from pathlib import Path
 
 import pytest
-from photo_engine import CheckpointPhotoEngine
 from sqlalchemy import func, select
 
-from checkpoint_runs import TRAINING_PHOTOS, UNSEEN_PHOTOS, add_run, character_with_dataset
 from flenwheel.config import Settings
 from flenwheel.domain import AssetKind
 from flenwheel.pipeline.evaluation import evaluate_run
@@ -18,6 +16,8 @@ from flenwheel.providers.base import ProviderError
 from flenwheel.store.models import Asset, Character, Evaluation, EvaluationSample
 from flenwheel.store.project import Project
 
+from checkpoint_runs import TRAINING_PHOTOS, UNSEEN_PHOTOS, add_run, character_with_dataset
+from photo_engine import CheckpointPhotoEngine
 from photos import FACES, london
 
 PROMPTS = ("front-neutral", "half_left-smiling", "full_body-standing")

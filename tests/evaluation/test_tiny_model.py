@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from checkpoint_runs import add_run, character_with_dataset, tiny_lora_file
 from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
 from flenwheel.pipeline.evaluation import evaluate_run
 from flenwheel.providers.diffusers_local import LocalDiffusersProvider
 from flenwheel.providers.tiny_model import TINY_NOTE
 from flenwheel.store.models import Character, EvaluationSample
 from flenwheel.store.project import Project
+
+from checkpoint_runs import add_run, character_with_dataset, tiny_lora_file
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,2 @@
-"""Fixtures shared by the provider tests. The ComfyUI server's live in comfyui_server.py."""
-
-from comfyui_server import comfyui_server, tiny_sd15
-
-__all__ = ["comfyui_server", "tiny_sd15"]
+"""Fixtures shared by the provider tests. The ComfyUI server's live in comfyui_server.py and are declared in
+tests/conftest.py, so every test folder shares one server."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,12 +10,6 @@ import pytest
 from flenwheel.trainers.base import TrainingImage, TrainingInput
 
 from photos import LISA
-
-# The real ComfyUI server and the random SD1.5-architecture checkpoint live with the provider tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
-from comfyui_server import comfyui_server, tiny_sd15
-
-__all__ = ["comfyui_server", "tiny_sd15"]
 
 TrainingInputFactory = Callable[..., TrainingInput]
 
