@@ -145,16 +145,12 @@ class LoraSession:
         spec, model = self.spec, self.model
         alpha: Any = spec.network_alpha  # PEFT types it int; a float alpha (kohya allows one) works the same
         model.unet.to(self.device)
-        model.unet.add_adapter(
-            LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=UNET_TARGETS)
-        )
+        model.unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=UNET_TARGETS))
         parts = {"unet": model.unet}
         if spec.train_text_encoder:
             for index, encoder in enumerate(model.text_encoders):
                 encoder.to(self.device)
-                encoder.add_adapter(
-                    LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=TEXT_TARGETS)
-                )
+                encoder.add_adapter(LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=TEXT_TARGETS))
                 encoder.train()
                 parts[f"te{index}"] = encoder
         model.unet.train()
