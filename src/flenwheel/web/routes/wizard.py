@@ -20,6 +20,10 @@ class PickBody(Frozen):
     asset_id: int = Field(ge=1, le=2**31 - 1)
 
 
+class AnchorPickBody(PickBody):
+    anchor: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", examples=["front"])
+
+
 class SheetBody(Frozen):
     config: dict[str, Any]  # the sheet.yaml fields (pipeline/sheet.py SheetConfig)
 
@@ -40,14 +44,13 @@ async def pick_base(ref: OwnedCharacter, body: PickBody, project: ProjectDep) ->
     return {"picked": picked.asset_id}
 
 
-@router.post("/anchors/{anchor}/pick", summary="Pick an anchor candidate")
-async def pick_anchor(
-    ref: OwnedCharacter, anchor: str, body: PickBody, project: ProjectDep
-) -> dict[str, Any]:
-    """The user's pick of one anchor; an automatic pick never overrules it."""
+@router.post("/anchors/pick", summary="Pick an anchor candidate")
+async def pick_anchor(ref: OwnedCharacter, body: AnchorPickBody, project: ProjectDep) -> dict[str, Any]:
+    """The user's pick of one anchor's candidate (`anchor` is its id in the sheet); an automatic pick
+    never overrules it."""
     from flenwheel.pipeline.sheet import pick_anchor as pick
 
-    picked = await run_in_threadpool(pick, project, ref.name, anchor, body.asset_id)
+    picked = await run_in_threadpool(pick, project, ref.name, body.anchor, body.asset_id)
     return picked.model_dump(mode="json")
 
 
