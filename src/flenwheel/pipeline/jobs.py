@@ -21,9 +21,25 @@ from flenwheel.store.project import Project
 M = TypeVar("M", bound=BaseModel)
 
 
+class JobSize(Frozen):
+    """A stage's image size and steps as a job may ask for it (bounded: a worker must not be told 100k px)."""
+
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(default=20, ge=1, le=150)
+    guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+
+    def render(self) -> RenderSize:
+        return RenderSize(**self.model_dump())
+
+
 class _Payload(Frozen):
     character: str = Field(min_length=1, max_length=200)
-    size: RenderSize | None = None  # tests and benches draw 64 px on the tiny model
+    size: JobSize | None = None  # tests and benches draw 64 px on the tiny model
+
+    @property
+    def render(self) -> RenderSize | None:
+        return self.size.render() if self.size is not None else None
 
 
 class BaseImagesPayload(_Payload):
@@ -106,7 +122,7 @@ def base_images_job(project: Project, payload: dict[str, Any], ctx: JobContext) 
     from flenwheel.pipeline.wizard import generate_base_images
 
     p = parse(BaseImagesPayload, payload, "base_images")
-    result = generate_base_images(project, p.character, ctx, p.count, p.size, max_retries=p.max_retries)
+    result = generate_base_images(project, p.character, ctx, p.count, p.render, max_retries=p.max_retries)
     return {**_json(result), "asset_ids": [c.image.asset_id for c in result.candidates]}
 
 
@@ -138,7 +154,7 @@ def skin_pass_job(project: Project, payload: dict[str, Any], ctx: JobContext) ->
             pick_base(project, p.character, earlier[-1].id)
             ctx.progress(1, 1, "skin pass reused")
             return {"reused": True, "picked_asset_id": earlier[-1].id, "message": "skin pass reused"}
-    result = skin_pass(project, p.character, ctx, p.size, strength=p.strength)
+    result = skin_pass(project, p.character, ctx, p.render, strength=p.strength)
     return {**_json(result), "reused": False}
 
 
@@ -147,7 +163,7 @@ def profile_set_job(project: Project, payload: dict[str, Any], ctx: JobContext) 
     from flenwheel.pipeline.wizard import generate_profile_set
 
     p = parse(ProfileSetPayload, payload, "profile_set")
-    result = generate_profile_set(project, p.character, ctx, p.mode, p.size)
+    result = generate_profile_set(project, p.character, ctx, p.mode, p.render)
     return {**_json(result), "asset_ids": [i.image.asset_id for i in result.images]}
 
 
@@ -156,7 +172,7 @@ def regenerate_position_job(project: Project, payload: dict[str, Any], ctx: JobC
     from flenwheel.pipeline.wizard import regenerate_position
 
     p = parse(RegeneratePayload, payload, "regenerate_position")
-    image = regenerate_position(project, p.character, p.position, ctx, p.mode, p.size)
+    image = regenerate_position(project, p.character, p.position, ctx, p.mode, p.render)
     return {**_json(image), "asset_id": image.image.asset_id}
 
 
@@ -165,7 +181,7 @@ def sheet_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dic
     from flenwheel.pipeline.sheet import run_sheet
 
     p = parse(SheetPayload, payload, "sheet")
-    return _json(run_sheet(project, p.character, ctx, pick_auto=p.pick_auto, size=p.size))
+    return _json(run_sheet(project, p.character, ctx, pick_auto=p.pick_auto, size=p.render))
 
 
 def enrich_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -180,7 +196,7 @@ def enrich_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> di
         per_source=p.per_source,
         template_ids=p.templates,
         source_ids=p.sources,
-        size=p.size,
+        size=p.render,
         identity_retries=p.identity_retries,
     )
     return _json(result)
@@ -212,7 +228,7 @@ def studio_generate_job(project: Project, payload: dict[str, Any], ctx: JobConte
         mode=p.mode,
         seed=seed,
         negative=p.negative,
-        size=p.size,
+        size=p.render,
         ctx=ctx,
     )
     return {**_json(result), "asset_ids": [o.asset_id for o in result.outputs]}
