@@ -1,10 +1,14 @@
-"""Settings: where the project lives and the tunable defaults, from env vars (FLENWHEEL_*) or arguments."""
+"""Settings: where the project lives and the tunable defaults, from env vars (FLENWHEEL_*) or arguments.
+
+Keys, tokens and the database URL (it may hold a password) are `SecretStr`: `repr(settings)`, logs and
+`model_dump()` show `**********`; the code that needs the value calls `.get_secret_value()` (see `secret`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flenwheel.errors import InvalidInput
@@ -19,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLENWHEEL_", extra="forbid", populate_by_name=True)
 
     project: Path = Field(default_factory=Path.cwd)
-    database_url: str | None = None  # default: SQLite file inside the project
+    database_url: SecretStr | None = None  # default: SQLite file inside the project; may hold a password
     # Default: a folder inside the project; s3://bucket/prefix shares the blobs between hosts.
     blob_url: str | None = None
     s3_endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); default: AWS_ENDPOINT_URL
@@ -45,12 +49,11 @@ class Settings(BaseSettings):
     comfyui_models_dir: Path | None = None
     comfyui_checkpoint: str | None = None  # checkpoint name on the server for text-to-image and edits
     comfyui_upscale_model: str | None = None  # upscale model name on the server
-    fal_key: str | None = Field(default=None, validation_alias="FAL_KEY")
+    fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
     fal_queue_url: str = "https://queue.fal.run"
     fal_rest_url: str = "https://rest.fal.ai"
-    replicate_api_token: str | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
+    replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     replicate_base_url: str = "https://api.replicate.com/v1"
-    replicate_webhook_secret: str | None = None
     prices: Path | None = None  # YAML overriding the built-in price table (providers/pricing.py)
     # Requests in flight per engine, e.g. "fal=8,comfyui=2" (default: 1 for `local`, 4 for the others).
     provider_concurrency: str = ""
@@ -68,14 +71,30 @@ class Settings(BaseSettings):
     replicate_destination: str | None = None  # "owner/model" on Replicate that receives the trained LoRA
 
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        if url := secret(self.database_url):
+            return url
         return f"sqlite:///{(self.project / DATABASE_FILE).resolve()}"
 
     def resolved_blob_dir(self) -> Path:
         if self.blob_url:
             return Path(self.blob_url)
         return (self.project / BLOB_DIR).resolve()
+
+
+def secret(value: SecretStr | None) -> str:
+    """The plain text of a secret setting, stripped; "" when it is unset or blank."""
+    return value.get_secret_value().strip() if value is not None else ""
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit to print: its password replaced by `***` (postgresql://u:***@host/db)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "***" if "@" in url else url
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -135,7 +135,7 @@ def test_a_characters_whole_life_survives_a_killed_worker(
         ensure_schema(project)
     alice = {"Authorization": f"Bearer {add_user(project, 'alice')[1]}"}
     bob = {"Authorization": f"Bearer {add_user(project, 'bob')[1]}"}
-    env = environment(project.settings.database_url, procrastinate)
+    env = environment(project.db.url if project.settings.database_url else None, procrastinate)
     with (
         running_stack(project.root, env, workers) as stack,
         httpx.Client(base_url=stack.base, timeout=120) as client,

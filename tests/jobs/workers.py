@@ -21,7 +21,7 @@ def start_worker(project: Project, *args: str, env: dict[str, str] | None = None
     environment = {key: value for key, value in os.environ.items() if not key.startswith("FLENWHEEL_")}
     environment["FLENWHEEL_JOB_RETRY_BACKOFF_S"] = "0"
     if project.settings.database_url:
-        environment["FLENWHEEL_DATABASE_URL"] = project.settings.database_url
+        environment["FLENWHEEL_DATABASE_URL"] = project.settings.database_url.get_secret_value()
     if project.settings.blob_url:
         environment["FLENWHEEL_BLOB_URL"] = project.settings.blob_url
     if project.settings.s3_endpoint_url:

@@ -25,12 +25,16 @@ def init(
     json_output: JsonOption = False,
 ) -> None:
     """Create a project: a SQLite database (WAL) and a content-addressed blob folder."""
-    from flenwheel.config import load_settings
+    from flenwheel.config import load_settings, masked_url
     from flenwheel.store.project import Project
 
     root = directory or project_dir()
     project = Project.init(load_settings(project=root))
-    result = {"project": str(root.resolve()), "database": project.db.url, "blobs": str(project.blobs.root)}
+    result = {
+        "project": str(root.resolve()),
+        "database": masked_url(project.db.url),  # never the password
+        "blobs": str(project.blobs.root),
+    }
     project.close()
     if json_output:
         print_json(result)

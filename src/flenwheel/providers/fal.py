@@ -25,7 +25,7 @@ import fal_client
 import httpx
 from PIL import Image
 
-from flenwheel.config import Settings
+from flenwheel.config import Settings, secret
 from flenwheel.images import image_mime_type
 from flenwheel.providers.base import (
     Cancelled,
@@ -137,10 +137,10 @@ class FalProvider:
     @classmethod
     def from_settings(cls, settings: Settings) -> FalProvider | None:
         """The provider when FAL_KEY is set, else None (fal is then simply not offered)."""
-        if not (settings.fal_key or "").strip():
+        if not secret(settings.fal_key):
             return None
         return cls(
-            settings.fal_key,
+            secret(settings.fal_key),
             queue_url=settings.fal_queue_url,
             rest_url=settings.fal_rest_url,
             prices=PriceTable.load(settings.prices),

@@ -28,7 +28,7 @@ from replicate.exceptions import ReplicateError
 from replicate.identifier import ModelVersionIdentifier
 from replicate.prediction import Prediction
 
-from flenwheel.config import Settings
+from flenwheel.config import Settings, secret
 from flenwheel.errors import FlenwheelError
 from flenwheel.images import image_mime_type
 from flenwheel.providers.base import (
@@ -174,10 +174,10 @@ class ReplicateProvider:
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplicateProvider | None:
         """The provider when REPLICATE_API_TOKEN is set, else None (Replicate is then simply not offered)."""
-        if not (settings.replicate_api_token or "").strip():
+        if not secret(settings.replicate_api_token):
             return None
         return cls(
-            settings.replicate_api_token,
+            secret(settings.replicate_api_token),
             base_url=settings.replicate_base_url,
             prices=PriceTable.load(settings.prices),
         )

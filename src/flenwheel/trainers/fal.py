@@ -20,7 +20,7 @@ from typing import Any
 import fal_client
 import httpx
 
-from flenwheel.config import Settings
+from flenwheel.config import Settings, secret
 from flenwheel.providers.fal import app_path
 from flenwheel.trainers.base import (
     CheckpointFile,
@@ -77,9 +77,9 @@ class FalTrainer:
     @classmethod
     def from_settings(cls, settings: Settings) -> FalTrainer | None:
         """The trainer when FAL_KEY is set, else None."""
-        if not (settings.fal_key or "").strip():
+        if not secret(settings.fal_key):
             return None
-        return cls(settings.fal_key, queue_url=settings.fal_queue_url, rest_url=settings.fal_rest_url)
+        return cls(secret(settings.fal_key), queue_url=settings.fal_queue_url, rest_url=settings.fal_rest_url)
 
     def validate(self, spec: TrainingSpec) -> list[str]:
         problems = []

@@ -27,7 +27,7 @@ from replicate.exceptions import ReplicateError
 from replicate.identifier import ModelVersionIdentifier
 from replicate.training import Training
 
-from flenwheel.config import Settings
+from flenwheel.config import Settings, secret
 from flenwheel.trainers.base import (
     CheckpointFile,
     DatasetFormat,
@@ -90,10 +90,10 @@ class ReplicateTrainer:
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplicateTrainer | None:
         """The trainer when REPLICATE_API_TOKEN is set, else None (a missing destination is a validate problem)."""
-        if not (settings.replicate_api_token or "").strip():
+        if not secret(settings.replicate_api_token):
             return None
         return cls(
-            settings.replicate_api_token,
+            secret(settings.replicate_api_token),
             settings.replicate_destination,
             trainer=settings.replicate_trainer,
             base_url=settings.replicate_base_url,
