@@ -11,8 +11,11 @@ comfyui-env:
 demo: setup
 	.venv/bin/flenwheel demo
 
+# Every test, the slow tier too, on PYTEST_WORKERS xdist workers; each test file stays on one worker and the
+# ComfyUI tests share one (tests/conftest.py). For a quick local run: .venv/bin/pytest -m "not slow".
+PYTEST_WORKERS ?= 2
 test: setup comfyui-env lint
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint:
 	.venv/bin/ruff check .

@@ -1,4 +1,10 @@
-"""Shared fixtures: real photos from tests/fixtures/faces, projects on SQLite and on the local PostgreSQL."""
+"""Shared fixtures: real photos from tests/fixtures/faces, projects on SQLite and on the local PostgreSQL.
+
+Also how the suite holds on a busy machine: no clock decides an outcome (Hypothesis has no deadline; waits
+use tests/patience.py), and under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) the tests that
+share a module fixture (the demo runs, trained checkpoints) run on one worker, so it is computed once, and
+every test that needs the real ComfyUI server runs on the same worker, so one server starts, not two.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from flenwheel.config import Settings
 from flenwheel.store.project import Project
@@ -24,6 +31,48 @@ __all__ = ["FACES", "FIXTURES", "LISA", "comfyui_server", "london", "tiny_sd15"]
 POSTGRES_ADMIN_URL = os.environ.get(
     "FLENWHEEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+# A property test fails on what it finds, never on how long an example took on a loaded machine.
+settings.register_profile("flenwheel", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("flenwheel")
+
+COMFYUI_FIXTURES = {"comfyui_server", "tiny_sd15"}
+SHARED_SCOPES = {"class", "module", "package"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for `--dist loadgroup`: tests of one file that share a module-scoped fixture (the demo runs,
+    a trained run) are one group, so it is computed once; every test on the real ComfyUI server is in the
+    one `comfyui` group (and `slow`), so one server starts. Other tests are spread one by one."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    nodes_of: dict[int, list[str]] = {}
+    for index, item in enumerate(items):
+        names = set(getattr(item, "fixturenames", ()))
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        file = item.path.relative_to(item.config.rootpath).as_posix()
+        nodes = [
+            f"{file}:{name}"
+            for name in sorted(names)
+            if defs.get(name) and defs[name][-1].scope in SHARED_SCOPES
+        ]
+        if names & COMFYUI_FIXTURES:
+            nodes.append("comfyui")
+            item.add_marker(pytest.mark.slow)
+        for node in nodes[1:]:
+            parent[root(node)] = root(nodes[0])
+        nodes_of[index] = nodes
+    for index, item in enumerate(items):
+        if nodes := nodes_of[index]:
+            group = root(nodes[0])
+            item.add_marker(pytest.mark.xdist_group("comfyui" if root("comfyui") == group else group))
 
 
 def _postgres_database() -> Iterator[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from patience import HANG_S
 from photos import FACES, LISA, london
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
@@ -45,7 +46,7 @@ def run_cli(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,
-    timeout: float = 300,
+    timeout: float = HANG_S,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(FLENWHEEL), *(str(arg) for arg in args)],
@@ -77,7 +78,7 @@ def run_parallel(commands: Sequence[Sequence[object]]) -> list[subprocess.Comple
     ]
     results = []
     for command, process in zip(commands, processes, strict=True):
-        stdout, stderr = process.communicate(timeout=300)
+        stdout, stderr = process.communicate(timeout=HANG_S)
         results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
     return results
 
@@ -414,6 +415,7 @@ def _decisions(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {d["file"]: (d["label"], d["reason"]) for d in report["decisions"]}
 
 
+@pytest.mark.slow
 def test_demo_writes_a_report_naming_every_photo(demo: DemoRuns) -> None:
     no_traceback(demo.first)
     assert demo.first.returncode == 0, demo.first.stderr
@@ -426,6 +428,7 @@ def test_demo_writes_a_report_naming_every_photo(demo: DemoRuns) -> None:
         assert _shown(photo) in html, photo
 
 
+@pytest.mark.slow
 def test_demo_second_run_reanalyses_nothing_and_decides_the_same(demo: DemoRuns) -> None:
     no_traceback(demo.second)
     assert demo.second.returncode == 0, demo.second.stderr
@@ -435,6 +438,7 @@ def test_demo_second_run_reanalyses_nothing_and_decides_the_same(demo: DemoRuns)
     assert (demo.out / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_demo_keeps_lisa_and_rejects_everyone_else_with_a_reason(demo: DemoRuns) -> None:
     decisions = {_shown(Path(d["file"])): d for d in demo.curate_after_second["decisions"]}
     for photo in _demo_photos("lisa"):
@@ -451,6 +455,7 @@ def test_demo_keeps_lisa_and_rejects_everyone_else_with_a_reason(demo: DemoRuns)
         assert rejected_at_ingest[_shown(photo)]
 
 
+@pytest.mark.slow
 def test_demo_json_rerun_reports_nothing_reanalysed(demo: DemoRuns, tmp_path: Path) -> None:
     out = copy_project(demo.out, tmp_path / "demo-project")
     result = ok_json("demo", "--out", out)
@@ -458,6 +463,7 @@ def test_demo_json_rerun_reports_nothing_reanalysed(demo: DemoRuns, tmp_path: Pa
     assert _decisions(result["curation"]) == _decisions(demo.curate_after_second)
 
 
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_switches_the_studio_to_the_lora(demo: DemoRuns) -> None:
     out = demo.first.stdout
     for stage in ("gate", "dataset", "train", "evaluate", "activate"):
@@ -472,6 +478,7 @@ def test_demo_trains_evaluates_and_switches_the_studio_to_the_lora(demo: DemoRun
         assert db.execute("SELECT count(*) FROM evaluation").fetchone() == (1,)
 
 
+@pytest.mark.slow
 def test_demo_rerun_lists_each_broken_file_once(demo: DemoRuns) -> None:
     broken = _demo_photos("broken")
     paths = [path for path, _code, _detail in demo.curate_after_second["ingest_rejections"]]
@@ -536,12 +543,12 @@ def test_symlink_loops_in_an_ingested_folder_neither_hang_nor_crash(tmp_path: Pa
     (photos / "loop2.jpg").symlink_to("loop1.jpg")
     (photos / "up").symlink_to("..")  # a link back to the parent folder
 
-    ingested = ok_json("--project", root, "ingest", "lisa", photos, timeout=60)
+    ingested = ok_json("--project", root, "ingest", "lisa", photos)
     statuses = {Path(f["path"]).name: f["status"] for f in ingested["files"]}
     assert statuses["1.jpg"] == "added"
     assert set(statuses) <= {"1.jpg", "loop1.jpg", "loop2.jpg"}
 
-    direct = ok_json("--project", root, "ingest", "lisa", photos / "loop1.jpg", timeout=60)
+    direct = ok_json("--project", root, "ingest", "lisa", photos / "loop1.jpg")
     (outcome,) = direct["files"]
     assert outcome["status"] == "rejected"
     assert "symbolic links" in outcome["detail"]

@@ -14,6 +14,7 @@ from flenwheel.config import Settings
 from flenwheel.store.project import Project
 
 from checkpoint_runs import add_run, character_with_dataset, tiny_lora_file
+from patience import HANG_S
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 
@@ -23,7 +24,7 @@ def cli(*args: object) -> subprocess.CompletedProcess[str]:
         k: v for k, v in os.environ.items() if not k.startswith(("FLENWHEEL_", "FAL_", "REPLICATE_"))
     }
     return subprocess.run(
-        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=600
+        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=HANG_S
     )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from patience import HANG_S
+
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 
 
@@ -18,7 +20,7 @@ def cli(*args: object) -> subprocess.CompletedProcess[str]:
         k: v for k, v in os.environ.items() if not k.startswith(("FLENWHEEL_", "FAL_", "REPLICATE_"))
     }
     return subprocess.run(
-        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=600
+        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=HANG_S
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from patience import HANG_S
 from photos import LISA
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
@@ -23,7 +24,7 @@ def cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Complete
     }
     environment.update(env or {})
     return subprocess.run(
-        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=600
+        [str(FLENWHEEL), *map(str, args)], capture_output=True, text=True, env=environment, timeout=HANG_S
     )
 
 

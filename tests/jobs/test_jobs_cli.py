@@ -11,10 +11,15 @@ from flenwheel.jobs.base import JobStatus
 from flenwheel.jobs.store import JobStore
 from flenwheel.store.project import Project
 
+from patience import HANG_S
+
 
 def cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(FLENWHEEL), "--project", str(project.root), *args], capture_output=True, text=True, timeout=120
+        [str(FLENWHEEL), "--project", str(project.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
     )
 
 
@@ -31,8 +36,8 @@ def test_submit_list_cancel_retry_and_a_worker_that_stops_cleanly(project: Proje
     worker = start_worker(project, "--queue", "cpu", "--concurrency", "2")
     store = JobStore(project.db)
     try:
-        failed = wait_for(store, failing["id"], lambda job: job.status.finished, timeout=60)
-        done = wait_for(store, queued["id"], lambda job: job.status.finished, timeout=60)
+        failed = wait_for(store, failing["id"], lambda job: job.status.finished)
+        done = wait_for(store, queued["id"], lambda job: job.status.finished)
     finally:
         log = stop(worker)
     assert worker.returncode == 0, log

@@ -36,7 +36,7 @@ def test_sigkilled_embedded_worker_mid_job_the_next_one_finishes_it_once(project
         seed = running.external_ids["seed"]
         second = start_worker(project, "--queue", "gpu")
         try:
-            done = wait_for(store, job_id, lambda job: job.status.finished, timeout=300)
+            done = wait_for(store, job_id, lambda job: job.status.finished)
         finally:
             log = stop(second)
     finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 from flenwheel.jobs.store import JobInfo, JobStore
 from flenwheel.store.project import Project
 
+from patience import HANG_S
+
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 
 
@@ -35,21 +37,24 @@ def start_worker(project: Project, *args: str, env: dict[str, str] | None = None
     )
 
 
-def wait_for(store: JobStore, job_id: int, check: Callable[[JobInfo], bool], timeout: float = 120) -> JobInfo:
-    """Poll the job row until `check` holds; fails the test with the row when it never does."""
-    deadline = time.monotonic() + timeout
+def wait_for(store: JobStore, job_id: int, check: Callable[[JobInfo], bool]) -> JobInfo:
+    """Poll the job row until `check` holds, however long that takes on a busy machine; fails the test with
+    the row when it has not after HANG_S (a hang) or when the job finished without it."""
+    deadline = time.monotonic() + HANG_S
     while True:
         info = store.get(job_id)
         if check(info):
             return info
+        if info.status.finished:
+            raise AssertionError(f"job {job_id} finished without reaching the expected state: {info}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} never reached the expected state: {info}")
+            raise AssertionError(f"job {job_id} still not in the expected state after {HANG_S:.0f} s: {info}")
         store.wait(job_id, timeout=0.05)
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    process.wait()  # SIGKILL cannot be refused: it exits
 
 
 def stop(process: subprocess.Popen[bytes]) -> str:
@@ -57,8 +62,8 @@ def stop(process: subprocess.Popen[bytes]) -> str:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        _, err = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
+        _, err = process.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:  # it hangs: kill it so its log can still be shown
         process.kill()
         _, err = process.communicate()
     return err.decode(errors="replace")

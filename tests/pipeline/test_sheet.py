@@ -28,6 +28,7 @@ from flenwheel.store.models import Asset
 from flenwheel.store.project import Project
 
 from face_engines import PhotoEngine
+from patience import HANG_S
 from photos import LISA, london
 
 SPEC = CharacterSpec(name="mara", gender_presentation="woman", hair_colour="auburn")
@@ -189,7 +190,10 @@ def test_per_provider_concurrency_is_kept(project: Project, tiny: LocalDiffusers
     )
     # pairs meet at the barrier: two calls are in flight together, never three
     engine = PhotoEngine(
-        "fal", pick=lambda r: LISA[r.seed % 8], max_concurrency=2, barrier=threading.Barrier(2, timeout=30)
+        "fal",
+        pick=lambda r: LISA[r.seed % 8],
+        max_concurrency=2,
+        barrier=threading.Barrier(2, timeout=HANG_S),
     )
     result = run_sheet(project, "mara", LocalJobContext(), providers=[engine])
     assert len(engine.calls) == 6 and engine.max_in_flight == 2

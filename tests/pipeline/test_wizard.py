@@ -28,6 +28,7 @@ from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project
 
 from face_engines import PhotoEngine
+from patience import HANG_S
 from photos import LISA, london
 
 TINY = RenderSize(width=64, height=64, steps=2)
@@ -106,9 +107,9 @@ def test_base_images_are_submitted_together_and_charged(any_project: Project) ->
     project = any_project
     create_character_from_spec(project, SPEC, budget_usd=1.0)
     people = {base_seeds(SPEC, slot): london(slot + 1) for slot in range(3)}
-    # Each call waits until all three are in flight: submitted one after another, this would time out.
+    # Each call waits until all three are in flight: submitted one after another, they would wait until HANG_S.
     engine = PhotoEngine(
-        "fal", pick=lambda r: people[r.seed], price=0.03, barrier=threading.Barrier(3, timeout=30)
+        "fal", pick=lambda r: people[r.seed], price=0.03, barrier=threading.Barrier(3, timeout=HANG_S)
     )
     result = generate_base_images(project, "mara", LocalJobContext(), providers=[engine])
     assert engine.max_in_flight == 3 and len(engine.calls) == 3

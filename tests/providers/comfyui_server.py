@@ -33,7 +33,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / "scripts" / "setup-comfyui"
-START_TIMEOUT_S = 180.0
+# Only against a hang (a server that neither answers nor exits): start-up is ~8 s on a quiet machine and
+# minutes on a loaded one, and the wait ends as soon as the server answers or its process exits.
+START_TIMEOUT_S = 1800.0
 
 
 class ComfyUIUnavailable(Exception):
@@ -68,10 +70,8 @@ class ComfyUIServer:
 def comfyui_venv() -> Path:
     """The server's virtual environment, built by scripts/setup-comfyui when needed."""
     try:
-        done = subprocess.run(
-            ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, check=False)
+    except OSError as exc:
         raise ComfyUIUnavailable(f"scripts/setup-comfyui could not run: {exc}") from None
     if done.returncode != 0:
         raise ComfyUIUnavailable(
@@ -139,7 +139,9 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], log_path: Path) -
             pass
         time.sleep(0.25)
     _stop(process)
-    raise ComfyUIUnavailable(f"the ComfyUI server did not answer within {START_TIMEOUT_S:.0f} s")
+    raise ComfyUIUnavailable(
+        f"the ComfyUI server neither answered nor exited in {START_TIMEOUT_S:.0f} s: it hangs; see {log_path}"
+    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -330,7 +332,7 @@ def ensure_tiny_sd15() -> TinySD15:
         checkpoint=directory / "tiny-sd15.safetensors", lora=directory / "tiny-sd15-lora.safetensors"
     )
     if not (result.checkpoint.exists() and result.lora.exists()):
-        subprocess.run([sys.executable, __file__, "build-sd15", str(directory)], check=True, timeout=1200)
+        subprocess.run([sys.executable, __file__, "build-sd15", str(directory)], check=True)  # ours: it exits
     return result
 
 

@@ -34,6 +34,8 @@ from flenwheel.providers.base import (
 from flenwheel.providers.comfyui import ComfyUIProvider
 from flenwheel.providers.comfyui_client import ComfyUIClient, WorkflowRun
 
+from patience import HANG_S
+
 
 def png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -134,7 +136,7 @@ class RecordingContext(LocalContext):
 
 @pytest.fixture
 def client(comfyui_server: ComfyUIServer) -> ComfyUIClient:
-    return ComfyUIClient(comfyui_server.url, timeout_s=300)
+    return ComfyUIClient(comfyui_server.url, timeout_s=HANG_S, request_timeout_s=HANG_S)
 
 
 def history_outcome(client: ComfyUIClient, prompt_id: str) -> str | None:
@@ -189,12 +191,12 @@ def test_a_retry_while_the_prompt_runs_waits_for_it(
     results: list[WorkflowRun] = []
     worker = threading.Thread(target=lambda: results.append(client.run(workflow, first_ctx)))
     worker.start()
-    assert first_ctx.started.wait(30)  # as if the worker had died here, mid-run
+    assert first_ctx.started.wait(HANG_S)  # as if the worker had died here, mid-run
 
     retry = LocalContext()
     retry.remember_remote_id(first_ctx.known_remote_id() or "")
     resumed = client.run(workflow, retry)
-    worker.join(120)
+    worker.join(HANG_S)
 
     assert not resumed.queued and results[0].queued
     assert resumed.images == results[0].images
@@ -249,12 +251,12 @@ def test_cancel_takes_a_waiting_prompt_off_the_queue(client: ComfyUIClient) -> N
     blocker = RecordingContext()
     worker = threading.Thread(target=lambda: client.run(slow_workflow(image, nodes=4), blocker))
     worker.start()
-    assert blocker.started.wait(30)
+    assert blocker.started.wait(HANG_S)
     waiting = RecordingContext(cancel_at_check=2)  # the first check is before queueing; then it waits
 
     with pytest.raises(Cancelled):
         client.run(invert_workflow(image), waiting)
-    worker.join(120)
+    worker.join(HANG_S)
 
     prompt_id = waiting.known_remote_id() or ""
     assert prompt_id not in set().union(*client.queued_ids())

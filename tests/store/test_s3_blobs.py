@@ -17,6 +17,7 @@ from flenwheel.store.blobs import FsspecBlobStore
 from flenwheel.store.models import Analysis, Asset
 from flenwheel.store.project import Project
 
+from patience import finished
 from photos import LISA
 
 
@@ -48,7 +49,7 @@ def test_photos_ingested_on_one_host_are_curated_on_another(
     assert not any(second.blobs.root.rglob("*")), "host B starts with no local copy of any blob"
     with EmbeddedBackend(second, workers=1) as pool:
         job_id = pool.submit(JobRequest(kind="curate", payload={"character": "lisa"}))
-        done = pool.wait(job_id, timeout=300)
+        done = finished(pool, job_id)
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.result["analysed_now"] == 3 and (done.progress_done, done.progress_total) == (3, 3)
 

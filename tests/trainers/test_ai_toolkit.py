@@ -27,6 +27,8 @@ from flenwheel.trainers.base import (
     TrainingSpec,
 )
 
+from patience import HANG_S
+
 STANDIN = Path(__file__).parent / "standins" / "ai_toolkit_run.py"
 SPEC = TrainingSpec(
     trigger="ohwx woman",
@@ -126,7 +128,7 @@ def test_cancel_kills_the_trainer_and_a_rerun_resumes(
 
     worker = threading.Thread(target=train)
     worker.start()
-    worker.join(timeout=60)
+    worker.join(timeout=HANG_S)
     assert not worker.is_alive(), "cancel did not stop the trainer"
     assert len(outcome) == 1 and isinstance(outcome[0], TrainingCancelled)
     with pytest.raises(ProcessLookupError):

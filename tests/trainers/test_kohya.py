@@ -23,6 +23,8 @@ from flenwheel.store.project import Project
 from flenwheel.trainers.base import LocalTrainingContext, TrainerError, TrainingCancelled, TrainingSpec
 from flenwheel.trainers.kohya import KohyaTrainer
 
+from patience import HANG_S
+
 STANDIN = Path(__file__).parent / "standins" / "kohya_train_network.py"
 SPEC = TrainingSpec(
     trigger="ohwx woman",
@@ -71,7 +73,7 @@ def run_in_thread(trainer: KohyaTrainer, spec: TrainingSpec, data, ctx) -> BaseE
 
     worker = threading.Thread(target=train)
     worker.start()
-    worker.join(timeout=60)
+    worker.join(timeout=HANG_S)
     assert not worker.is_alive(), "cancel did not stop the trainer"
     return outcome[0] if outcome else None
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from webapi import read_events
 
+from patience import HANG_S
 from photos import LISA
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
@@ -37,7 +38,7 @@ def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
         check=False,
     )
 
@@ -64,7 +65,7 @@ class Served:
     def stop(self) -> int:
         """Stop as a user does and wait; returns the exit status."""
         self.interrupt()
-        return self.process.wait(timeout=60)
+        return self.process.wait(timeout=HANG_S)
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         yield running
     finally:
         assert running.stop() == 0, "".join(log)
-        drain.join(timeout=10)
+        drain.join(timeout=HANG_S)  # the pipe ends when the server has exited
         assert "Traceback" not in "".join(log), "".join(log)
 
 
@@ -113,7 +114,7 @@ def _follow(client: httpx.Client, job_id: int, headers: dict[str, str]) -> list[
 
 def test_a_characters_life_over_http(served: Served) -> None:
     base, alice, bob = served.base, served.alice, served.bob
-    with httpx.Client(base_url=base, timeout=120) as client:
+    with httpx.Client(base_url=base, timeout=HANG_S) as client:
         assert client.get("/openapi.json").json()["info"]["title"] == "flenwheel API"
         assert client.get("/health").json()["job_workers"] == 2
         assert client.get("/characters").status_code == 401
@@ -185,7 +186,7 @@ def test_user_add_prints_the_token_once(tmp_path: Path) -> None:
 
 
 def test_stopping_the_server_ends_event_streams_and_hands_running_jobs_back(served: Served) -> None:
-    with httpx.Client(base_url=served.base, timeout=120) as client:
+    with httpx.Client(base_url=served.base, timeout=HANG_S) as client:
         character = client.post(
             "/characters",
             json={"name": "lisa", "token": "ohwx_lisa", "class_word": "woman"},
