@@ -6,11 +6,13 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from flenwheel.images import decode_image
 from flenwheel.quality import (
     QualityThresholds,
     hash_distance,
+    is_greyscale,
     measure_quality,
     perceptual_hash,
     quality_grade,
@@ -111,3 +113,51 @@ def test_different_photos_are_not_near_duplicates(lisa: Image.Image, other: str)
 def test_hash_distance_counts_differing_bits() -> None:
     assert hash_distance("0000000000000000", "ffffffffffffffff") == 64
     assert hash_distance("00000000000000ff", "000000000000000f") == 4
+
+
+def _on_white(image: Image.Image, transparent: bool) -> Image.Image:
+    """A head-and-shoulders cutout (an ellipse, ~38 % of the frame removed), either as flenwheel stores a
+    transparent PNG (decoded, flattened onto white) or pasted onto a white studio backdrop and saved as JPEG."""
+    mask = Image.new("L", image.size, 0)
+    width, height = image.size
+    ImageDraw.Draw(mask).ellipse((0.12 * width, 0.04 * height, 0.88 * width, 1.3 * height), fill=255)
+    buffer = io.BytesIO()
+    if transparent:
+        cutout = image.copy()
+        cutout.putalpha(mask)
+        cutout.save(buffer, "PNG")
+    else:
+        backdrop = Image.new("RGB", image.size, "white")
+        backdrop.paste(image, mask=mask)
+        backdrop.save(buffer, "JPEG", quality=92)
+    return decode_image(buffer.getvalue()).image
+
+
+@pytest.mark.parametrize("transparent", [True, False], ids=["transparent-cutout", "white-backdrop"])
+def test_a_white_background_is_not_counted_as_overexposure(lisa: Image.Image, transparent: bool) -> None:
+    metrics = measure_quality(_on_white(lisa, transparent))
+    assert 0.35 <= metrics.background <= 0.42  # the white around the ellipse, found from the border
+    assert metrics.clipped_bright < 0.05 and not has_problem(_on_white(lisa, transparent), "overexposed")
+    assert measure_quality(lisa).background == 0.0  # lisa's own room is no plain backdrop
+
+
+def test_a_blown_out_face_on_white_is_still_overexposed() -> None:
+    """Clipped skin and the white fill are the same 255: the face boxes (as curate passes them, from dlib)
+    keep the background from swallowing a blown-out face."""
+    from flenwheel.datasets.analysis import analyze_image
+    from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
+
+    analyzer = DlibFaceAnalyzer(detect_max_side=640)
+    for brightness in (1.8, 2.2):
+        blown = _on_white(ImageEnhance.Brightness(photo("identities/lisa/5.jpg")).enhance(brightness), True)
+        analysis = analyze_image(blown, analyzer)
+        assert len(analysis.faces) == 1
+        assert measure_quality(blown).background > analysis.quality.background  # the face was kept
+        reported = quality_problems(analysis.quality, THRESHOLDS)
+        assert any(p.startswith("overexposed") and "of the subject" in p for p in reported), reported
+
+
+def test_greyscale_copies_are_told_from_colour(lisa: Image.Image) -> None:
+    assert not is_greyscale(measure_quality(lisa))
+    assert is_greyscale(measure_quality(ImageOps.grayscale(lisa).convert("RGB")))
+    assert measure_quality(lisa).chroma > 0.05

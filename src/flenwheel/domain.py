@@ -71,10 +71,14 @@ class QualityMetrics(Frozen):
     width: int
     height: int
     sharpness: float  # variance of the Laplacian on a 512 px grey copy
-    brightness: float  # mean luminance 0..1
-    clipped_dark: float  # fraction of pixels at the bottom of the range
+    brightness: float  # mean luminance 0..1 of the subject (the plain background left out)
+    clipped_dark: float  # fraction of the subject's pixels at the bottom of the range
     clipped_bright: float
     phash: str  # 64-bit perceptual hash, 16 hex digits
+    # Share of the frame that is a plain, border-connected background, left out of the exposure figures
+    # (quality.uniform_background); None in analyses made before it was measured.
+    background: float | None = None
+    chroma: float | None = None  # mean (max - min channel) / 255: ~0 for greyscale; None before measured
 
 
 class Face(Frozen):

@@ -22,6 +22,9 @@ MAX_FILE_BYTES = 80 * 1024 * 1024
 MIN_SIDE = 64
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "HEIF", "GIF", "MPO"}
 
+# The start of the ingest note for an image with transparent pixels; curate names the background from it.
+FLATTENED_TRANSPARENCY = "flattened transparency onto white"
+
 _heif_registered = False
 
 
@@ -114,10 +117,15 @@ def _normalise(image: Image.Image, notes: list[str]) -> Image.Image:
             image = converted
             notes.append("converted embedded colour profile to sRGB")
     if image.mode in ("RGBA", "LA", "PA"):
+        alpha = image.convert("RGBA").getchannel("A")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background.paste(image.convert("RGBA"), mask=alpha)
         image = background
-        notes.append("flattened transparency onto white")
+        transparent = float((np.asarray(alpha) < 255).mean())
+        if transparent > 0:
+            notes.append(f"{FLATTENED_TRANSPARENCY} ({transparent:.0%} of the pixels were transparent)")
+        else:
+            notes.append("dropped an alpha channel that was opaque everywhere")
     if image.mode != "RGB":
         notes.append(f"converted {image.mode} to RGB")
         image = image.convert("RGB")

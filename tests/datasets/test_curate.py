@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from flenwheel.characters import create_character
 from flenwheel.datasets.curate import curate
@@ -124,3 +125,96 @@ def test_review_requires_a_known_label_and_a_reason(lisa_project: Project) -> No
         review_asset(lisa_project, "lisa", "1.jpg", "reject")
     with pytest.raises(InvalidInput, match="trigger token"):
         set_caption(lisa_project, "lisa", "1.jpg", "a photo of a woman")
+
+
+def _cutout(source: Path, brightness: float = 1.0) -> Image.Image:
+    """The photo with its background removed, as a user prepares one: an ellipse around the head and
+    shoulders stays opaque, the rest (35–45 % of the pixels) is transparent."""
+    photo = ImageEnhance.Brightness(Image.open(source).convert("RGB")).enhance(brightness)
+    width, height = photo.size
+    mask = Image.new("L", photo.size, 0)
+    ImageDraw.Draw(mask).ellipse((0.12 * width, 0.04 * height, 0.88 * width, 1.3 * height), fill=255)
+    photo.putalpha(mask)
+    assert 0.35 <= float((np.asarray(mask) == 0).mean()) <= 0.45
+    return photo
+
+
+def test_cutouts_and_white_backgrounds_are_judged_on_the_subject(
+    lisa_project: Project, tmp_path: Path
+) -> None:
+    """Issue 10 case 11: flenwheel's own white fill and a white studio backdrop are not "overexposed"."""
+    for source in LISA[:2]:
+        _cutout(source).save(tmp_path / f"cutout_{source.stem}.png")
+    studio = _cutout(LISA[2])
+    on_white = Image.new("RGB", studio.size, "white")
+    on_white.paste(studio, mask=studio.getchannel("A"))
+    on_white.save(tmp_path / "studio_white.jpg", quality=92)
+    _cutout(LISA[4], brightness=2.2).save(tmp_path / "blown_out_cutout.png")  # the face itself is clipped
+    washed = Image.blend(Image.open(LISA[3]).convert("RGB"), Image.new("RGB", (600, 800), "white"), 0.95)
+    washed.save(tmp_path / "washed_out.jpg", quality=92)
+    names = ["cutout_1.png", "cutout_2.png", "studio_white.jpg", "blown_out_cutout.png", "washed_out.jpg"]
+    ingest(lisa_project, "lisa", [*LISA[5:], *(tmp_path / name for name in names)])
+    decisions = _by_file(curate(lisa_project, "lisa"))
+    for name in ("cutout_1.png", "cutout_2.png"):
+        assert decisions[name].label == "good", decisions[name].reason
+        assert "transparent background" in decisions[name].reason
+    assert decisions["studio_white.jpg"].label == "good", decisions["studio_white.jpg"].reason
+    assert "transparent" not in decisions["studio_white.jpg"].reason
+    blown = decisions["blown_out_cutout.png"]
+    assert blown.label == "reject" and "overexposed" in blown.reason and "of the subject" in blown.reason
+    assert "transparent background" in blown.reason
+    assert (
+        decisions["washed_out.jpg"].label == "reject" and "overexposed" in decisions["washed_out.jpg"].reason
+    )
+
+
+def _grey_copy(source: Path, size: tuple[int, int], target: Path) -> Path:
+    """A larger, sharpened greyscale copy: what the old sharpness × size rule kept over its colour original."""
+    grey = ImageOps.grayscale(Image.open(source)).resize(size, Image.Resampling.LANCZOS)
+    grey.filter(ImageFilter.UnsharpMask(radius=2, percent=150)).save(target, quality=95)
+    return target
+
+
+def test_the_reference_wins_the_near_duplicate_tie(project: Project, tmp_path: Path) -> None:
+    """Issue 10 case 14: the user's --reference photo is kept over a greyscale copy made from it."""
+    create_character(project, "sam", "ohwx_sam", "person")
+    ingest(project, "sam", [london(11)], reference=True)
+    copy = _grey_copy(london(11), (640, 640), tmp_path / "grey_reference_copy.jpg")
+    ingest(project, "sam", [london(11, "smiling"), copy])
+    decisions = _by_file(curate(project, "sam"))
+    assert decisions["neutral.jpg"].label == "good", decisions["neutral.jpg"].reason
+    rejected = decisions["grey_reference_copy.jpg"]
+    assert rejected.label == "reject" and "near-duplicate" in rejected.reason
+    assert "the reference photo" in rejected.reason
+
+
+def test_colour_wins_the_near_duplicate_tie_over_greyscale(lisa_project: Project, tmp_path: Path) -> None:
+    """Issue 10 case 14: with no reference among them, the colour photo beats its greyscale copy."""
+    ingest(lisa_project, "lisa", [*LISA[:5], _grey_copy(LISA[0], (900, 1200), tmp_path / "grey_lisa.jpg")])
+    decisions = _by_file(curate(lisa_project, "lisa"))
+    assert decisions["1.jpg"].label == "good", decisions["1.jpg"].reason
+    grey = decisions["grey_lisa.jpg"]
+    assert grey.label == "reject" and "the colour copy" in grey.reason
+
+
+def test_analyses_cached_before_the_background_rule_are_remeasured(
+    lisa_project: Project, tmp_path: Path
+) -> None:
+    """A project curated by an older flenwheel keeps its face analysis but gets the new exposure judgement."""
+    from sqlalchemy import select
+
+    from flenwheel.store.models import Analysis
+
+    _cutout(LISA[0]).save(tmp_path / "cutout.png")
+    ingest(lisa_project, "lisa", [*LISA[1:4], tmp_path / "cutout.png"])
+    curate(lisa_project, "lisa")
+    with lisa_project.db.session() as session:  # what an older version stored: no background, no chroma
+        for row in session.scalars(select(Analysis)):
+            quality = {k: v for k, v in row.data["quality"].items() if k not in ("background", "chroma")}
+            row.data = {**row.data, "quality": {**quality, "brightness": 0.99, "clipped_bright": 0.4}}
+    report = curate(lisa_project, "lisa")
+    assert report.analysed_now == 0
+    decisions = _by_file(report)
+    assert decisions["cutout.png"].label == "good", decisions["cutout.png"].reason
+    with lisa_project.db.session() as session:
+        assert all(row.data["quality"]["background"] is not None for row in session.scalars(select(Analysis)))

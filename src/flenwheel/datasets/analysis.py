@@ -25,7 +25,7 @@ def analyze_image(image: Image.Image, analyzer: FaceAnalyzer) -> AssetAnalysis:
     main = faces[0] if faces else None
     return AssetAnalysis(
         analyzer=analyzer.id,
-        quality=measure_quality(image),
+        quality=measure_quality(image, [face.box for face in faces]),
         faces=faces,
         angle=angle_bucket(main.yaw) if main else None,
         shot=shot_type(main, image.height) if main else None,

@@ -13,7 +13,8 @@ from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
 from flenwheel.datasets.analysis import analyze_files
 from flenwheel.datasets.gate import GateInput, run_gates
 from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
-from flenwheel.quality import QualityThresholds, quality_grade
+from flenwheel.images import FLATTENED_TRANSPARENCY, open_stored
+from flenwheel.quality import QualityThresholds, measure_quality, quality_grade
 from flenwheel.store.models import Analysis, Asset, Character, IngestRejection, Review
 from flenwheel.store.project import Project, get_character
 
@@ -99,8 +100,12 @@ def curate(
         analyses = {
             asset.id: AssetAnalysis.model_validate(asset.analysis.data) for asset in assets if asset.analysis
         }
+        analyses.update(_refresh_quality(project, assets, analyses))
         gate = run_gates(
-            [GateInput(a.id, a.source_name, analyses[a.id], a.is_reference) for a in assets],
+            [
+                GateInput(a.id, a.source_name, analyses[a.id], a.is_reference, _was_transparent(a))
+                for a in assets
+            ],
             identity_threshold or settings.identity_threshold,
             settings.near_duplicate_bits,
             thresholds,
@@ -142,6 +147,28 @@ def curate(
         decisions=decisions,
         ingest_rejections=rejections,
     )
+
+
+def _was_transparent(asset: Asset) -> bool:
+    return any(note.startswith(FLATTENED_TRANSPARENCY) for note in asset.normalised or [])
+
+
+def _refresh_quality(
+    project: Project, assets: list[Asset], analyses: dict[int, AssetAnalysis]
+) -> dict[int, AssetAnalysis]:
+    """Re-measure quality in analyses cached before the background and chroma were measured (no face
+    detection again), so an upgraded project stops judging exposure on its white backgrounds."""
+    refreshed = {}
+    for asset in assets:
+        analysis = analyses.get(asset.id)
+        if analysis is None or asset.analysis is None or analysis.quality.background is not None:
+            continue
+        image = open_stored(project.blobs.get(asset.sha256))
+        quality = measure_quality(image, [face.box for face in analysis.faces])
+        analysis = analysis.model_copy(update={"quality": quality})
+        asset.analysis.data = analysis.model_dump()
+        refreshed[asset.id] = analysis
+    return refreshed
 
 
 def _assets_with_analysis(session: Session, character_id: int) -> list[Asset]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from flenwheel.domain import AssetAnalysis, ReviewLabel
 from flenwheel.faces.identity import IdentityReference, find_identity
-from flenwheel.quality import QualityThresholds, hash_distance, quality_problems
+from flenwheel.quality import QualityThresholds, hash_distance, is_greyscale, quality_problems
 
 # A second face at least this share of the main face's area makes the image a multi-person shot.
 CROWD_AREA_SHARE = 0.25
@@ -23,6 +23,7 @@ class GateInput:
     name: str
     analysis: AssetAnalysis
     is_reference: bool
+    transparent: bool = False  # the upload had transparent pixels, flattened onto white at ingest
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def run_gates(
         if not item.analysis.faces:
             problems.insert(0, "no face found")
         if problems:
-            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, "; ".join(problems), None)
+            reason = "; ".join(problems) + _transparency_note(item)
+            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, reason, None)
         else:
             usable.append(item)
 
@@ -68,7 +70,7 @@ def run_gates(
         else:
             suggestions[item.asset_id] = suggestion
 
-    # Near-duplicates: keep the sharpest, largest copy; later copies point at it.
+    # Near-duplicates: keep the reference, else the colour copy, else the sharpest, largest; the rest point at it.
     survivors.sort(key=lambda pair: _keep_priority(pair[0]), reverse=True)
     kept: list[GateInput] = []
     for item, distance in survivors:
@@ -81,11 +83,11 @@ def run_gates(
             None,
         )
         if twin is not None:
-            reason = f"near-duplicate of asset {twin.asset_id} ({twin.name}); keeping the sharper copy"
+            reason = f"near-duplicate of asset {twin.asset_id} ({twin.name}); keeping {_why_kept(twin, item)}"
             suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, reason, distance)
             continue
         kept.append(item)
-        note = _background_faces_note(item)
+        note = _background_faces_note(item) + _transparency_note(item)
         reason = f"the character (distance {distance:.2f} ≤ {threshold:.2f}){note}"
         suggestions[item.asset_id] = Suggestion(ReviewLabel.GOOD, reason, distance)
     return GateResult(identity, threshold, suggestions)
@@ -120,6 +122,29 @@ def _background_faces_note(item: GateInput) -> str:
     return f"; {extra} small background face(s) ignored" if extra else ""
 
 
-def _keep_priority(item: GateInput) -> tuple[float, int, int]:
+def _transparency_note(item: GateInput) -> str:
+    if not item.transparent:
+        return ""
+    share = item.analysis.quality.background
+    left_out = f" ({share:.0%} of the frame)" if share else ""
+    return f"; transparent background{left_out} flattened onto white and left out of the exposure check"
+
+
+def _keep_priority(item: GateInput) -> tuple[int, int, float, int]:
+    """Which of two near-duplicates stays: the user's reference photo, then colour over a greyscale copy,
+    then the sharper and larger one, then the older asset."""
     quality = item.analysis.quality
-    return (quality.sharpness * quality.width * quality.height, int(item.is_reference), -item.asset_id)
+    return (
+        int(item.is_reference),
+        int(not is_greyscale(quality)),
+        quality.sharpness * quality.width * quality.height,
+        -item.asset_id,
+    )
+
+
+def _why_kept(kept: GateInput, dropped: GateInput) -> str:
+    if kept.is_reference and not dropped.is_reference:
+        return "the reference photo"
+    if is_greyscale(dropped.analysis.quality) and not is_greyscale(kept.analysis.quality):
+        return "the colour copy over this greyscale one"
+    return "the sharper, larger copy"
