@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     fal_rest_url: str = "https://rest.fal.ai"
     replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     replicate_base_url: str = "https://api.replicate.com/v1"
+    # A remote generation (fal, Replicate) still running after this many seconds is cancelled on the service.
+    remote_timeout_s: float = Field(default=1800.0, gt=0.0, le=86400.0)
+    # One billed per GPU-second (the upscalers) is cancelled after this many seconds instead, and its cost
+    # estimate is rate × this: the worst case, reserved before it runs, so billed ≤ estimate.
+    remote_max_billed_seconds: float = Field(default=120.0, gt=0.0, le=86400.0)
     prices: Path | None = None  # YAML overriding the built-in price table (providers/pricing.py)
     # Requests in flight per engine, e.g. "fal=8,comfyui=2" (default: 1 for `local`, 4 for the others).
     provider_concurrency: str = ""

@@ -105,6 +105,7 @@ class FalServer:
         self.uploads: list[StoredFile] = []  # what clients put through the storage upload
         self.cancels: list[str] = []
         self.status_polls: list[str] = []
+        self.waits: list[float] = []  # what the client under test would have slept (its injected sleep)
         self.on_first_status: Callable[[str], None] | None = None  # runs before the first status answer
         self._script: dict[str, list[_Scripted]] = defaultdict(list)
         self._lock = threading.Lock()

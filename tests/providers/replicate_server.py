@@ -114,6 +114,7 @@ class ReplicateServer:
         self.uploads: list[StoredFile] = []
         self.cancels: list[str] = []
         self.gets: list[str] = []
+        self.waits: list[float] = []  # what the client under test would have slept (its injected sleep)
         self.model_lookups: list[str] = []
         self.on_first_get: Callable[[str], None] | None = None  # runs before the first GET is answered
         self._script: dict[str, list[_Scripted]] = defaultdict(list)

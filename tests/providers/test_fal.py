@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from flenwheel.providers.base import (
 )
 from flenwheel.providers.fal import MISSING_KEY, FalProvider
 from flenwheel.providers.pricing import Price, PriceTable
+from flenwheel.remote.errors import ATTEMPTS
 
 
 class SimulatedCrash(Exception):
@@ -52,8 +54,10 @@ def server() -> Iterator[FalServer]:
     running.stop()
 
 
-def provider_for(server: FalServer, **options: object) -> FalProvider:
-    return FalProvider(server.key, queue_url=server.url, rest_url=server.url, poll_interval=0.01, **options)  # type: ignore[arg-type]
+def provider_for(server: FalServer, **options: Any) -> FalProvider:
+    """A provider on the local server; waits between retries are recorded in `server.waits`, not slept."""
+    options.setdefault("sleep", server.waits.append)
+    return FalProvider(server.key, queue_url=server.url, rest_url=server.url, poll_interval=0.01, **options)
 
 
 def _png_of(image: Image.Image) -> bytes:
@@ -162,18 +166,47 @@ def test_a_job_cancelled_before_it_starts_is_never_submitted(server: FalServer) 
     assert server.submissions == []
 
 
-def test_rate_limit_is_transient_and_says_when_to_retry(server: FalServer) -> None:
-    server.fail("submit", 429, {"detail": "Rate limit exceeded"}, {"Retry-After": "7"})
+def test_a_rate_limited_submission_waits_as_fal_says_and_is_sent_once_accepted(server: FalServer) -> None:
+    server.fail("submit", 429, {"detail": "Rate limit exceeded"}, {"Retry-After": "7"}, times=2)
+    result = provider_for(server).generate(TextToImage(prompt="a cat", width=64, height=64), LocalContext())
+
+    assert server.waits[:2] == [7.0, 7.0]  # Retry-After honoured before each new attempt
+    assert list(server.requests) == [result.remote_id]  # accepted once
+
+
+def test_rate_limit_that_outlasts_the_retries_is_transient_and_says_when_to_retry(server: FalServer) -> None:
+    server.fail("submit", 429, {"detail": "Rate limit exceeded"}, {"Retry-After": "7"}, times=ATTEMPTS)
     with pytest.raises(ProviderError) as caught:
         provider_for(server).generate(TextToImage(prompt="a cat", width=64, height=64), LocalContext())
 
     assert caught.value.transient
     assert "Rate limit exceeded" in str(caught.value) and "retry after 7 s" in str(caught.value)
-    assert server.requests == {}
+    assert server.requests == {} and server.waits == [7.0] * (ATTEMPTS - 1)
+
+
+def test_a_retry_after_too_long_to_wait_here_goes_up_at_once(server: FalServer) -> None:
+    server.fail("submit", 429, {"detail": "Rate limit exceeded"}, {"Retry-After": "3600"})
+    with pytest.raises(ProviderError, match="retry after 3600 s") as caught:
+        provider_for(server).generate(TextToImage(prompt="a cat", width=64, height=64), LocalContext())
+    assert caught.value.transient and server.waits == []
+
+
+def test_a_server_error_at_submission_is_not_sent_again(server: FalServer) -> None:
+    """fal may have queued it before failing: sending it again could pay twice."""
+    server.fail("submit", 500, {"detail": "Internal Server Error"})
+    with pytest.raises(ProviderError) as caught:
+        provider_for(server).generate(TextToImage(prompt="a cat", width=64, height=64), LocalContext())
+    assert caught.value.transient and server.waits == []
+
+
+def test_a_passing_server_error_while_polling_is_retried(server: FalServer) -> None:
+    server.fail("status", 503, {"detail": "Service Unavailable"}, times=2)
+    result = provider_for(server).generate(TextToImage(prompt="a cat", width=64, height=64), LocalContext())
+    assert len(server.submissions) == 1 and result.images and len(server.waits) >= 2
 
 
 def test_server_error_is_transient_and_the_retry_resumes_the_same_request(server: FalServer) -> None:
-    server.fail("status", 500, {"detail": "Internal Server Error"})
+    server.fail("status", 500, {"detail": "Internal Server Error"}, times=ATTEMPTS)
     ctx = LocalContext()
     request = TextToImage(prompt="a bridge", width=64, height=64)
     with pytest.raises(ProviderError) as caught:
@@ -219,13 +252,16 @@ def test_an_unreachable_fal_is_transient(server: FalServer) -> None:
     assert caught.value.transient
 
 
-def test_a_job_still_running_at_the_deadline_is_transient_and_stays_remembered(server: FalServer) -> None:
+def test_a_job_still_running_at_the_deadline_is_cancelled_on_fal(server: FalServer) -> None:
+    """Never left running (and billing) behind: the request is cancelled, and the error says how to wait longer."""
     server.pending_polls = 10_000
     ctx = LocalContext()
     with pytest.raises(ProviderError) as caught:
         provider_for(server, timeout_s=0.0).generate(TextToImage(prompt="a cat", width=64, height=64), ctx)
     remembered = ctx.known_remote_id()
-    assert caught.value.transient and remembered is not None and remembered in str(caught.value)
+    assert not caught.value.transient and remembered is not None and remembered in str(caught.value)
+    assert "FLENWHEEL_REMOTE_TIMEOUT_S" in str(caught.value)
+    assert server.cancels == [remembered]
 
 
 def test_loras_reach_fal_with_their_urls_and_scales(server: FalServer, tmp_path: Path) -> None:

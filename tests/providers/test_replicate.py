@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import io
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from replicate.webhook import Webhooks, WebhookSigningSecret
 from replicate_server import MODELS, ReplicateServer, draw, problem
 
 from flenwheel.config import Settings
@@ -30,15 +25,8 @@ from flenwheel.providers.base import (
     Upscale,
 )
 from flenwheel.providers.pricing import Price, PriceTable
-from flenwheel.providers.replicate import (
-    MISSING_TOKEN,
-    ReplicateProvider,
-    WebhookRejected,
-    aspect_ratio,
-    verify_webhook,
-)
-
-SECRET = "whsec_" + base64.b64encode(b"a 24-byte signing secret").decode()
+from flenwheel.providers.replicate import MISSING_TOKEN, ReplicateProvider, aspect_ratio
+from flenwheel.remote.errors import ATTEMPTS
 
 
 class SimulatedCrash(Exception):
@@ -66,8 +54,10 @@ def server() -> Iterator[ReplicateServer]:
     running.stop()
 
 
-def provider_for(server: ReplicateServer, **options: object) -> ReplicateProvider:
-    return ReplicateProvider(server.token, base_url=f"{server.url}/v1", poll_interval=0.01, **options)  # type: ignore[arg-type]
+def provider_for(server: ReplicateServer, **options: Any) -> ReplicateProvider:
+    """A provider on the local server; waits between retries are recorded in `server.waits`, not slept."""
+    options.setdefault("sleep", server.waits.append)
+    return ReplicateProvider(server.token, base_url=f"{server.url}/v1", poll_interval=0.01, **options)
 
 
 def png_of(image: Image.Image) -> bytes:
@@ -82,12 +72,6 @@ def png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
-
-
-def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 # -- generation ------------------------------------------------------------------------------------------------
@@ -184,17 +168,38 @@ def test_cancel_calls_the_cancel_endpoint_and_stops(server: ReplicateServer) -> 
     assert server.predictions[server.cancels[0]].status == "canceled"
 
 
-def test_throttling_is_transient(server: ReplicateServer) -> None:
+def test_a_throttled_creation_waits_as_replicate_says_and_is_sent_once_accepted(
+    server: ReplicateServer,
+) -> None:
     detail = "Request was throttled. Expected available in 7 seconds."
-    server.fail("create", 429, problem(429, "Request was throttled", detail), {"Retry-After": "7"})
+    server.fail("create", 429, problem(429, "Request was throttled", detail), {"Retry-After": "7"}, times=2)
+    result = provider_for(server).generate(TextToImage(prompt="a cat"), LocalContext())
+
+    assert server.waits[:2] == [7.0, 7.0]  # Retry-After honoured before each new attempt
+    assert list(server.predictions) == [result.remote_id]
+
+
+def test_throttling_that_outlasts_the_retries_is_transient(server: ReplicateServer) -> None:
+    detail = "Request was throttled. Expected available in 7 seconds."
+    server.fail(
+        "create", 429, problem(429, "Request was throttled", detail), {"Retry-After": "7"}, times=ATTEMPTS
+    )
     with pytest.raises(ProviderError) as caught:
         provider_for(server).generate(TextToImage(prompt="a cat"), LocalContext())
     assert caught.value.transient and "HTTP 429" in str(caught.value) and "7 seconds" in str(caught.value)
-    assert server.predictions == {}
+    assert server.predictions == {} and server.waits == [7.0] * (ATTEMPTS - 1)
+
+
+def test_a_server_error_at_creation_is_not_sent_again(server: ReplicateServer) -> None:
+    """Replicate may have started it before failing: creating it again could pay twice."""
+    server.fail("create", 500, problem(500, "Internal Server Error", "Something went wrong"))
+    with pytest.raises(ProviderError) as caught:
+        provider_for(server).generate(TextToImage(prompt="a cat"), LocalContext())
+    assert caught.value.transient and server.waits == []  # no second attempt
 
 
 def test_server_error_is_transient_and_the_retry_resumes_the_same_prediction(server: ReplicateServer) -> None:
-    server.fail("get", 500, problem(500, "Internal Server Error", "Something went wrong"))
+    server.fail("get", 500, problem(500, "Internal Server Error", "Something went wrong"), times=ATTEMPTS)
     ctx = LocalContext()
     request = TextToImage(prompt="a bridge")
     with pytest.raises(ProviderError) as caught:
@@ -220,7 +225,9 @@ def test_a_failed_prediction_is_permanent_with_the_models_error(server: Replicat
 
 
 def test_a_wrong_token_is_permanent_and_says_which_setting(server: ReplicateServer) -> None:
-    provider = ReplicateProvider("r8_wrong", base_url=server.url, poll_interval=0.01)
+    provider = ReplicateProvider(
+        "r8_wrong", base_url=server.url, poll_interval=0.01, sleep=server.waits.append
+    )
     with pytest.raises(ProviderError) as caught:
         provider.generate(TextToImage(prompt="a cat"), LocalContext())
     assert not caught.value.transient and "REPLICATE_API_TOKEN" in str(caught.value)
@@ -379,60 +386,3 @@ def test_settings_point_the_provider_at_the_configured_api(server: ReplicateServ
 
     result = provider.generate(TextToImage(prompt="a cat"), LocalContext())
     assert result.remote_id in server.predictions
-
-
-# -- webhooks --------------------------------------------------------------------------------------------------
-def webhook(body: bytes, sent_at: int | None = None, secret: str = SECRET) -> dict[str, str]:
-    timestamp = int(time.time()) if sent_at is None else sent_at
-    return {
-        "Webhook-Id": "msg_2Lh9KRb0pzN4LePd3XiA4dy5nBo",
-        "Webhook-Timestamp": str(timestamp),
-        "Webhook-Signature": sign(secret, "msg_2Lh9KRb0pzN4LePd3XiA4dy5nBo", timestamp, body),
-    }
-
-
-BODY = json.dumps(
-    {"id": "ufawqhfynnddngldkgtslldrkq", "status": "succeeded", "output": ["https://x/out-0.png"]}
-).encode()
-
-
-def test_a_correctly_signed_webhook_is_accepted() -> None:
-    headers = webhook(BODY)
-    verify_webhook(headers, BODY, SECRET)
-    verify_webhook(headers, BODY.decode(), SECRET)  # the body as text works the same
-    # The signature the test signs is the one the official client checks, so the test signs like Replicate.
-    Webhooks.validate(
-        headers=headers, body=BODY.decode(), secret=WebhookSigningSecret(key=SECRET), tolerance=300
-    )
-
-
-def test_a_webhook_with_several_signatures_is_accepted_when_one_matches() -> None:
-    headers = webhook(BODY)
-    headers["Webhook-Signature"] = "v1,bm90IGl0 " + headers["Webhook-Signature"]  # during a key rotation
-    verify_webhook(headers, BODY, SECRET)
-
-
-def test_a_tampered_body_is_rejected() -> None:
-    headers = webhook(BODY)
-    tampered = BODY.replace(b"succeeded", b"failed")
-    with pytest.raises(WebhookRejected, match="does not match"):
-        verify_webhook(headers, tampered, SECRET)
-
-
-def test_an_old_webhook_is_rejected_as_a_replay() -> None:
-    headers = webhook(BODY, sent_at=int(time.time()) - 3600)
-    with pytest.raises(WebhookRejected, match="replay"):
-        verify_webhook(headers, BODY, SECRET)
-
-
-def test_a_webhook_signed_with_another_secret_is_rejected() -> None:
-    other = "whsec_" + base64.b64encode(b"somebody else's secret!!").decode()
-    with pytest.raises(WebhookRejected, match="does not match"):
-        verify_webhook(webhook(BODY, secret=other), BODY, SECRET)
-
-
-def test_a_webhook_without_its_headers_is_rejected() -> None:
-    headers = webhook(BODY)
-    del headers["Webhook-Id"]
-    with pytest.raises(WebhookRejected, match="missing"):
-        verify_webhook(headers, BODY, SECRET)

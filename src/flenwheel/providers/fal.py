@@ -1,11 +1,8 @@
 """fal.ai through its queue API: submit, remember the request id, poll, fetch, copy the images — resumable.
 
-Protocol (https://docs.fal.ai/model-endpoints/queue): POST {queue}/{endpoint} answers a `request_id`;
-status, result and cancel live under {queue}/{owner}/{alias}/requests/{id}, without the endpoint's subpath.
-fal-client 1.0.3 fixes its hosts at import (queue.fal.run from FAL_QUEUE_RUN_HOST, https only; rest.fal.ai
-hard-coded), so submit and the storage upload go to the configured `fal_queue_url` / `fal_rest_url` here,
-while status, result and cancel go through the client's own `SyncRequestHandle` (its retries, timeouts and
-error parsing).
+The protocol, its errors and retries live in remote/fal.py (shared with the fal trainer). A cancel while
+waiting cancels the request on fal; so does the time limit (`timeout_s`, or `max_billed_seconds` for an
+endpoint billed per GPU-second), which is what `estimate_cost` assumes: billed ≤ estimate.
 """
 
 from __future__ import annotations
@@ -16,13 +13,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fal_client
-import httpx
 from PIL import Image
 
 from flenwheel.config import Settings, secret
@@ -42,7 +37,9 @@ from flenwheel.providers.base import (
     Upscale,
     output_image,
 )
-from flenwheel.providers.pricing import PriceTable
+from flenwheel.providers.pricing import Price, PriceTable
+from flenwheel.remote.errors import RemoteCancelled, translated
+from flenwheel.remote.fal import FalClient, FalStatus
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,6 @@ IMAGE_TO_IMAGE_LORA = "fal-ai/flux-lora/image-to-image"
 INPAINT = "fal-ai/flux-lora/inpainting"
 UPSCALE = "fal-ai/esrgan"
 IDENTITY = "fal-ai/flux-pulid"
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 _TQDM = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")  # a tqdm bar in the runner's logs: " 35%|███▌  | 7/20 [00:01<…"
 
 
@@ -73,38 +69,13 @@ def endpoint_for(request: GenerationRequest) -> str:
     return IDENTITY
 
 
-def app_path(endpoint: str) -> str:
-    """`owner/alias` of an endpoint: fal-ai/flux/dev → fal-ai/flux (request URLs omit the subpath)."""
-    app = fal_client.client.AppId.from_endpoint_id(endpoint)
-    prefix = f"{app.namespace}/" if app.namespace else ""
-    return f"{prefix}{app.owner}/{app.alias}"
-
-
-def _describe(response: httpx.Response) -> str:
-    """fal's error body in one line: `detail` is a string (request errors) or typed errors (model errors)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                where = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                parts.append(f"{where}: {item.get('msg', item)}" if where else str(item.get("msg", item)))
-            else:
-                parts.append(str(item))
-        return "; ".join(parts)
-    return str(detail)[:500]
-
-
 class FalProvider:
     """FLUX text-to-image, image-to-image, inpainting with LoRAs, ESRGAN upscaling and PuLID on fal.ai."""
 
     id = "fal"
     capabilities = frozenset(Capability)  # all of them: FLUX (+ LoRAs), FLUX inpainting, ESRGAN, PuLID
     allows_nsfw = False
+    paid = True  # fal bills every request: reserve `estimate_cost` before `generate`
 
     def __init__(
         self,
@@ -114,23 +85,21 @@ class FalProvider:
         prices: PriceTable | None = None,
         poll_interval: float = 1.0,
         timeout_s: float = 1800.0,
+        max_billed_seconds: float = 120.0,
         inline_limit: int = 256 * 1024,
+        sleep: Callable[[float], None] = time.sleep,  # between retries (Retry-After) and polls
     ) -> None:
         if not key or not key.strip():
             raise ProviderError(self.id, MISSING_KEY, transient=False)
-        self.queue_url = queue_url.rstrip("/")
-        self.rest_url = rest_url.rstrip("/")
+        self.client = FalClient(
+            key, queue_url=queue_url, rest_url=rest_url, sleep=sleep, transfer_timeout_s=300.0
+        )
         self.prices = prices or PriceTable.load()
         self.poll_interval = poll_interval
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # the longest wait on one request before it is cancelled on fal
+        self.max_billed_seconds = max_billed_seconds  # the same, for endpoints billed per GPU-second
         # Inputs up to this size travel as data URIs, larger ones through fal storage.
         self.inline_limit = inline_limit
-        headers = {"Authorization": f"Key {key.strip()}", "User-Agent": fal_client.client.USER_AGENT}
-        self._api = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(120.0, connect=30.0), follow_redirects=True
-        )
-        # Signed upload URLs and the CDN get no key: it must not travel to other hosts.
-        self._plain = httpx.Client(timeout=httpx.Timeout(300.0, connect=30.0), follow_redirects=True)
         self._uploaded: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -144,43 +113,51 @@ class FalProvider:
             queue_url=settings.fal_queue_url,
             rest_url=settings.fal_rest_url,
             prices=PriceTable.load(settings.prices),
+            timeout_s=settings.remote_timeout_s,
+            max_billed_seconds=settings.remote_max_billed_seconds,
         )
 
     # -- cost ------------------------------------------------------------------------------------------------
     def estimate_cost(self, request: GenerationRequest) -> float:
+        """The most this request can cost in USD: per image/megapixel as listed, and for an endpoint billed
+        per GPU-second, the rate × the seconds `generate` lets it run before cancelling it."""
         price = self.prices.price(self.id, endpoint_for(request))
+        seconds = self._limit_s(price) if price.per_second else 0.0
         if isinstance(request, Upscale):
             try:
                 with Image.open(io.BytesIO(request.image)) as image:  # reads the header only
                     width, height = image.size
             except OSError:
                 raise self._permanent("the image to upscale is not an image flenwheel can read") from None
-            return price.cost(1, width * request.factor, height * request.factor)
-        return price.cost(request.count, request.width, request.height)
+            return price.cost(1, width * request.factor, height * request.factor, seconds)
+        return price.cost(request.count, request.width, request.height, seconds)
+
+    def _limit_s(self, price: Price) -> float:
+        return min(self.timeout_s, self.max_billed_seconds) if price.per_second else self.timeout_s
 
     # -- the job ---------------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult:
         endpoint = endpoint_for(request)
-        self._refuse_unsupported(request, endpoint)
-        handle = self._resume(endpoint, ctx)
-        if handle is None:
-            if ctx.cancelled():
-                raise Cancelled(self.id)
-            handle = self._submit(endpoint, self._arguments(request))
-            ctx.remember_remote_id(handle.request_id)  # before any waiting: a restart resumes, never re-pays
-        completed = self._wait(handle, ctx)
-        with self._errors("fetching the result"):
-            output = handle.get(interval=self.poll_interval)
-        images = self._collect(output, handle.request_id)
-        engine_seconds = _engine_seconds(completed, output)
         price = self.prices.price(self.id, endpoint)
+        self._refuse_unsupported(request, endpoint)
+        with translated(self._error):
+            request_id = self._resume(endpoint, ctx)
+            if request_id is None:
+                if ctx.cancelled():
+                    raise Cancelled(self.id)
+                request_id = self.client.submit(endpoint, self._arguments(request))
+                ctx.remember_remote_id(request_id)  # before any waiting: a restart resumes, never re-pays
+            completed = self._wait(endpoint, request_id, price, ctx)
+            output = self.client.result(endpoint, request_id)  # a failed request answers its error here
+            images = self._collect(output, request_id)
+        engine_seconds = _engine_seconds(completed, output)
         first = images[0]
         return GenerationResult(
             images=tuple(images),
             provider=self.id,
             model=endpoint,
             cost_usd=price.cost(len(images), first.width, first.height, engine_seconds or 0.0),
-            remote_id=handle.request_id,
+            remote_id=request_id,
             engine_seconds=engine_seconds,
         )
 
@@ -192,65 +169,39 @@ class FalProvider:
         if request.negative and not isinstance(request, IdentityReference | Upscale):
             log.warning("fal %s has no negative prompt; it is ignored", endpoint)
 
-    def _handle(self, endpoint: str, request_id: str) -> fal_client.SyncRequestHandle:
-        base = f"{self.queue_url}/{app_path(endpoint)}/requests/{request_id}"
-        return fal_client.SyncRequestHandle(
-            request_id=request_id,
-            response_url=base,
-            status_url=f"{base}/status",
-            cancel_url=f"{base}/cancel",
-            client=self._api,
-        )
-
-    def _resume(self, endpoint: str, ctx: ProviderContext) -> fal_client.SyncRequestHandle | None:
+    def _resume(self, endpoint: str, ctx: ProviderContext) -> str | None:
+        """The remembered request when fal still has it and it was not cancelled, else None (submit anew)."""
         known = ctx.known_remote_id()
         if not known:
             return None
-        handle = self._handle(endpoint, known)
+        status = self.client.status(endpoint, known)
+        if status is None:  # fal no longer knows it, so nothing is running or billed: start over
+            log.warning("fal request %s is unknown to fal; submitting again", known)
+            return None
+        if status.done and status.error and "cancel" in status.error.lower():
+            log.warning("fal request %s was cancelled; submitting again", known)
+            return None
+        return known
+
+    def _wait(self, endpoint: str, request_id: str, price: Price, ctx: ProviderContext) -> FalStatus:
+        limit = self._limit_s(price)
+        hint = (
+            "raise FLENWHEEL_REMOTE_MAX_BILLED_SECONDS (the estimate grows with it)"
+            if price.per_second
+            else "raise FLENWHEEL_REMOTE_TIMEOUT_S"
+        )
         try:
-            handle.status()
-        except fal_client.FalClientHTTPError as exc:
-            if exc.status_code == 404:  # fal no longer knows it, so nothing is running or billed: start over
-                log.warning("fal request %s is unknown to fal; submitting again", known)
-                return None
-            raise self._from_response(exc.response, "resuming the request") from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(self.id, f"resuming request {known} failed: {exc}", transient=True) from exc
-        return handle
-
-    def _submit(self, endpoint: str, arguments: dict[str, Any]) -> fal_client.SyncRequestHandle:
-        with self._errors("submitting the request"):
-            response = self._api.post(f"{self.queue_url}/{endpoint}", json=arguments)
-        if response.status_code >= 400:
-            raise self._from_response(response, "submitting the request")
-        return self._handle(endpoint, str(response.json()["request_id"]))
-
-    def _wait(self, handle: fal_client.SyncRequestHandle, ctx: ProviderContext) -> fal_client.Completed:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            if ctx.cancelled():
-                self._cancel(handle)
-                raise Cancelled(self.id)
-            with self._errors("checking the request status"):
-                status = handle.status(with_logs=True)
-            if isinstance(status, fal_client.Completed):
-                return status
-            if isinstance(status, fal_client.InProgress):
-                _report_steps(status.logs, ctx)
-            if time.monotonic() > deadline:
-                raise ProviderError(
-                    self.id,
-                    f"request {handle.request_id} is still running after {self.timeout_s:.0f} s; "
-                    "it is remembered, so running the job again resumes it",
-                    transient=True,
-                )
-            time.sleep(self.poll_interval)
-
-    def _cancel(self, handle: fal_client.SyncRequestHandle) -> None:
-        try:
-            handle.cancel()
-        except (fal_client.FalClientHTTPError, httpx.HTTPError) as exc:  # e.g. 400 ALREADY_COMPLETED
-            log.warning("could not cancel fal request %s: %s", handle.request_id, exc)
+            return self.client.wait(
+                endpoint,
+                request_id,
+                cancelled=ctx.cancelled,
+                on_status=lambda status: _report_steps(status.logs, ctx),
+                poll_interval=self.poll_interval,
+                max_seconds=limit,
+                limit_hint=hint,
+            )
+        except RemoteCancelled as exc:
+            raise Cancelled(self.id) from exc
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
@@ -319,22 +270,8 @@ class FalProvider:
         return url
 
     def _upload(self, data: bytes, content_type: str, file_name: str) -> str:
-        """fal storage: initiate → a signed upload URL and the file URL models read; then PUT the bytes."""
-        with self._errors("uploading an input file"):
-            initiated = self._api.post(
-                f"{self.rest_url}/storage/upload/initiate",
-                params={"storage_type": "gcs"},
-                json={"file_name": file_name, "content_type": content_type},
-            )
-            if initiated.status_code >= 400:
-                raise self._from_response(initiated, "uploading an input file")
-            target = initiated.json()
-            stored = self._plain.put(
-                target["upload_url"], content=data, headers={"Content-Type": content_type}
-            )
-            if stored.status_code >= 400:
-                raise self._from_response(stored, "uploading an input file")
-        return str(target["file_url"])
+        with translated(self._error):
+            return self.client.upload(data, content_type, file_name)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def _collect(self, output: dict[str, Any], request_id: str) -> list[GeneratedImage]:
@@ -354,43 +291,18 @@ class FalProvider:
         if url.startswith("data:"):
             data = base64.b64decode(url.partition(",")[2])
         else:
-            with self._errors("downloading the image"):
-                response = self._plain.get(url)
-            if response.status_code >= 400:
-                raise self._from_response(response, f"downloading {url}")
-            data = response.content
+            data = self.client.download(url)
         return output_image(self.id, data, seed)
 
     # -- errors ----------------------------------------------------------------------------------------------
     def _permanent(self, message: str) -> ProviderError:
         return ProviderError(self.id, message, transient=False)
 
-    def _from_response(self, response: httpx.Response, doing: str) -> ProviderError:
-        status = response.status_code
-        message = _describe(response)
-        retryable = response.headers.get("x-fal-retryable")
-        transient = status in TRANSIENT_STATUS or status >= 500
-        if retryable in ("true", "false"):
-            transient = retryable == "true"
-        if status in (401, 403):
-            message = f"fal refused the key ({message}): check FAL_KEY at https://fal.ai/dashboard/keys"
-        elif status == 429 and response.headers.get("retry-after"):
-            message = f"{message} (retry after {response.headers['retry-after']} s)"
-        return ProviderError(self.id, f"{doing} failed with HTTP {status}: {message}", transient=transient)
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except fal_client.FalClientHTTPError as exc:
-            raise self._from_response(exc.response, doing) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderError(self.id, f"{doing} timed out ({exc!r})", transient=True) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(self.id, f"{doing} failed: cannot reach fal ({exc})", transient=True) from exc
+    def _error(self, message: str, transient: bool) -> ProviderError:
+        return ProviderError(self.id, message, transient=transient)
 
 
-def _report_steps(logs: list[dict[str, Any]] | None, ctx: ProviderContext) -> None:
+def _report_steps(logs: tuple[dict[str, Any], ...], ctx: ProviderContext) -> None:
     for entry in reversed(logs or []):
         found = _TQDM.search(str(entry.get("message", "")))
         if found:
@@ -398,8 +310,8 @@ def _report_steps(logs: list[dict[str, Any]] | None, ctx: ProviderContext) -> No
             return
 
 
-def _engine_seconds(completed: fal_client.Completed, output: dict[str, Any]) -> float | None:
-    seconds = (completed.metrics or {}).get("inference_time")
+def _engine_seconds(completed: FalStatus, output: dict[str, Any]) -> float | None:
+    seconds = completed.metrics.get("inference_time")
     if seconds is None:
         seconds = (output.get("timings") or {}).get("inference")
     return float(seconds) if isinstance(seconds, int | float) else None

@@ -22,6 +22,11 @@ class Price(Frozen):
     per_gpu_second: float = Field(default=0.0, ge=0)
     source: str = ""
 
+    @property
+    def per_second(self) -> bool:
+        """Billed by GPU time: the cost is known only afterwards, so estimates assume the engine's time limit."""
+        return self.per_gpu_second > 0
+
     def cost(self, images: int, width: int, height: int, gpu_seconds: float = 0.0) -> float:
         megapixels = math.ceil(width * height / 1_000_000 * 100) / 100  # providers bill started 0.01 MP
         return round(

@@ -1,40 +1,28 @@
 """Replicate through its predictions API: create, remember the prediction id, poll, copy every file out at once.
 
-Protocol: https://replicate.com/docs/reference/http — POST /v1/models/{owner}/{name}/predictions (official
-models) or POST /v1/predictions with a `version`, GET /v1/predictions/{id}, POST /v1/predictions/{id}/cancel.
-Outputs on replicate.delivery expire after an hour, so generate() downloads them before it returns.
-`Prefer: wait` is never sent: the prediction id must be remembered before any waiting.
-Webhooks are signed as https://replicate.com/docs/topics/webhooks/verify-webhook describes (verify_webhook).
+The protocol, its errors and retries live in remote/replicate.py (shared with the Replicate trainer).
+Outputs on replicate.delivery expire after an hour, so generate() downloads them before it returns. A cancel
+while waiting cancels the prediction on Replicate; so does the time limit (`timeout_s`, or
+`max_billed_seconds` for a model billed per GPU-second), which is what `estimate_cost` assumes.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
-import hmac
-import io
 import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-import replicate
-from replicate.exceptions import ReplicateError
-from replicate.identifier import ModelVersionIdentifier
 from replicate.prediction import Prediction
 
 from flenwheel.config import Settings, secret
-from flenwheel.errors import FlenwheelError
 from flenwheel.images import image_mime_type
 from flenwheel.providers.base import (
     Cancelled,
     Capability,
-    GeneratedImage,
     GenerationRequest,
     GenerationResult,
     IdentityReference,
@@ -46,7 +34,9 @@ from flenwheel.providers.base import (
     Upscale,
     output_image,
 )
-from flenwheel.providers.pricing import PriceTable
+from flenwheel.providers.pricing import Price, PriceTable
+from flenwheel.remote.errors import RemoteCancelled, translated
+from flenwheel.remote.replicate import ReplicateClient
 
 log = logging.getLogger(__name__)
 
@@ -56,63 +46,8 @@ LORA = "black-forest-labs/flux-dev-lora"
 INPAINT = "black-forest-labs/flux-fill-dev"
 UPSCALE = "nightmareai/real-esrgan"
 IDENTITY = "bytedance/flux-pulid"
-# Official models run by name; any other model runs by version (its latest one unless `owner/name:version`).
-OFFICIAL = frozenset(
-    {TEXT_TO_IMAGE, LORA, INPAINT, "black-forest-labs/flux-schnell", "black-forest-labs/flux-fill-pro"}
-)
 ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
-FINISHED = frozenset({"succeeded", "failed", "canceled"})
 _SEED = re.compile(r"Using seed:\s*(\d+)")
-
-
-class WebhookRejected(FlenwheelError):
-    """A webhook request did not come from Replicate (or was altered, or replayed)."""
-
-
-def verify_webhook(
-    headers: Mapping[str, str],
-    body: bytes | str,
-    secret: str,
-    tolerance_s: float = 300,
-    now: float | None = None,
-) -> None:
-    """Check Replicate's webhook signature; raise `WebhookRejected` saying why when it does not hold.
-
-    The signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, signed with HMAC-SHA256 under the
-    base64 key after `whsec_`; `webhook-signature` lists `v1,<base64>` signatures separated by spaces.
-    """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    webhook_id = lowered.get("webhook-id")
-    timestamp = lowered.get("webhook-timestamp")
-    signatures = lowered.get("webhook-signature")
-    if not webhook_id or not timestamp or not signatures:
-        raise WebhookRejected("missing webhook-id, webhook-timestamp or webhook-signature header")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise WebhookRejected(f"webhook-timestamp {timestamp!r} is not seconds since the epoch") from None
-    age = (time.time() if now is None else now) - sent_at
-    if abs(age) > tolerance_s:
-        raise WebhookRejected(
-            f"webhook timestamp is {age:.0f} s off (tolerance {tolerance_s:.0f} s): a replay?"
-        )
-    if not secret.startswith("whsec_"):
-        raise WebhookRejected(
-            "the signing secret must be the whsec_… key from GET /v1/webhooks/default/secret"
-        )
-    try:
-        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except binascii.Error:
-        raise WebhookRejected("the signing secret after whsec_ is not base64") from None
-    payload = body.encode() if isinstance(body, str) else body
-    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + payload, hashlib.sha256).digest()
-    expected = base64.b64encode(digest)
-    for candidate in signatures.split():
-        version, _, signature = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(signature.encode(), expected):
-            return
-    raise WebhookRejected("webhook signature does not match the body: not sent by Replicate, or altered")
 
 
 def model_for(request: GenerationRequest) -> str:
@@ -138,17 +73,14 @@ def aspect_ratio(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=distance)
 
 
-def _api_root(base_url: str) -> str:
-    """The client adds `/v1/...` to every path, so the configured `…/v1` base loses its suffix here."""
-    return base_url.rstrip("/").removesuffix("/v1")
-
-
 class ReplicateProvider:
     """FLUX dev (+ one LoRA), FLUX Fill inpainting, Real-ESRGAN and PuLID on Replicate."""
 
     id = "replicate"
     capabilities = frozenset(Capability)  # all of them: FLUX dev (+ one LoRA), FLUX Fill, Real-ESRGAN, PuLID
     allows_nsfw = False
+
+    paid = True  # Replicate bills every prediction: reserve `estimate_cost` before `generate`
 
     def __init__(
         self,
@@ -157,19 +89,21 @@ class ReplicateProvider:
         prices: PriceTable | None = None,
         poll_interval: float = 1.0,
         timeout_s: float = 1800.0,
+        max_billed_seconds: float = 120.0,
         inline_limit: int = 256 * 1024,
+        sleep: Callable[[float], None] = time.sleep,  # between retries (Retry-After) and polls
     ) -> None:
         if not token or not token.strip():
             raise ProviderError(self.id, MISSING_TOKEN, transient=False)
-        self.client = replicate.Client(
-            api_token=token.strip(), base_url=_api_root(base_url), timeout=httpx.Timeout(60.0, connect=10.0)
+        self.client = ReplicateClient(
+            token, base_url=base_url, sleep=sleep, request_timeout_s=60.0, transfer_timeout_s=300.0
         )
         self.prices = prices or PriceTable.load()
         self.poll_interval = poll_interval
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # the longest wait on one prediction before it is cancelled
+        self.max_billed_seconds = max_billed_seconds  # the same, for models billed per GPU-second
         # Inputs up to this size travel as data URIs, larger ones through /v1/files.
         self.inline_limit = inline_limit
-        self._plain = httpx.Client(timeout=httpx.Timeout(300.0, connect=30.0), follow_redirects=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplicateProvider | None:
@@ -180,38 +114,53 @@ class ReplicateProvider:
             secret(settings.replicate_api_token),
             base_url=settings.replicate_base_url,
             prices=PriceTable.load(settings.prices),
+            timeout_s=settings.remote_timeout_s,
+            max_billed_seconds=settings.remote_max_billed_seconds,
         )
 
     def estimate_cost(self, request: GenerationRequest) -> float:
-        price = self.prices.price(self.id, model_for(request).split(":")[0])
+        """The most this request can cost in USD: per image as listed, and for a model billed per GPU-second,
+        the rate × the seconds `generate` lets it run before cancelling it."""
+        price = self._price(request)
+        seconds = self._limit_s(price) if price.per_second else 0.0
         if isinstance(request, Upscale):
-            return price.cost(1, 0, 0)
-        return price.cost(request.count, request.width, request.height)
+            return price.cost(1, 0, 0, seconds)
+        return price.cost(request.count, request.width, request.height, seconds)
+
+    def _price(self, request: GenerationRequest) -> Price:
+        return self.prices.price(self.id, model_for(request).split(":")[0])
+
+    def _limit_s(self, price: Price) -> float:
+        return min(self.timeout_s, self.max_billed_seconds) if price.per_second else self.timeout_s
 
     # -- the job ---------------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult:
         model = model_for(request)
+        price = self._price(request)
         self._refuse_unsupported(request, model)
-        prediction = self._resume(ctx)
-        if prediction is None:
-            if ctx.cancelled():
-                raise Cancelled(self.id)
-            prediction = self._create(model, self._input(request))
-            ctx.remember_remote_id(prediction.id)  # before any waiting: a restart resumes, never re-pays
-        prediction = self._wait(prediction, ctx)
-        if prediction.status == "failed":
-            raise self._permanent(f"prediction {prediction.id} failed: {prediction.error}")
-        if prediction.status == "canceled":
-            raise self._permanent(f"prediction {prediction.id} was canceled on Replicate")
-        seed = request.seed if not isinstance(request, Upscale) else None
-        if seed is None and (found := _SEED.search(prediction.logs or "")):
-            seed = int(found.group(1))
-        images = [self._download(url, seed) for url in _output_urls(prediction.output)]
+        with translated(self._error):
+            prediction = self._resume(ctx)
+            if prediction is None:
+                if ctx.cancelled():
+                    raise Cancelled(self.id)
+                prediction = self.client.create_prediction(model, self._input(request))
+                ctx.remember_remote_id(prediction.id)  # before any waiting: a restart resumes, never re-pays
+            prediction = self._wait(prediction, price, ctx)
+            if prediction.status == "failed":
+                raise self._permanent(f"prediction {prediction.id} failed: {prediction.error}")
+            if prediction.status == "canceled":
+                raise self._permanent(f"prediction {prediction.id} was canceled on Replicate")
+            seed = request.seed if not isinstance(request, Upscale) else None
+            if seed is None and (found := _SEED.search(prediction.logs or "")):
+                seed = int(found.group(1))
+            images = [
+                output_image(self.id, self.client.download(url), seed)
+                for url in _output_urls(prediction.output)
+            ]
         if not images:
             raise self._permanent(f"prediction {prediction.id} finished without an image")
         seconds = (prediction.metrics or {}).get("predict_time")
         engine_seconds = float(seconds) if isinstance(seconds, int | float) else None
-        price = self.prices.price(self.id, model.split(":")[0])
         return GenerationResult(
             images=tuple(images),
             provider=self.id,
@@ -234,58 +183,39 @@ class ReplicateProvider:
                 )
 
     def _resume(self, ctx: ProviderContext) -> Prediction | None:
+        """The remembered prediction unless Replicate forgot it or it was canceled (then: create anew)."""
         known = ctx.known_remote_id()
         if not known:
             return None
-        try:
-            return self.client.predictions.get(known)
-        except ReplicateError as exc:
-            if exc.status == 404:  # Replicate does not know it, so nothing is running or billed: start over
-                log.warning("Replicate prediction %s is unknown; creating it again", known)
-                return None
-            raise self._from_error(exc, "resuming the prediction") from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                self.id, f"resuming prediction {known} failed: {exc}", transient=True
-            ) from exc
-
-    def _create(self, model: str, model_input: dict[str, Any]) -> Prediction:
-        try:
-            owner, name, version = ModelVersionIdentifier.parse(model)
-        except ValueError:
-            raise self._permanent(f"model {model!r} must be owner/name or owner/name:version") from None
-        with self._errors("creating the prediction"):
-            if version:
-                return self.client.predictions.create(version=version, input=model_input)
-            if f"{owner}/{name}" in OFFICIAL:
-                return self.client.models.predictions.create(model=f"{owner}/{name}", input=model_input)
-            latest = self.client.models.get(f"{owner}/{name}").latest_version
-            if latest is None:
-                raise self._permanent(f"{owner}/{name} has no published version to run")
-            return self.client.predictions.create(version=latest.id, input=model_input)
-
-    def _wait(self, prediction: Prediction, ctx: ProviderContext) -> Prediction:
-        deadline = time.monotonic() + self.timeout_s
-        while prediction.status not in FINISHED:
-            if ctx.cancelled():
-                try:
-                    self.client.predictions.cancel(prediction.id)
-                except (ReplicateError, httpx.HTTPError) as exc:
-                    log.warning("could not cancel Replicate prediction %s: %s", prediction.id, exc)
-                raise Cancelled(self.id)
-            if time.monotonic() > deadline:
-                raise ProviderError(
-                    self.id,
-                    f"prediction {prediction.id} is still running after {self.timeout_s:.0f} s; "
-                    "it is remembered, so running the job again resumes it",
-                    transient=True,
-                )
-            time.sleep(self.poll_interval)
-            with self._errors("checking the prediction"):
-                prediction = self.client.predictions.get(prediction.id)
-            if (progress := prediction.progress) is not None:
-                ctx.progress(progress.current, progress.total)
+        prediction = self.client.prediction(known)
+        if prediction is None:  # Replicate does not know it, so nothing is running or billed: start over
+            log.warning("Replicate prediction %s is unknown; creating it again", known)
+        elif prediction.status == "canceled":
+            log.warning("Replicate prediction %s was canceled; creating it again", known)
+            return None
         return prediction
+
+    def _wait(self, prediction: Prediction, price: Price, ctx: ProviderContext) -> Prediction:
+        def report(state: Prediction) -> None:
+            if (progress := state.progress) is not None:
+                ctx.progress(progress.current, progress.total)
+
+        hint = (
+            "raise FLENWHEEL_REMOTE_MAX_BILLED_SECONDS (the estimate grows with it)"
+            if price.per_second
+            else "raise FLENWHEEL_REMOTE_TIMEOUT_S"
+        )
+        try:
+            return self.client.wait(
+                prediction,
+                cancelled=ctx.cancelled,
+                on_update=report,
+                poll_interval=self.poll_interval,
+                max_seconds=self._limit_s(price),
+                limit_hint=hint,
+            )
+        except RemoteCancelled as exc:
+            raise Cancelled(self.id) from exc
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def _input(self, request: GenerationRequest) -> dict[str, Any]:
@@ -336,54 +266,15 @@ class ReplicateProvider:
         if len(data) <= self.inline_limit:
             return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
         suffix = content_type.rsplit("/", 1)[-1]
-        with self._errors("uploading an input file"):
-            uploaded = self.client.files.create(
-                io.BytesIO(data), filename=f"input.{suffix}", content_type=content_type
-            )
-        return uploaded.urls["get"]
-
-    # -- outputs ---------------------------------------------------------------------------------------------
-    def _download(self, url: str, seed: int | None) -> GeneratedImage:
-        with self._errors("downloading the output"):
-            response = self._plain.get(url)
-        if response.status_code in (404, 410):
-            raise self._permanent(f"output {url} is gone (Replicate deletes outputs an hour after the run)")
-        if response.status_code >= 400:
-            transient = response.status_code in TRANSIENT_STATUS or response.status_code >= 500
-            raise ProviderError(
-                self.id, f"downloading {url} failed with HTTP {response.status_code}", transient=transient
-            )
-        return output_image(self.id, response.content, seed)
+        with translated(self._error):
+            return self.client.upload(data, f"input.{suffix}", content_type)
 
     # -- errors ----------------------------------------------------------------------------------------------
     def _permanent(self, message: str) -> ProviderError:
         return ProviderError(self.id, message, transient=False)
 
-    def _from_error(self, exc: ReplicateError, doing: str) -> ProviderError:
-        status = exc.status or 0
-        message = exc.detail or exc.title or "no detail given"
-        transient = status in TRANSIENT_STATUS or status >= 500
-        if status in (401, 403):
-            message = (
-                f"Replicate refused the token ({message}): "
-                "check REPLICATE_API_TOKEN at https://replicate.com/account/api-tokens"
-            )
-        return ProviderError(
-            self.id, f"{doing} failed with HTTP {status}: {message.strip()}", transient=transient
-        )
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except ReplicateError as exc:
-            raise self._from_error(exc, doing) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderError(self.id, f"{doing} timed out ({exc!r})", transient=True) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                self.id, f"{doing} failed: cannot reach Replicate ({exc})", transient=True
-            ) from exc
+    def _error(self, message: str, transient: bool) -> ProviderError:
+        return ProviderError(self.id, message, transient=transient)
 
 
 def _output_urls(output: Any) -> list[str]:

@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import tarfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-import replicate
-from replicate.exceptions import ReplicateError
 from replicate.identifier import ModelVersionIdentifier
 from replicate.training import Training
 
 from flenwheel.config import Settings, secret
+from flenwheel.remote.errors import RemoteCancelled, RemoteError, translated
+from flenwheel.remote.replicate import ReplicateClient
 from flenwheel.trainers.base import (
     CheckpointFile,
     DatasetFormat,
@@ -49,13 +48,15 @@ MISSING_DESTINATION = (
     "https://replicate.com/create and set FLENWHEEL_REPLICATE_DESTINATION=owner/model"
 )
 # Replicate bills the trainer's H100 time, $0.001525/s on https://replicate.com/pricing (not re-checked from
-# here: no internet on the build machine); the estimate assumes ~1 step a second. The result uses the real run time.
+# here: no internet on the build machine). ostris/flux-dev-lora-trainer runs ~1 step a second on an H100 after
+# a few minutes of setup (its model page: 1000 steps in ~20 min, downloads included); the estimate is the
+# worst case allowed — setup plus 2 s a step — and a training still running then is cancelled, so billed ≤
+# estimate. The result uses the real run time.
 PRICE_PER_SECOND = 0.001525
-SECONDS_PER_STEP = 1.0
+SETUP_SECONDS = 600.0
+WORST_SECONDS_PER_STEP = 2.0
 DEFAULT_TRAINER: str = Settings.model_fields["replicate_trainer"].default  # a pinned version
 MAX_STEPS = 6000  # ostris/flux-dev-lora-trainer's limit on `steps`
-FINISHED = frozenset({"succeeded", "failed", "canceled"})
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 _OWNER_MODEL = re.compile(r"[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*", re.IGNORECASE)
 
 
@@ -66,6 +67,8 @@ class ReplicateTrainer:
     dataset_format: DatasetFormat = "zip"
     allows_nsfw = False
 
+    paid = True  # Replicate bills every training: reserve `estimate_cost` before `run`
+
     def __init__(
         self,
         token: str | None,
@@ -73,19 +76,17 @@ class ReplicateTrainer:
         trainer: str = DEFAULT_TRAINER,
         base_url: str = "https://api.replicate.com/v1",
         poll_interval: float = 5.0,
-        timeout_s: float = 3 * 3600.0,
+        sleep: Callable[[float], None] = time.sleep,  # between retries (Retry-After) and polls
     ) -> None:
         self.token = (token or "").strip()
         self.destination = (destination or "").strip() or None
         self.trainer = trainer
         self.poll_interval = poll_interval
-        self.timeout_s = timeout_s
-        self.client = replicate.Client(
-            api_token=self.token or None,
-            base_url=base_url.rstrip("/").removesuffix("/v1"),  # the client adds /v1/… itself
-            timeout=httpx.Timeout(120.0, connect=10.0),
+        self.client = (
+            ReplicateClient(self.token, base_url=base_url, sleep=sleep, transfer_timeout_s=600.0)
+            if self.token
+            else None
         )
-        self._plain = httpx.Client(timeout=httpx.Timeout(600.0, connect=30.0), follow_redirects=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplicateTrainer | None:
@@ -131,8 +132,13 @@ class ReplicateTrainer:
     def steps(self, spec: TrainingSpec, images: int) -> int:
         return max(3, min(MAX_STEPS, planned_steps(spec, images)[0]))
 
+    def max_seconds(self, spec: TrainingSpec, images: int) -> float:
+        """How long a training may run before it is cancelled: what `estimate_cost` pays for."""
+        return SETUP_SECONDS + self.steps(spec, images) * WORST_SECONDS_PER_STEP
+
     def estimate_cost(self, spec: TrainingSpec, images: int) -> float:
-        return round(self.steps(spec, images) * SECONDS_PER_STEP * PRICE_PER_SECOND, 4)
+        """The most a training can cost in USD: H100 seconds up to its time limit (rounded up to the cent)."""
+        return math.ceil(self.max_seconds(spec, images) * PRICE_PER_SECOND * 100) / 100
 
     def training_input(self, spec: TrainingSpec, images_url: str, images: int) -> dict[str, Any]:
         """The trainer's input: our zip with its captions (no autocaption), trigger word, steps, rank, LR."""
@@ -151,24 +157,31 @@ class ReplicateTrainer:
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, spec: TrainingSpec, data: TrainingInput, ctx: TrainingContext) -> TrainingResult:
         problems = self.validate(spec)
-        if problems:
+        if problems or self.client is None or self.destination is None:
             raise TrainerError(self.id, "; ".join(problems))
+        client, destination = self.client, self.destination
         steps = self.steps(spec, len(data.items))
-        training = self._resume(ctx)
-        if training is None:
-            if ctx.cancelled():
-                raise TrainingCancelled(f"{self.id}: cancelled before it was created")
-            images_url = self._upload(data.dataset_dir)
-            training = self._create(self.training_input(spec, images_url, len(data.items)))
-            ctx.remember_remote_id(training.id)  # before any waiting: a restart resumes, never re-pays
-        training, losses = self._wait(training, steps, ctx)
-        if training.status == "failed":
-            raise TrainerError(self.id, f"training {training.id} failed on Replicate: {training.error}")
-        if training.status == "canceled":
-            raise TrainerError(
-                self.id, f"training {training.id} was canceled on Replicate; run again to start anew"
+        with translated(self._error):
+            training = self._resume(client, ctx)
+            if training is None:
+                if ctx.cancelled():
+                    raise TrainingCancelled(f"{self.id}: cancelled before it was created")
+                with data.dataset_dir.open("rb") as archive:
+                    images_url = client.upload(archive, data.dataset_dir.name, "application/zip")
+                training = self._create(
+                    client, destination, self.training_input(spec, images_url, len(data.items))
+                )
+                ctx.remember_remote_id(training.id)  # before any waiting: a restart resumes, never re-pays
+            training, losses = self._wait(
+                client, training, steps, self.max_seconds(spec, len(data.items)), ctx
             )
-        checkpoint = self._download(training, data.work_dir / "checkpoints", steps)
+            if training.status == "failed":
+                raise TrainerError(self.id, f"training {training.id} failed on Replicate: {training.error}")
+            if training.status == "canceled":
+                raise TrainerError(
+                    self.id, f"training {training.id} was canceled on Replicate; run again to start anew"
+                )
+            checkpoint = self._download(client, training, data.work_dir / "checkpoints", steps)
         ctx.checkpoint_saved(checkpoint)
         seconds = _run_seconds(training)
         cost = (
@@ -178,76 +191,65 @@ class ReplicateTrainer:
             checkpoints=(checkpoint,), losses=tuple(losses), total_steps=steps, cost_usd=round(cost, 4)
         )
 
-    def _resume(self, ctx: TrainingContext) -> Training | None:
+    def _resume(self, client: ReplicateClient, ctx: TrainingContext) -> Training | None:
+        """The remembered training unless Replicate forgot it or it was canceled (then: create anew)."""
         known = ctx.known_remote_id()
         if not known:
             return None
+        training = client.training(known)
+        if training is None:  # Replicate does not know it: nothing runs or bills, so create it again
+            log.warning("Replicate training %s is unknown; creating it again", known)
+        elif training.status == "canceled":
+            log.warning("Replicate training %s was canceled; creating it again", known)
+            return None
+        return training
+
+    def _create(self, client: ReplicateClient, destination: str, training_input: dict[str, Any]) -> Training:
         try:
-            return self.client.trainings.get(known)
-        except ReplicateError as exc:
-            if exc.status == 404:  # Replicate does not know it: nothing runs or bills, so create it again
-                log.warning("Replicate training %s is unknown; creating it again", known)
-                return None
-            raise self._from_error(exc, "resuming the training") from exc
-        except httpx.HTTPError as exc:
-            raise TrainerError(self.id, f"resuming training {known} failed: {exc}", transient=True) from exc
-
-    def _upload(self, archive: Path) -> str:
-        with self._errors("uploading the dataset zip"), archive.open("rb") as handle:
-            uploaded = self.client.files.create(handle, filename=archive.name, content_type="application/zip")
-        return str(uploaded.urls["get"])
-
-    def _create(self, training_input: dict[str, Any]) -> Training:
-        owner, name, version = ModelVersionIdentifier.parse(self.trainer)
-        assert version and self.destination  # run() refuses a trainer without them (validate)
-        with self._errors("creating the training"):
-            return self.client.trainings.create(
-                model=f"{owner}/{name}", version=version, input=training_input, destination=self.destination
-            )
+            return client.create_training(self.trainer, destination, training_input)
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+            raise TrainerError(
+                self.id,
+                f"{exc.message}: does the destination {destination} exist? Create it at "
+                "https://replicate.com/create; and is FLENWHEEL_REPLICATE_TRAINER a published version?",
+            ) from exc
 
     def _wait(
-        self, training: Training, steps: int, ctx: TrainingContext
+        self,
+        client: ReplicateClient,
+        training: Training,
+        steps: int,
+        max_seconds: float,
+        ctx: TrainingContext,
     ) -> tuple[Training, list[tuple[int, float]]]:
-        deadline = time.monotonic() + self.timeout_s
         losses: dict[int, float] = {}
-        while True:
-            _report(training.logs, steps, ctx, losses)
-            if training.status in FINISHED:
-                return training, sorted(losses.items())
-            if ctx.cancelled():
-                try:
-                    self.client.trainings.cancel(training.id)
-                except (ReplicateError, httpx.HTTPError) as exc:
-                    log.warning("could not cancel Replicate training %s: %s", training.id, exc)
-                raise TrainingCancelled(f"{self.id}: training {training.id} canceled on Replicate")
-            if time.monotonic() > deadline:
-                raise TrainerError(
-                    self.id,
-                    f"training {training.id} is still running after {self.timeout_s:.0f} s; it is remembered, "
-                    "so running the same training again resumes it",
-                    transient=True,
-                )
-            time.sleep(self.poll_interval)
-            with self._errors("checking the training"):
-                training = self.client.trainings.get(training.id)
+        try:
+            finished = client.wait(
+                training,
+                cancelled=ctx.cancelled,
+                on_update=lambda state: _report(state.logs, steps, ctx, losses),
+                poll_interval=self.poll_interval,
+                max_seconds=max_seconds,
+                limit_hint="lower the steps (--max-steps), or raise WORST_SECONDS_PER_STEP with the estimate",
+            )
+        except RemoteCancelled as exc:
+            raise TrainingCancelled(f"{self.id}: training {training.id} canceled on Replicate") from exc
+        return finished, sorted(losses.items())
 
-    def _download(self, training: Training, folder: Path, steps: int) -> CheckpointFile:
+    def _download(
+        self, client: ReplicateClient, training: Training, folder: Path, steps: int
+    ) -> CheckpointFile:
         output = training.output if isinstance(training.output, dict) else {}
         url = output.get("weights")
         if not isinstance(url, str):
             raise TrainerError(
                 self.id, f"training {training.id} finished without weights: {str(output)[:200]}"
             )
-        with self._errors("downloading the weights"):
-            response = self._plain.get(url)
-        if response.status_code >= 400:
-            transient = response.status_code in TRANSIENT_STATUS or response.status_code >= 500
-            raise TrainerError(
-                self.id, f"downloading {url} failed with HTTP {response.status_code}", transient=transient
-            )
+        data = client.download(url)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"replicate-{training.id[:12]}.safetensors"
-        data = response.content
         if _is_tar(data):  # ostris/flux-dev-lora-trainer answers a .tar around the LoRA
             data = _safetensors_from_tar(data, self.id, url)
         partial = target.with_name(target.name + ".part")
@@ -257,33 +259,8 @@ class ReplicateTrainer:
             target.with_suffix(".version.txt").write_text(str(output["version"]) + "\n")
         return CheckpointFile(path=target, step=steps)
 
-    # -- errors ----------------------------------------------------------------------------------------------
-    def _from_error(self, exc: ReplicateError, doing: str) -> TrainerError:
-        status = exc.status or 0
-        message = (exc.detail or exc.title or "no detail given").strip()
-        transient = status in TRANSIENT_STATUS or status >= 500
-        if status in (401, 403):
-            message = (
-                f"Replicate refused the token ({message}): check REPLICATE_API_TOKEN at "
-                "https://replicate.com/account/api-tokens"
-            )
-        elif status == 404 and doing == "creating the training":
-            message = (
-                f"{message}: does the destination {self.destination} exist? Create it at "
-                "https://replicate.com/create; and is FLENWHEEL_REPLICATE_TRAINER a published version?"
-            )
-        return TrainerError(self.id, f"{doing} failed with HTTP {status}: {message}", transient=transient)
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except ReplicateError as exc:
-            raise self._from_error(exc, doing) from exc
-        except httpx.HTTPError as exc:
-            raise TrainerError(
-                self.id, f"{doing} failed: cannot reach Replicate ({exc})", transient=True
-            ) from exc
+    def _error(self, message: str, transient: bool) -> TrainerError:
+        return TrainerError(self.id, message, transient=transient)
 
 
 def _report(logs: str | None, steps: int, ctx: TrainingContext, losses: dict[int, float]) -> None:
