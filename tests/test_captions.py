@@ -6,7 +6,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from flenwheel.captions import DEFAULT_TEMPLATE, check_caption, render_caption, validate_template
+from flenwheel.captions import (
+    DEFAULT_TEMPLATE,
+    check_caption,
+    normalise_caption,
+    render_caption,
+    validate_template,
+)
 from flenwheel.errors import InvalidInput
 
 
@@ -103,7 +109,7 @@ TEMPLATE_TEXT = st.text() | st.lists(PIECES, max_size=12).map("".join)
 @given(TEMPLATE_TEXT)
 def test_validate_template_returns_the_text_or_raises_invalid_input(template: str) -> None:
     try:
-        assert validate_template(template) == template
+        assert validate_template(template) == normalise_caption(template)
     except InvalidInput as error:
         assert str(error)
 
@@ -137,3 +143,34 @@ def test_plain_templates_render_without_none_and_keep_the_token(
     caption = render(template, angle=angle, shot=shot, expression=expression)
     assert caption.startswith("ohwx")
     assert "None" not in caption  # facts are lower-case, so "None" could only come from a missing one
+
+
+# What users paste: a "UTF-8 with BOM" file's first line, a zero-width space after the trigger, a word joiner,
+# a soft hyphen, a right-to-left mark, a no-break space, and an "é" written as e + combining accent (NFD).
+INVISIBLE = "\ufeffphoto of ohwx\u200b woman,\u2060 smi\u00adling\u200e,\u00a0cafe\u0301  terrace"
+
+
+def test_invisible_characters_are_removed_and_text_composed() -> None:
+    """Issue 10 case 12: the BOM and zero-width characters never reach a caption."""
+    clean = "photo of ohwx woman, smiling, café terrace"
+    assert normalise_caption(INVISIBLE) == clean
+    assert check_caption(INVISIBLE, "ohwx") == clean
+    assert check_caption(INVISIBLE, "ohwx").encode() == clean.encode()  # NFC: é is one code point
+    with pytest.raises(InvalidInput, match="empty"):
+        check_caption("\ufeff\u200b \u200d", "ohwx")
+
+
+def test_templates_are_normalised_on_the_way_in_and_when_rendered() -> None:
+    template = "\ufeffphoto of {token}\u200b {class_word}, {angle} view"
+    assert validate_template(template) == "photo of {token} {class_word}, {angle} view"
+    assert render(template) == "photo of ohwx woman, front view"
+
+
+@given(st.text(max_size=40))
+def test_normalised_captions_hold_no_format_characters_and_are_stable(text: str) -> None:
+    import unicodedata
+
+    clean = normalise_caption(text)
+    assert not any(unicodedata.category(char) == "Cf" for char in clean)
+    assert clean == clean.strip() and "  " not in clean
+    assert normalise_caption(clean) == clean

@@ -13,7 +13,9 @@ FIELDS = {"token", "class_word", "angle", "shot", "expression"}
 
 
 def validate_template(template: str) -> str:
-    """Refuse templates with unknown placeholders or without the trigger token."""
+    """The template, normalised like a caption (`normalise_caption`); refuses unknown placeholders and
+    templates without the trigger token."""
+    template = normalise_caption(template)
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -47,7 +49,7 @@ def render_caption(
         if "token" not in names and any(facts.get(name) is None for name in names):
             continue
         filled = clause.format(**{name: "" if value is None else value for name, value in facts.items()})
-        clauses.append(" ".join(filled.split()))
+        clauses.append(normalise_caption(filled))
     return ", ".join(clause for clause in clauses if clause)
 
 
@@ -59,10 +61,22 @@ def token_pattern(token: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w-]){re.escape(token)}(?![\w-])")
 
 
+def normalise_caption(caption: str) -> str:
+    """The caption as trainers should read it: Unicode format characters (Cf: the BOM U+FEFF, zero-width
+    spaces and joiners, soft hyphens, direction marks) removed, composed to NFC, every run of whitespace (tabs,
+    newlines, no-break spaces) one ASCII space, no space at either end.
+
+    Invisible characters are not harmless: sd-scripts reads a BOM-prefixed caption's first tag as
+    '\ufeffphoto of …', and CLIP turns each zero-width character into tokens beside the trigger."""
+    visible = "".join(char for char in caption if unicodedata.category(char) != "Cf")
+    return " ".join(unicodedata.normalize("NFC", visible).split())
+
+
 def check_caption(caption: str, token: str) -> str:
+    """The normalised caption (`normalise_caption`), or `InvalidInput` saying what to fix."""
     if any(unicodedata.category(char) == "Cc" and char not in "\t\n\r" for char in caption):
         raise InvalidInput("caption contains control characters: write plain text")
-    caption = " ".join(caption.split())
+    caption = normalise_caption(caption)
     if not caption:
         raise InvalidInput("caption is empty: kohya refuses empty caption files")
     if len(caption) > MAX_CAPTION_CHARS:

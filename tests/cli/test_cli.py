@@ -687,6 +687,21 @@ def test_caption_must_contain_the_token_as_a_word(flow: Flow, tmp_path: Path) ->
     assert "ohwx" in message
 
 
+def test_a_pasted_bom_caption_is_stored_and_exported_clean(flow: Flow, tmp_path: Path) -> None:
+    """Issue 10 case 12: `flenwheel caption` with a BOM and a zero-width space; kohya reads clean bytes."""
+    root = copy_project(flow.root, tmp_path / "project")
+    asset = flow.build["items"][0]["asset_id"]
+    pasted = "\ufeffphoto of ohwx\u200b woman, laughing"
+    saved = ok_json("--project", root, "caption", "lisa", asset, pasted)
+    assert saved["caption"] == "photo of ohwx woman, laughing"
+    ok("--project", root, "dataset", "build", "lisa")
+    out = tmp_path / "kohya"
+    ok("--project", root, "dataset", "export", "lisa", "--format", "kohya", "--out", out)
+    captions = [path.read_bytes() for path in sorted((out / "img").rglob("*.txt"))]
+    assert b"photo of ohwx woman, laughing\n" in captions
+    assert not any(b"\xef\xbb\xbf" in data or b"\xe2\x80\x8b" in data for data in captions)
+
+
 def test_ai_toolkit_export_replaces_only_the_token_word(flow: Flow, tmp_path: Path) -> None:
     root = copy_project(flow.root, tmp_path / "project")
     project = ["--project", root]

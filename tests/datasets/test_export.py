@@ -16,6 +16,7 @@ from flenwheel.characters import create_character
 from flenwheel.datasets.curate import curate
 from flenwheel.datasets.export import export_dataset
 from flenwheel.datasets.ingest import ingest
+from flenwheel.datasets.review import review_asset, set_caption
 from flenwheel.datasets.versions import build_dataset_version
 from flenwheel.errors import DatasetEmpty, ExportError
 from flenwheel.store.project import Project
@@ -144,3 +145,53 @@ def test_building_with_nothing_good_says_what_to_do(project: Project) -> None:
     create_character(project, "empty", "ohwx_e", "person")
     with pytest.raises(DatasetEmpty, match="flenwheel curate empty"):
         build_dataset_version(project, "empty")
+
+
+BOM_CAPTION = "\ufeffphoto of ohwx\u200b woman, smiling\u200d at the camera"
+CLEAN_CAPTION = "photo of ohwx woman, smiling at the camera"
+
+
+def _exported_captions(project: Project, out: Path) -> dict[str, bytes]:
+    """Every caption byte string a trainer would read, per export format and file."""
+    found: dict[str, bytes] = {}
+    for fmt in ("kohya", "ai-toolkit", "zip"):
+        result = export_dataset(project, "lisa", fmt, out / fmt)
+        for path in result.out.rglob("*.txt"):
+            found[f"{fmt}/{path.name}"] = path.read_bytes()
+        for archive in result.out.rglob("*.zip"):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    if name.endswith(".txt"):
+                        found[f"{fmt}/zip/{name}"] = z.read(name)
+        document = json.loads((result.out / "metadata.json").read_bytes().decode("utf-8"))
+        for image in document["images"]:
+            found[f"{fmt}/metadata.json/{image['filename']}"] = image["caption"].encode()
+    return found
+
+
+def test_invisible_characters_never_reach_an_export(project: Project, tmp_path: Path) -> None:
+    """Issue 10 case 12: a caption pasted with a BOM and zero-width characters is stored clean, and an export
+    of a version stored with them (by an older flenwheel) writes clean bytes to every format."""
+    from sqlalchemy import select
+
+    from flenwheel.store.models import DatasetItem
+
+    create_character(project, "lisa", "ohwx", "woman")
+    ingest(project, "lisa", LISA[:2])
+    for photo in LISA[:2]:
+        review_asset(project, "lisa", photo.name, "good")
+    curate(project, "lisa")
+    assert set_caption(project, "lisa", LISA[0].name, BOM_CAPTION) == CLEAN_CAPTION
+    build_dataset_version(project, "lisa")
+    captions = _exported_captions(project, tmp_path / "new")
+    assert CLEAN_CAPTION.encode() + b"\n" in captions.values()
+    with project.db.session() as session:  # a version an older flenwheel built with the raw caption
+        item = session.scalars(select(DatasetItem).where(DatasetItem.caption == CLEAN_CAPTION)).one()
+        item.caption = BOM_CAPTION
+    captions = _exported_captions(project, tmp_path / "legacy")
+    assert len(captions) == 3 * 2 + 3 * 2  # .txt (kohya, ai-toolkit, inside the zip) + metadata.json entries
+    for where, data in captions.items():
+        text = data.decode("utf-8")
+        assert not any(char in text for char in "\ufeff\u200b\u200d"), where
+        assert text.startswith("photo of ohwx woman") or text.startswith("photo of [trigger] woman"), where
+    assert CLEAN_CAPTION.encode() + b"\n" in captions.values()

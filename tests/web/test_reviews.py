@@ -56,3 +56,17 @@ def test_another_user_cannot_label_or_read_labels(api: Api) -> None:
     caption = api.client.put(f"/assets/{asset_id}/caption", json={"caption": "ohwx_lisa"}, headers=api.bob)
     assert caption.status_code == 404
     assert api.client.get(f"/assets/{asset_id}/reviews", headers=api.alice).json() == []
+
+
+def test_invisible_characters_are_stripped_from_captions(api: Api) -> None:
+    """Issue 10 case 12: a BOM and zero-width spaces pasted into a caption are not stored."""
+    asset_id = _asset(api)
+    response = api.client.put(
+        f"/assets/{asset_id}/caption",
+        json={"caption": "\ufeffphoto of ohwx_lisa\u200b woman,\u00a0smiling"},
+        headers=api.alice,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["caption"] == "photo of ohwx_lisa woman, smiling"
+    stored = api.client.get(f"/assets/{asset_id}", headers=api.alice).json()["caption"]
+    assert stored == "photo of ohwx_lisa woman, smiling"

@@ -2,6 +2,8 @@
 
 Every export also writes metadata.json in seed 001's shape. Nothing is written outside the --out folder:
 file names are ours (token + index), never taken from user input, and each path is checked before writing.
+Captions are normalised on the way out too (captions.normalise_caption): a version built before that rule
+ships no BOM or zero-width space.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from flenwheel.captions import token_pattern
+from flenwheel.captions import normalise_caption, token_pattern
 from flenwheel.datasets.versions import get_dataset_version
 from flenwheel.errors import ExportError
 from flenwheel.store.models import Asset, DatasetVersion
@@ -101,7 +103,7 @@ def metadata(version: DatasetVersion, token: str, formats: dict[int, str]) -> di
         "images": [
             {
                 "filename": _image_name(token, item.position, formats[item.asset_id]),
-                "caption": item.caption,
+                "caption": normalise_caption(item.caption),
                 "angle": item.angle,
                 "expression": item.expression,
                 "shot": item.shot,
@@ -163,7 +165,8 @@ class _Writer:
         for item in version.items:
             name = _image_name(token, item.position, formats[item.asset_id])
             self._target(f"{folder}/{name}").write_bytes(self.project.blobs.get(item.sha256))
-            self.write_text(f"{folder}/{Path(name).stem}.txt", caption_of(item.caption) + "\n")
+            caption = caption_of(normalise_caption(item.caption))
+            self.write_text(f"{folder}/{Path(name).stem}.txt", caption + "\n")
         return self._target(folder)
 
     def write_zip(self, relative: str, version: DatasetVersion, token: str) -> Path:
@@ -173,7 +176,7 @@ class _Writer:
             for item in version.items:
                 name = _image_name(token, item.position, formats[item.asset_id])
                 archive.writestr(name, self.project.blobs.get(item.sha256))
-                archive.writestr(f"{Path(name).stem}.txt", item.caption + "\n")
+                archive.writestr(f"{Path(name).stem}.txt", normalise_caption(item.caption) + "\n")
         return target
 
 
