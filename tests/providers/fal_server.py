@@ -7,6 +7,10 @@ PUT …/cancel → 202 CANCELLATION_REQUESTED or 400 ALREADY_COMPLETED. Request 
 Storage (fal_client.client._upload_via_storage): POST /storage/upload/initiate?storage_type=gcs with
 {file_name, content_type} → {upload_url, file_url}; PUT the bytes to upload_url; models read file_url.
 Errors: model errors are 422 {"detail": [{loc, msg, type}]}, request errors {"detail": "…"}.
+Billing (https://docs.fal.ai/documentation/model-apis/pricing): only successful outputs are billed, per image
+megapixel rounded up to whole megapixels (as the model pages say) or per step; models without a per-output
+price bill GPU-seconds, which run from the first IN_PROGRESS answer until the request completes or is
+cancelled (`billed_usd`). A request neither completed nor cancelled keeps billing.
 
 The "models" draw real images from the inputs (prompt, seed, size, input image), so a test can check pixels.
 """
@@ -17,8 +21,10 @@ import base64
 import hashlib
 import io
 import json
+import math
 import re
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,6 +36,17 @@ from urllib.parse import parse_qs, urlsplit
 from PIL import Image, ImageDraw
 
 Reply = tuple[int, Any, dict[str, str]]
+# What fal bills per endpoint, as its model pages list it (USD): (unit, price per unit).
+TARIFF: dict[str, tuple[str, float]] = {
+    "fal-ai/flux/dev": ("megapixel", 0.025),
+    "fal-ai/flux/dev/image-to-image": ("megapixel", 0.03),
+    "fal-ai/flux-lora": ("megapixel", 0.035),
+    "fal-ai/flux-lora/image-to-image": ("megapixel", 0.035),
+    "fal-ai/flux-lora/inpainting": ("megapixel", 0.035),
+    "fal-ai/flux-pulid": ("megapixel", 0.033),
+    "fal-ai/esrgan": ("second", 0.00111),
+    "fal-ai/flux-lora-fast-training": ("step", 0.002),
+}
 
 
 @dataclass
@@ -55,6 +72,9 @@ class QueuedRequest:
     polls: int = 0
     cancelled: bool = False
     outcome: tuple[int, Any] | None = None  # (HTTP status, body) once the model has run
+    started: float | None = None  # monotonic time of the first IN_PROGRESS answer: GPU time runs from here
+    stopped: float | None = None  # … until it completed or was cancelled
+    charged_usd: float = 0.0  # per-output charges, made when it succeeded
 
 
 @dataclass
@@ -140,6 +160,46 @@ class FalServer:
                 return scripted.status, scripted.body, scripted.headers
         return None
 
+    # -- billing -------------------------------------------------------------------------------------------
+    def gpu_seconds(self, request: QueuedRequest) -> float:
+        """GPU time so far: from the first IN_PROGRESS answer until it stopped (or now, while it runs)."""
+        if request.started is None:
+            return 0.0
+        end = request.stopped if request.stopped is not None else time.monotonic()
+        return end - request.started
+
+    def billed_usd(self, request_id: str) -> float:
+        """What fal has charged for the request so far."""
+        request = self.requests[request_id]
+        unit, price = TARIFF[request.endpoint]
+        return self.gpu_seconds(request) * price if unit == "second" else request.charged_usd
+
+    def _start(self, request: QueuedRequest) -> None:
+        if request.started is None:
+            request.started = time.monotonic()
+
+    def _stop(self, request: QueuedRequest) -> None:
+        """The request completed (its outcome is set) or was cancelled: GPU time stops, outputs are charged."""
+        if request.stopped is not None:
+            return
+        self._start(request)
+        request.stopped = time.monotonic()
+        if request.outcome is None or request.outcome[0] != 200:
+            return
+        unit, price = TARIFF[request.endpoint]
+        body = request.outcome[1]
+        if unit == "megapixel":
+            files = body.get("images") or [body.get("image")]
+            megapixels = sum(math.ceil(file["width"] * file["height"] / 1_000_000) for file in files)
+            request.charged_usd = megapixels * price
+        elif unit == "step":
+            request.charged_usd = int(request.arguments.get("steps", 1000)) * price
+
+    def _metrics(self, request: QueuedRequest) -> dict[str, float]:
+        """inference_time: the GPU time billed for per-second endpoints, a fixed 0.42 s for the others."""
+        per_second = TARIFF[request.endpoint][0] == "second"
+        return {"inference_time": self.gpu_seconds(request) if per_second else 0.42}
+
     # -- routing -------------------------------------------------------------------------------------------
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
         parts = urlsplit(target)
@@ -206,6 +266,7 @@ class FalServer:
             return 200, {"status": "IN_QUEUE", "queue_position": position, "logs": None, **urls}, {}
         steps = int(request.arguments.get("num_inference_steps", 28))
         if request.polls <= self.pending_polls and not request.cancelled:
+            self._start(request)
             done = steps * (request.polls - self.queued_polls) // (self.pending_polls - self.queued_polls + 1)
             bar = f"{100 * done // steps:3d}%|{'█' * (done * 10 // steps):<10}| {done}/{steps} [00:01<00:02, 5.1it/s]"
             logs = [{"message": bar, "level": "INFO", "source": "user", "timestamp": "2026-01-01T00:00:00"}]
@@ -214,8 +275,9 @@ class FalServer:
             request.outcome = (
                 (499, {"detail": "Request cancelled"}) if request.cancelled else self._run(request)
             )
+            self._stop(request)
         completed: dict[str, Any] = {"status": "COMPLETED", "logs": [] if with_logs else None, **urls}
-        completed["metrics"] = {"inference_time": 0.42}
+        completed["metrics"] = self._metrics(request)
         if request.outcome[0] != 200:
             completed["error"], completed["error_type"] = str(request.outcome[1]["detail"]), "model_error"
         return 200, completed, {}
@@ -236,6 +298,7 @@ class FalServer:
         if request.outcome is not None:
             return 400, {"status": "ALREADY_COMPLETED"}, {}
         request.cancelled = True
+        self._stop(request)
         return 202, {"status": "CANCELLATION_REQUESTED"}, {}
 
     def _initiate(self, body: dict[str, Any], query: dict[str, list[str]]) -> Reply:

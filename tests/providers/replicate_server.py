@@ -7,6 +7,9 @@ failed (error); POST /v1/predictions/{id}/cancel → the prediction, "canceled";
 → the model with latest_version; POST /v1/files (multipart "content") → a file whose urls.get models read.
 Errors are problem details: {"title", "detail", "status"} (422 adds "invalid_fields"); auth is
 `Authorization: Bearer <token>`. The "models" draw real images from the inputs so tests can check pixels.
+Billing (https://replicate.com/pricing): official models bill each output image; other models bill GPU
+time (predict_time) from the moment the prediction starts processing until it finishes or is canceled,
+whether or not it succeeds (`billed_usd`). A prediction neither finished nor canceled keeps billing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import json
 import re
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,6 +35,15 @@ from PIL import Image, ImageDraw
 
 Reply = tuple[int, Any, dict[str, str]]
 NOW = "2026-01-01T00:00:00.000000Z"
+# What Replicate bills per model (USD): (unit, price per unit) — official models per output image, the others
+# per second of their hardware (real-esrgan: T4; flux-pulid: L40S), as replicate.com lists them.
+TARIFF: dict[str, tuple[str, float]] = {
+    "black-forest-labs/flux-dev": ("image", 0.025),
+    "black-forest-labs/flux-dev-lora": ("image", 0.032),
+    "black-forest-labs/flux-fill-dev": ("image", 0.04),
+    "nightmareai/real-esrgan": ("second", 0.000225),
+    "bytedance/flux-pulid": ("second", 0.000975),
+}
 # model → (official?, latest version id)
 MODELS = {
     "black-forest-labs/flux-dev": (True, "fd1e5a3b" * 8),
@@ -67,6 +80,8 @@ class PredictionState:
     output: Any = None
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    started: float | None = None  # monotonic time it began processing: GPU time runs from here
+    stopped: float | None = None  # … until it finished or was canceled
 
 
 @dataclass
@@ -149,6 +164,29 @@ class ReplicateServer:
                 scripted = self._script[operation].pop(0)
                 return scripted.status, scripted.body, scripted.headers
         return None
+
+    # -- billing -------------------------------------------------------------------------------------------
+    def gpu_seconds(self, state: PredictionState) -> float:
+        """GPU time so far: from when it began processing until it stopped (or now, while it runs)."""
+        if state.started is None:
+            return 0.0
+        end = state.stopped if state.stopped is not None else time.monotonic()
+        return end - state.started
+
+    def billed_usd(self, prediction_id: str) -> float:
+        """What Replicate has charged for the prediction so far."""
+        state = self.predictions[prediction_id]
+        unit, price = TARIFF[state.model]
+        if unit == "second":
+            return self.gpu_seconds(state) * price
+        images = state.output if isinstance(state.output, list) else []
+        return len(images) * price if state.status == "succeeded" else 0.0
+
+    def _stop(self, state: PredictionState) -> None:
+        if state.started is None:
+            state.started = time.monotonic()
+        if state.stopped is None:
+            state.stopped = time.monotonic()
 
     # -- routing -------------------------------------------------------------------------------------------
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
@@ -279,6 +317,8 @@ class ReplicateServer:
             done = min(steps, steps * (state.polls - 1) // max(1, self.pending_polls))
             bar = f"{100 * done // steps:3d}%|{'█' * (done * 10 // steps):<10}| {done}/{steps} [00:01<00:02, 5.1it/s]"
             state.status, state.logs = "processing", f"Using seed: {seed}\n{bar}\n"
+            if state.started is None:
+                state.started = time.monotonic()
             if state.polls > self.pending_polls:
                 self._run(state)
         return 200, self._json(state), {}
@@ -290,6 +330,7 @@ class ReplicateServer:
             return scripted
         if state.status in ("starting", "processing"):
             state.status = "canceled"
+            self._stop(state)
         return 200, self._json(state), {}
 
     def _upload(self, headers: dict[str, str], body: bytes) -> Reply:
@@ -332,7 +373,12 @@ class ReplicateServer:
 
     def _run(self, state: PredictionState) -> None:
         args = state.input
-        state.metrics = {"predict_time": 1.25, "total_time": 1.5}
+        self._stop(state)
+        per_second = (
+            TARIFF[state.model][0] == "second"
+        )  # predict_time: the billed GPU time, else a fixed 1.25 s
+        predict_time = self.gpu_seconds(state) if per_second else 1.25
+        state.metrics = {"predict_time": predict_time, "total_time": predict_time + 0.25}
         try:
             if self.fail_prediction:
                 raise ValueError(self.fail_prediction)

@@ -297,7 +297,9 @@ def test_a_community_model_runs_by_its_latest_version(server: ReplicateServer) -
     )
     assert creation.body["input"]["scale"] == 4
     assert (result.images[0].width, result.images[0].height) == (256, 192)
-    assert result.cost_usd == pytest.approx(0.00125)  # 1.25 s of GPU at $0.001
+    billed_seconds = server.gpu_seconds(server.predictions[result.remote_id or ""])
+    assert result.engine_seconds == billed_seconds
+    assert result.cost_usd == pytest.approx(billed_seconds * 0.001, abs=1e-6)
 
 
 def test_an_explicit_version_is_run_as_given(server: ReplicateServer) -> None:

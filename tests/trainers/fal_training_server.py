@@ -53,6 +53,7 @@ class FalTrainingServer(FalServer):
         steps = int(request.arguments.get("steps", 1000))
         running = request.polls - self.queued_polls
         if request.polls <= self.pending_polls and not request.cancelled:
+            self._start(request)
             logs = [
                 _bar(done, steps)
                 for done in _progress(running, steps, self.pending_polls - self.queued_polls)
@@ -62,6 +63,7 @@ class FalTrainingServer(FalServer):
             request.outcome = (
                 (499, {"detail": "Request cancelled"}) if request.cancelled else self._run(request)
             )
+            self._stop(request)
         completed: dict[str, Any] = {"status": "COMPLETED", "logs": [] if with_logs else None, **urls}
         completed["metrics"] = {"inference_time": 321.0}
         if request.outcome[0] != 200:

@@ -7,6 +7,8 @@ starting → processing (logs: ai-toolkit's tqdm bar with the loss) → succeede
 "<destination>:<new id>", weights: a .tar on the delivery host holding output/flux_train_replicate/lora
 .safetensors} or failed (error). POST /v1/trainings/{id}/cancel → the training, "canceled". Files come
 through the same POST /v1/files as predictions' inputs; the trainer downloads input_images from there.
+Billing: H100 time at $0.001525/s from started_at until completed_at (finished or canceled). The clock is
+simulated: each GET answered "processing" is `seconds_per_poll` of training, so the run is deterministic.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tarfile
 import uuid
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "providers"))  # share the AP
 
 from replicate_server import NOW, ReplicateServer, Reply, StoredFile, problem
 
+PRICE_PER_SECOND = 0.001525  # H100, https://replicate.com/pricing
+STARTED = datetime(2026, 1, 1, 0, 0, 5)
 TRAINER = "ostris/flux-dev-lora-trainer"
 TRAINER_VERSION = "e440909d3512c31646ee2e0c7d6f6f4923224863a6a10c494606e79fb5844497"
 INPUT_TYPES = {
@@ -48,6 +53,7 @@ class TrainingState:
     output: Any = None
     error: str | None = None
     started: bool = False
+    run_seconds: float = 0.0  # simulated H100 time so far
 
 
 class ReplicateTrainingServer(ReplicateServer):
@@ -59,6 +65,11 @@ class ReplicateTrainingServer(ReplicateServer):
         self.trainings: dict[str, TrainingState] = {}
         self.training_creations: list[dict[str, Any]] = []
         self.trained_on: list[list[str]] = []
+        self.seconds_per_poll = 400.0  # three "processing" answers: a 20-minute training
+
+    def billed_usd(self, training_id: str) -> float:
+        """What Replicate has charged for the training so far (it bills while it runs)."""
+        return self.trainings[training_id].run_seconds * PRICE_PER_SECOND
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
         path = urlsplit(target).path
@@ -97,8 +108,8 @@ class ReplicateTrainingServer(ReplicateServer):
             "error": state.error,
             "status": state.status,
             "created_at": NOW,
-            "started_at": "2026-01-01T00:00:05.000000Z" if state.started else None,
-            "completed_at": "2026-01-01T00:20:05.000000Z" if finished else None,
+            "started_at": _stamp(STARTED) if state.started else None,
+            "completed_at": _stamp(STARTED + timedelta(seconds=state.run_seconds)) if finished else None,
             "urls": {"get": base, "cancel": f"{base}/cancel", "web": f"https://replicate.com/p/{state.id}"},
         }
 
@@ -142,6 +153,7 @@ class ReplicateTrainingServer(ReplicateServer):
             steps = int(state.input.get("steps", 1000))
             if state.polls <= self.pending_polls:
                 state.status, state.started = "processing", True
+                state.run_seconds += self.seconds_per_poll
                 done = steps * state.polls // (self.pending_polls + 1)
                 loss = 0.45 / (1 + done / steps)
                 bar = (
@@ -189,3 +201,7 @@ class ReplicateTrainingServer(ReplicateServer):
         self.files[path] = StoredFile("application/x-tar", buffer.getvalue())
         state.status = "succeeded"
         state.output = {"version": f"{state.destination}:{uuid.uuid4().hex}", "weights": f"{self.url}{path}"}
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

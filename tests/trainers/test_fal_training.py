@@ -78,6 +78,7 @@ def test_trains_on_the_uploaded_zip_and_downloads_the_lora(
     assert json.loads(checkpoint.path.with_suffix(".json").read_text())["steps"] == 2000
     assert ctx.checkpoints == [checkpoint] and ctx.known_remote_id() in server.requests
     assert result.cost_usd == trainer.estimate_cost(SPEC, 8) == 4.0  # $2 per 1000 steps
+    assert trainer.paid and result.cost_usd == pytest.approx(server.billed_usd(submission_id(server)))
 
 
 def test_a_restart_resumes_the_same_training_without_paying_twice(
@@ -115,7 +116,32 @@ def test_cancel_cancels_the_training_on_fal(
     server.pending_polls = 50
     with pytest.raises(TrainingCancelled):
         trainer_for(server).run(SPEC, data, LocalTrainingContext(cancel_after_step=1))
-    assert server.cancels == [next(iter(server.requests))]
+    request_id = submission_id(server)
+    assert server.cancels == [request_id]
+    server.pending_polls = 0  # had it not been cancelled, the next poll would finish it and bill $4
+    trainer_for(server).client.status(TRAINING, request_id)  # type: ignore[union-attr]
+    assert server.billed_usd(request_id) == 0  # fal bills successful outputs only
+
+
+def test_a_cancelled_training_run_again_is_submitted_anew(
+    project: Project, server: FalTrainingServer, tmp_path: Path
+) -> None:
+    data = training_input(project, "zip", tmp_path / "run1")
+    server.pending_polls = 50
+    ctx = LocalTrainingContext(cancel_after_step=1)
+    with pytest.raises(TrainingCancelled):
+        trainer_for(server).run(SPEC, data, ctx)
+    cancelled = ctx.known_remote_id()
+    server.pending_polls = 3
+
+    again = LocalTrainingContext()
+    again.remember_remote_id(cancelled or "")  # what the job store hands the retry
+    trainer_for(server).run(SPEC, data, again)
+    assert len(server.submissions) == 2 and again.known_remote_id() != cancelled
+
+
+def submission_id(server: FalTrainingServer) -> str:
+    return next(iter(server.requests))
 
 
 def test_a_failed_training_says_what_fal_said(

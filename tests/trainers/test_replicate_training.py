@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from replicate_training_server import TRAINER, TRAINER_VERSION, ReplicateTrainingServer
@@ -43,7 +44,7 @@ def server() -> Iterator[ReplicateTrainingServer]:
 
 
 def trainer_for(
-    server: ReplicateTrainingServer, destination: str | None = "alice/maya-lora"
+    server: ReplicateTrainingServer, destination: str | None = "alice/maya-lora", **options: Any
 ) -> ReplicateTrainer:
     return ReplicateTrainer(
         server.token,
@@ -51,6 +52,8 @@ def trainer_for(
         trainer=f"{TRAINER}:{TRAINER_VERSION}",
         base_url=f"{server.url}/v1",
         poll_interval=0.01,
+        sleep=server.waits.append,
+        **options,
     )
 
 
@@ -89,6 +92,10 @@ def test_trains_into_the_destination_and_downloads_the_lora(
     assert checkpoint.path.with_suffix(".version.txt").read_text().startswith("alice/maya-lora:")
     assert ctx.checkpoints == [checkpoint]
     assert result.cost_usd == pytest.approx(1200 * 0.001525, abs=1e-3)  # 20 minutes of H100
+    [training_id] = server.trainings
+    assert result.cost_usd == pytest.approx(server.billed_usd(training_id), abs=1e-4)  # recorded = billed
+    trainer = trainer_for(server)
+    assert trainer.paid and trainer.estimate_cost(SPEC, 8) >= server.billed_usd(training_id) > 0
 
 
 def test_a_restart_resumes_the_same_training_without_paying_twice(
@@ -118,6 +125,24 @@ def test_cancel_cancels_the_training_on_replicate(
         trainer_for(server).run(SPEC, data, LocalTrainingContext(cancel_after_step=1))
     [training_id] = server.trainings
     assert server.cancels == [training_id] and server.trainings[training_id].status == "canceled"
+    billed = server.billed_usd(training_id)
+    trainer_for(server).client.training(training_id)  # type: ignore[union-attr]  # time goes on …
+    assert server.billed_usd(training_id) == billed  # … the bill does not
+
+
+def test_a_training_running_past_its_estimate_is_cancelled(
+    project: Project, server: ReplicateTrainingServer, tmp_path: Path
+) -> None:
+    """The estimate pays for a setup time + a worst time a step; a training still running then is cancelled."""
+    data = training_input(project, "zip", tmp_path / "run1")
+    server.pending_polls = 10**9
+    trainer = trainer_for(server, setup_seconds=0.0, seconds_per_step=0.05)  # a 0.15 s limit for 3 steps
+    short = TrainingSpec(trigger="ohwx woman", family="flux", max_steps=3)
+    with pytest.raises(TrainerError, match="was still running") as failure:
+        trainer.run(short, data, LocalTrainingContext())
+    [training_id] = server.trainings
+    assert not failure.value.transient and server.cancels == [training_id]
+    assert server.trainings[training_id].status == "canceled"
 
 
 def test_a_missing_destination_model_names_the_fix(

@@ -114,6 +114,7 @@ class ComfyUIProvider:
 
     id = PROVIDER_ID
     allows_nsfw = True  # the user's own server: nothing leaves machines they control
+    paid = False  # the user's own server: no bill, no reservation
     capabilities = frozenset(
         {
             Capability.TEXT_TO_IMAGE,

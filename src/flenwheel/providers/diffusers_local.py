@@ -59,6 +59,7 @@ class LocalDiffusersProvider:
         {Capability.TEXT_TO_IMAGE, Capability.IMAGE_TO_IMAGE, Capability.INPAINT, Capability.LORA}
     )
     allows_nsfw = True  # runs on the user's own machine
+    paid = False  # no bill: nothing to reserve
 
     def __init__(
         self, model: str = TINY_MODEL_ID, device: str | None = None, cache_root: Path | None = None

@@ -40,6 +40,7 @@ from flenwheel.providers.base import (
 from flenwheel.providers.pricing import Price, PriceTable
 from flenwheel.remote.errors import RemoteCancelled, translated
 from flenwheel.remote.fal import FalClient, FalStatus
+from flenwheel.remote.waiting import CANCEL_GRACE_S
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,9 @@ class FalProvider:
     # -- cost ------------------------------------------------------------------------------------------------
     def estimate_cost(self, request: GenerationRequest) -> float:
         """The most this request can cost in USD: per image/megapixel as listed, and for an endpoint billed
-        per GPU-second, the rate × the seconds `generate` lets it run before cancelling it."""
+        per GPU-second, the rate × the seconds `generate` lets it run before cancelling it (+ CANCEL_GRACE_S)."""
         price = self.prices.price(self.id, endpoint_for(request))
-        seconds = self._limit_s(price) if price.per_second else 0.0
+        seconds = self._limit_s(price) + CANCEL_GRACE_S if price.per_second else 0.0
         if isinstance(request, Upscale):
             try:
                 with Image.open(io.BytesIO(request.image)) as image:  # reads the header only

@@ -20,6 +20,8 @@ class Price(Frozen):
     per_image: float = Field(default=0.0, ge=0)
     per_megapixel: float = Field(default=0.0, ge=0)
     per_gpu_second: float = Field(default=0.0, ge=0)
+    # Each image's megapixels are rounded up to a multiple of this (fal bills whole megapixels).
+    megapixel_step: float = Field(default=0.01, gt=0)
     source: str = ""
 
     @property
@@ -28,7 +30,8 @@ class Price(Frozen):
         return self.per_gpu_second > 0
 
     def cost(self, images: int, width: int, height: int, gpu_seconds: float = 0.0) -> float:
-        megapixels = math.ceil(width * height / 1_000_000 * 100) / 100  # providers bill started 0.01 MP
+        # Rounded up to the billing step; the small epsilon keeps an exact multiple from rounding up once more.
+        megapixels = math.ceil(width * height / 1_000_000 / self.megapixel_step - 1e-9) * self.megapixel_step
         return round(
             images * (self.per_image + self.per_megapixel * megapixels) + self.per_gpu_second * gpu_seconds, 6
         )
@@ -36,23 +39,29 @@ class Price(Frozen):
 
 FREE = Price(source="runs on your own hardware")
 
+
+def _fal_mp(per_megapixel: float, endpoint: str) -> Price:
+    return Price(per_megapixel=per_megapixel, megapixel_step=1.0, source=f"https://fal.ai/models/{endpoint}")
+
+
 # Public list prices as read on the providers' pages (USD). Keep `source` pointing at the page.
 BUILT_IN: dict[str, dict[str, Price]] = {
     "local": {"*": FREE},
     "comfyui": {"*": FREE},
     "esrgan": {"*": FREE},
+    # fal's model pages: "Images are billed by rounding up to the nearest megapixel".
     "fal": {
-        "fal-ai/flux/schnell": Price(per_megapixel=0.003, source="https://fal.ai/models/fal-ai/flux/schnell"),
-        "fal-ai/flux/dev": Price(per_megapixel=0.025, source="https://fal.ai/models/fal-ai/flux/dev"),
-        "fal-ai/flux/dev/image-to-image": Price(
-            per_megapixel=0.03, source="https://fal.ai/models/fal-ai/flux/dev/image-to-image"
-        ),
-        "fal-ai/flux-lora": Price(per_megapixel=0.035, source="https://fal.ai/models/fal-ai/flux-lora"),
-        "fal-ai/flux-pulid": Price(per_megapixel=0.033, source="https://fal.ai/models/fal-ai/flux-pulid"),
+        "fal-ai/flux/schnell": _fal_mp(0.003, "fal-ai/flux/schnell"),
+        "fal-ai/flux/dev": _fal_mp(0.025, "fal-ai/flux/dev"),
+        "fal-ai/flux/dev/image-to-image": _fal_mp(0.03, "fal-ai/flux/dev/image-to-image"),
+        "fal-ai/flux-lora": _fal_mp(0.035, "fal-ai/flux-lora"),
+        "fal-ai/flux-lora/image-to-image": _fal_mp(0.035, "fal-ai/flux-lora/image-to-image"),
+        "fal-ai/flux-lora/inpainting": _fal_mp(0.035, "fal-ai/flux-lora/inpainting"),
+        "fal-ai/flux-pulid": _fal_mp(0.033, "fal-ai/flux-pulid"),
         "fal-ai/esrgan": Price(
             per_gpu_second=0.00111, source="https://fal.ai/models/fal-ai/esrgan (per second)"
         ),
-        "*": Price(per_megapixel=0.035, source="fal default: the flux-lora rate"),
+        "*": Price(per_megapixel=0.035, megapixel_step=1.0, source="fal default: the flux-lora rate"),
     },
     "replicate": {
         "black-forest-labs/flux-schnell": Price(
@@ -64,8 +73,14 @@ BUILT_IN: dict[str, dict[str, Price]] = {
         "black-forest-labs/flux-dev-lora": Price(
             per_image=0.032, source="https://replicate.com/black-forest-labs/flux-dev-lora"
         ),
+        "black-forest-labs/flux-fill-dev": Price(
+            per_image=0.04, source="https://replicate.com/black-forest-labs/flux-fill-dev"
+        ),
         "nightmareai/real-esrgan": Price(
             per_gpu_second=0.000225, source="https://replicate.com/pricing (T4)"
+        ),
+        "bytedance/flux-pulid": Price(
+            per_gpu_second=0.000975, source="https://replicate.com/pricing (L40S, the model's hardware)"
         ),
         "*": Price(per_image=0.032, source="replicate default: the flux-dev-lora rate"),
     },

@@ -37,6 +37,7 @@ from flenwheel.providers.base import (
 from flenwheel.providers.pricing import Price, PriceTable
 from flenwheel.remote.errors import RemoteCancelled, translated
 from flenwheel.remote.replicate import ReplicateClient
+from flenwheel.remote.waiting import CANCEL_GRACE_S
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class ReplicateProvider:
         """The most this request can cost in USD: per image as listed, and for a model billed per GPU-second,
         the rate × the seconds `generate` lets it run before cancelling it."""
         price = self._price(request)
-        seconds = self._limit_s(price) if price.per_second else 0.0
+        seconds = self._limit_s(price) + CANCEL_GRACE_S if price.per_second else 0.0
         if isinstance(request, Upscale):
             return price.cost(1, 0, 0, seconds)
         return price.cost(request.count, request.width, request.height, seconds)

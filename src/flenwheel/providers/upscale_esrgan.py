@@ -167,6 +167,7 @@ class EsrganUpscaler:
     id = PROVIDER_ID
     capabilities = frozenset({Capability.UPSCALE})
     allows_nsfw = True  # runs on the user's own machine
+    paid = False  # no bill: nothing to reserve
 
     def __init__(self, prices: PriceTable | None = None, gpu: int = -1, tile: int = TILE) -> None:
         if gpu < -1:

@@ -10,6 +10,9 @@ from typing import TypeVar
 from flenwheel.remote.errors import RemoteCancelled, RemoteError
 
 S = TypeVar("S")
+# A cancel sent at the time limit stops the remote job within this many seconds (the poll that notices the
+# limit, the cancel call, the service stopping its runner): cost estimates for GPU-second billing add it.
+CANCEL_GRACE_S = 30.0
 log = logging.getLogger(__name__)
 
 

@@ -47,6 +47,7 @@ class AiToolkitTrainer:
     id = "ai-toolkit"
     dataset_format: DatasetFormat = "ai-toolkit"
     allows_nsfw = True  # runs on the user's own machine
+    paid = False  # no bill: nothing to reserve
 
     def __init__(self, path: Path, python: Path | None = None, grace_s: float = 10.0) -> None:
         self.path = path

@@ -49,6 +49,7 @@ class KohyaTrainer:
     id = "kohya"
     dataset_format: DatasetFormat = "kohya"
     allows_nsfw = True  # runs on the user's own machine
+    paid = False  # no bill: nothing to reserve
 
     def __init__(
         self,

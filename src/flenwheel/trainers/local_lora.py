@@ -53,6 +53,7 @@ class LocalLoraTrainer:
     id = "local"
     dataset_format: DatasetFormat = "images"
     allows_nsfw = True  # runs on the user's own machine
+    paid = False  # no bill: nothing to reserve
 
     def __init__(self, cache_root: Path | None = None, device: str | None = None) -> None:
         self.cache_root = cache_root

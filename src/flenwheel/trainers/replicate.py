@@ -27,6 +27,7 @@ from replicate.training import Training
 from flenwheel.config import Settings, secret
 from flenwheel.remote.errors import RemoteCancelled, RemoteError, translated
 from flenwheel.remote.replicate import ReplicateClient
+from flenwheel.remote.waiting import CANCEL_GRACE_S
 from flenwheel.trainers.base import (
     CheckpointFile,
     DatasetFormat,
@@ -77,8 +78,13 @@ class ReplicateTrainer:
         base_url: str = "https://api.replicate.com/v1",
         poll_interval: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,  # between retries (Retry-After) and polls
+        setup_seconds: float = SETUP_SECONDS,
+        seconds_per_step: float = WORST_SECONDS_PER_STEP,
     ) -> None:
         self.token = (token or "").strip()
+        # The worst case the estimate pays for, and the limit after which a training is cancelled.
+        self.setup_seconds = setup_seconds
+        self.seconds_per_step = seconds_per_step
         self.destination = (destination or "").strip() or None
         self.trainer = trainer
         self.poll_interval = poll_interval
@@ -134,11 +140,12 @@ class ReplicateTrainer:
 
     def max_seconds(self, spec: TrainingSpec, images: int) -> float:
         """How long a training may run before it is cancelled: what `estimate_cost` pays for."""
-        return SETUP_SECONDS + self.steps(spec, images) * WORST_SECONDS_PER_STEP
+        return self.setup_seconds + self.steps(spec, images) * self.seconds_per_step
 
     def estimate_cost(self, spec: TrainingSpec, images: int) -> float:
         """The most a training can cost in USD: H100 seconds up to its time limit (rounded up to the cent)."""
-        return math.ceil(self.max_seconds(spec, images) * PRICE_PER_SECOND * 100) / 100
+        seconds = self.max_seconds(spec, images) + CANCEL_GRACE_S
+        return math.ceil(seconds * PRICE_PER_SECOND * 100) / 100
 
     def training_input(self, spec: TrainingSpec, images_url: str, images: int) -> dict[str, Any]:
         """The trainer's input: our zip with its captions (no autocaption), trigger word, steps, rank, LR."""
@@ -232,7 +239,7 @@ class ReplicateTrainer:
                 on_update=lambda state: _report(state.logs, steps, ctx, losses),
                 poll_interval=self.poll_interval,
                 max_seconds=max_seconds,
-                limit_hint="lower the steps (--max-steps), or raise WORST_SECONDS_PER_STEP with the estimate",
+                limit_hint="lower --max-steps, or give the trainer a larger seconds_per_step (and estimate)",
             )
         except RemoteCancelled as exc:
             raise TrainingCancelled(f"{self.id}: training {training.id} canceled on Replicate") from exc
