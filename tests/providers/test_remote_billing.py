@@ -32,6 +32,7 @@ from flenwheel.providers.base import (
     Upscale,
 )
 from flenwheel.providers.fal import FalProvider
+from flenwheel.providers.pricing import PriceTable
 from flenwheel.providers.registry import ProviderRegistry
 from flenwheel.providers.replicate import ReplicateProvider
 from flenwheel.trainers.registry import TrainerRegistry
@@ -268,3 +269,19 @@ def test_every_engine_and_trainer_says_whether_it_bills(tmp_path: Path) -> None:
     assert all(isinstance(getattr(each, "paid", None), bool) for each in [*engines, *trainers])
     assert {engine.id for engine in engines if engine.paid} == {"fal", "replicate"}
     assert {trainer.id for trainer in trainers if trainer.paid} == {"fal", "replicate"}
+
+
+def test_a_zero_price_for_a_paid_engine_is_refused_before_anything_is_sent(
+    fal: FalServer, replicate: ReplicateServer, tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "fal:\n  fal-ai/flux/dev: {per_image: 0}\nreplicate:\n  black-forest-labs/flux-dev: {per_image: 0}\n"
+    )
+    table = PriceTable.load(prices)
+    request = TextToImage(prompt="a cat", width=512, height=512)
+    for engine in (fal_engine(fal, prices=table), replicate_engine(replicate, prices=table)):
+        with pytest.raises(ProviderError, match=r"is \$0, but .* bills every request") as caught:
+            engine.estimate_cost(request)
+        assert not caught.value.transient and "FLENWHEEL_PRICES" in str(caught.value)
+    assert fal.submissions == [] and replicate.creations == []

@@ -130,8 +130,19 @@ class FalProvider:
                     width, height = image.size
             except OSError:
                 raise self._permanent("the image to upscale is not an image flenwheel can read") from None
-            return price.cost(1, width * request.factor, height * request.factor, seconds)
-        return price.cost(request.count, request.width, request.height, seconds)
+            return self._positive(
+                price.cost(1, width * request.factor, height * request.factor, seconds), request
+            )
+        return self._positive(price.cost(request.count, request.width, request.height, seconds), request)
+
+    def _positive(self, estimate: float, request: GenerationRequest) -> float:
+        """A paid engine never estimates $0: nothing would be reserved for what it bills."""
+        if estimate <= 0:
+            raise self._permanent(
+                f"the price of {endpoint_for(request)} is $0, but {self.id} bills every request: give it its real "
+                "price in the FLENWHEEL_PRICES file"
+            )
+        return estimate
 
     def _limit_s(self, price: Price) -> float:
         return min(self.timeout_s, self.max_billed_seconds) if price.per_second else self.timeout_s

@@ -125,11 +125,20 @@ class ReplicateProvider:
         price = self._price(request)
         seconds = self._limit_s(price) + CANCEL_GRACE_S if price.per_second else 0.0
         if isinstance(request, Upscale):
-            return price.cost(1, 0, 0, seconds)
-        return price.cost(request.count, request.width, request.height, seconds)
+            return self._positive(price.cost(1, 0, 0, seconds), request)
+        return self._positive(price.cost(request.count, request.width, request.height, seconds), request)
 
     def _price(self, request: GenerationRequest) -> Price:
         return self.prices.price(self.id, model_for(request).split(":")[0])
+
+    def _positive(self, estimate: float, request: GenerationRequest) -> float:
+        """A paid engine never estimates $0: nothing would be reserved for what it bills."""
+        if estimate <= 0:
+            raise self._permanent(
+                f"the price of {model_for(request)} is $0, but {self.id} bills every request: give it its real "
+                "price in the FLENWHEEL_PRICES file"
+            )
+        return estimate
 
     def _limit_s(self, price: Price) -> float:
         return min(self.timeout_s, self.max_billed_seconds) if price.per_second else self.timeout_s
