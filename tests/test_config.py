@@ -38,3 +38,16 @@ def test_a_database_url_is_printed_with_its_password_masked() -> None:
 def test_a_blank_key_counts_as_unset(tmp_path: Path) -> None:
     assert secret(Settings(project=tmp_path, fal_key="  ").fal_key) == ""  # type: ignore[arg-type]
     assert secret(Settings(project=tmp_path).replicate_api_token) == ""
+
+
+def test_a_malformed_database_url_is_reported_without_its_password() -> None:
+    from flenwheel.errors import InvalidInput
+    from flenwheel.store.database import make_engine
+
+    for url in (
+        f"postgresql://u:{DB_PASSWORD}@db.example:notaport/flenwheel",
+        f"postgres ql://u:{DB_PASSWORD}@h/db",
+    ):
+        with pytest.raises(InvalidInput, match="FLENWHEEL_DATABASE_URL") as caught:
+            make_engine(url)
+        assert DB_PASSWORD not in str(caught.value)

@@ -98,7 +98,7 @@ def masked_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # not a URL, or a port that is not a number
         return "***" if "@" in url else url
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from flenwheel.config import masked_url
 from flenwheel.errors import InvalidInput
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -23,9 +24,9 @@ HEAD_REVISION = "0003"
 def make_engine(url: str) -> Engine:
     try:
         make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise InvalidInput(
-            f"database URL {url!r} (FLENWHEEL_DATABASE_URL) is not a URL: use e.g. "
+            f"database URL {masked_url(url)!r} (FLENWHEEL_DATABASE_URL) is not a URL: use e.g. "
             "postgresql+psycopg://user@host:5432/db or sqlite:///path.db"
         ) from None
     if url.startswith("sqlite"):
