@@ -396,11 +396,35 @@ class DemoRuns:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
     out = tmp_path_factory.mktemp("demo") / "demo-project"
-    first = run_cli("demo", "--out", out)
+    first = run_cli("--project", out, "demo")  # the global --project names the demo's folder (case 15)
     curate_after_first = ok_json("--project", out, "curate", "lisa")
-    second = run_cli("demo", "--out", out)
+    second = run_cli("demo", env={"FLENWHEEL_PROJECT": str(out)})  # and so does FLENWHEEL_PROJECT
     curate_after_second = ok_json("--project", out, "curate", "lisa")
     return DemoRuns(out, first, second, curate_after_first, curate_after_second)
+
+
+def _occupied(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a demo\n")
+    return folder
+
+
+def test_demo_writes_where_project_says_or_refuses_clearly(tmp_path: Path) -> None:
+    """Issue 10 case 15: `--project X demo` and FLENWHEEL_PROJECT=X name the demo's folder, never a silent
+    ./demo-project. Each folder here is occupied, so the demo stops at once and its message names the folder."""
+    default = _occupied(tmp_path / "demo-project")  # where the demo wrote before, whatever --project said
+    mine = _occupied(tmp_path / "mine")
+    by_flag = clean_error(run_cli("--project", mine, "demo", cwd=tmp_path))
+    assert str(mine) in by_flag and "is not a demo project" in by_flag
+    by_env = clean_error(run_cli("demo", cwd=tmp_path, env={"FLENWHEEL_PROJECT": str(mine)}))
+    assert str(mine) in by_env
+    both = clean_error(run_cli("--project", mine, "demo", "--out", tmp_path / "other", cwd=tmp_path))
+    assert "--project" in both and "--out" in both and "only one" in both
+    assert not (tmp_path / "other").exists()
+    plain = clean_error(run_cli("demo", cwd=tmp_path))  # no --project anywhere: ./demo-project as documented
+    assert "demo-project" in plain
+    assert sorted(p.name for p in default.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 def _demo_photos(*folders: str) -> list[Path]:

@@ -94,13 +94,29 @@ def test_edit_with_a_mask_and_upscale(project: Path, tmp_path: Path) -> None:
     assert Image.open(upscaled["files"][0]).size == (192, 256) and upscaled["provider"] == "esrgan"
 
 
-def test_providers_lists_what_is_configured(project: Path) -> None:
+def test_providers_lists_every_known_engine_and_what_it_needs(project: Path) -> None:
+    """Issue 10 case 16: the JSON names the engines the table names, configured or not, and what each needs;
+    zero prices read as free, never as a bare `*:`."""
     rows = {row["id"]: row for row in ok_json("providers")["providers"]}
-    assert {"local", "esrgan"} <= set(rows) and "fal" not in rows
+    assert {"local", "esrgan", "comfyui", "fal", "replicate"} <= set(rows)
+    assert rows["local"]["configured"] and rows["esrgan"]["configured"]
     assert "upscale" in rows["esrgan"]["capabilities"] and rows["local"]["allows_nsfw"]
+    for engine, env in (
+        ("fal", "FAL_KEY"),
+        ("replicate", "REPLICATE_API_TOKEN"),
+        ("comfyui", "FLENWHEEL_COMFYUI_URL"),
+    ):
+        assert rows[engine]["configured"] is False and rows[engine]["env"] == env
+        assert env in rows[engine]["needs"]
+    assert rows["fal"]["allows_nsfw"] is False and rows["fal"]["prices"]
     configured = cli("providers", "--json", env={"FAL_KEY": "k", "REPLICATE_API_TOKEN": "r"})
     rows = {row["id"]: row for row in json.loads(configured.stdout)["providers"]}
-    assert rows["fal"]["allows_nsfw"] is False and rows["fal"]["prices"]
+    assert rows["fal"]["configured"] and rows["replicate"]["configured"] and not rows["comfyui"]["configured"]
+
+    table = cli("providers")
+    assert table.returncode == 0, table.stderr
+    assert "*:" not in table.stdout and "free (runs on your hardware)" in table.stdout
+    assert "FAL_KEY" in table.stdout and "REPLICATE_API_TOKEN" in table.stdout
 
 
 def test_bad_requests_are_clear_errors(project: Path) -> None:

