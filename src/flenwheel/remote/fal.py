@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import fal_client
 import httpx
@@ -35,7 +35,7 @@ KEY_REFUSED = "fal refused the key ({detail}): check FAL_KEY at https://fal.ai/d
 class FalStatus(Frozen):
     """One status answer. `error` is set when a COMPLETED request failed (the model's own message)."""
 
-    state: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    state: str  # IN_QUEUE, IN_PROGRESS or COMPLETED
     logs: tuple[dict[str, Any], ...] = ()
     metrics: dict[str, Any] = {}
     error: str | None = None

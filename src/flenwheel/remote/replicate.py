@@ -220,11 +220,9 @@ class ReplicateClient:
 
     # -- plumbing --------------------------------------------------------------------------------------------
     def _cancel(self, kind: str, job_id: str) -> bool:
-        def send() -> Any:
-            return self.api._request("POST", f"/v1/{kind}/{job_id}/cancel").json()
-
-        answer = self._call(f"cancelling {job_id}", send)
-        return not (isinstance(answer, dict) and answer.get("status") in ("succeeded", "failed"))
+        namespace = self.api.trainings if kind == "trainings" else self.api.predictions
+        answer = self._call(f"cancelling {job_id}", lambda: namespace.cancel(job_id))
+        return answer.status not in ("succeeded", "failed")
 
     def _call(
         self, doing: str, send: Callable[[], Any], *, idempotent: bool = True, missing_ok: bool = False
