@@ -195,3 +195,22 @@ def test_invisible_characters_never_reach_an_export(project: Project, tmp_path: 
         assert not any(char in text for char in "\ufeff\u200b\u200d"), where
         assert text.startswith("photo of ohwx woman") or text.startswith("photo of [trigger] woman"), where
     assert CLEAN_CAPTION.encode() + b"\n" in captions.values()
+
+
+def test_the_kohya_toml_keeps_any_folder_name_and_class_tokens_exactly() -> None:
+    from flenwheel.datasets.export import kohya_dataset_toml
+
+    folder = Path('/data/"quoted" \\ back\tslash/ünï 🙂/10_ohwx woman')
+    written = kohya_dataset_toml(folder, 10, 'ohwx "woman"\n]] [x]', resolution=768, enable_bucket=False)
+    config = tomllib.loads(written)
+    assert config["general"] == {"shuffle_caption": False, "caption_extension": ".txt", "keep_tokens": 1}
+    [dataset] = config["datasets"]
+    assert (dataset["resolution"], dataset["batch_size"], dataset["enable_bucket"]) == (768, 1, False)
+    assert dataset["subsets"] == [
+        {
+            "image_dir": str(folder),
+            "num_repeats": 10,
+            "class_tokens": 'ohwx "woman"\n]] [x]',
+            "caption_extension": ".txt",
+        }
+    ]

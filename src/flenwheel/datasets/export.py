@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import yaml
 
 from flenwheel.captions import normalise_caption, token_pattern
@@ -180,10 +181,6 @@ class _Writer:
         return target
 
 
-def _toml_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-
-
 def kohya_dataset_toml(
     image_dir: Path,
     repeats: int,
@@ -195,27 +192,24 @@ def kohya_dataset_toml(
     """sd-scripts' dataset_config.toml for one image folder (also what the kohya trainer runs with)."""
     # kohya's default caption extension is ".caption" and it ignores folder names when a TOML is used,
     # so every setting is stated explicitly.
-    return "\n".join(
-        [
-            "# kohya sd-scripts dataset config written by flenwheel",
-            "[general]",
-            "shuffle_caption = false",
-            'caption_extension = ".txt"',
-            "keep_tokens = 1",
-            "",
-            "[[datasets]]",
-            f"resolution = {resolution}",
-            f"batch_size = {batch_size}",
-            f"enable_bucket = {'true' if enable_bucket else 'false'}",
-            "",
-            "  [[datasets.subsets]]",
-            f"  image_dir = {_toml_string(str(image_dir))}",
-            f"  num_repeats = {repeats}",
-            f"  class_tokens = {_toml_string(class_tokens)}",
-            '  caption_extension = ".txt"',
-            "",
-        ]
-    )
+    subset = {
+        "image_dir": str(image_dir),
+        "num_repeats": repeats,
+        "class_tokens": class_tokens,
+        "caption_extension": ".txt",
+    }
+    document = {
+        "general": {"shuffle_caption": False, "caption_extension": ".txt", "keep_tokens": 1},
+        "datasets": [
+            {
+                "resolution": resolution,
+                "batch_size": batch_size,
+                "enable_bucket": enable_bucket,
+                "subsets": [subset],
+            }
+        ],
+    }
+    return "# kohya sd-scripts dataset config written by flenwheel\n" + tomli_w.dumps(document)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ a studio image drawn in LoRA mode. The tiny model draws no faces: the evaluation
 
 from __future__ import annotations
 
-import html
 import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -30,8 +29,12 @@ from flenwheel.errors import FlenwheelError
 from flenwheel.pipeline.generation import GenerationOutcome, run_generation
 from flenwheel.providers.base import TextToImage, Upscale
 from flenwheel.report.curation import write_curation_report
+from flenwheel.report.render import render
 from flenwheel.store.models import Character
 from flenwheel.store.project import Project
+
+if TYPE_CHECKING:
+    from markupsafe import Markup
 
 DEMO_CHARACTER = "lisa"
 DEMO_TOKEN = "ohwx"
@@ -210,9 +213,8 @@ def _evaluation_report(chain: list[dict[str, Any]]) -> Path | None:
     return None
 
 
-def chain_section(chain: list[dict[str, Any]], evaluation_report: Path | None, project_dir: Path) -> str:
+def chain_section(chain: list[dict[str, Any]], evaluation_report: Path | None, project_dir: Path) -> Markup:
     """An HTML table of the chain's jobs, linking the evaluation report."""
-    e = html.escape
     rows = []
     for stage in chain:
         result = stage["result"]
@@ -230,11 +232,9 @@ def chain_section(chain: list[dict[str, Any]], evaluation_report: Path | None, p
             ),
         }.get(stage["stage"], lambda r: "")(result)
         rows.append(
-            f"<tr><td>{stage['job']}</td><td>{e(stage['stage'])}</td><td>{e(stage['status'])}</td>"
-            f"<td>{e(detail)}</td></tr>"
+            {"job": stage["job"], "stage": stage["stage"], "status": stage["status"], "detail": detail}
         )
-    link = ""
+    link = None
     if evaluation_report is not None:
-        relative = os.path.relpath(evaluation_report.resolve(), project_dir.resolve())
-        link = f"<p><a href='{e(relative)}'>Evaluation report: checkpoints × strengths, heatmap, loss curve</a></p>"
-    return f"<table><tr><th>job</th><th>stage</th><th>status</th><th>result</th></tr>{''.join(rows)}</table>{link}"
+        link = os.path.relpath(evaluation_report.resolve(), project_dir.resolve())
+    return render("chain.html", rows=rows, link=link)

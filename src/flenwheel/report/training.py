@@ -7,7 +7,6 @@ Agg canvas, no display needed), so the page can be mailed or attached to an issu
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,37 +20,15 @@ from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
 from flenwheel.evaluation.selection import SUCCESS_TARGET, CellSummary, SampleRecord
 from flenwheel.images import open_stored
 from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
-from flenwheel.report.curation import _STYLE as CURATION_STYLE
+from flenwheel.report.render import render
 from flenwheel.store.models import Asset, Character, DatasetVersion, Evaluation, EvaluationSample, TrainingRun
 from flenwheel.store.project import Project
 
 THUMBNAIL_SIDE = 72
-_STYLE = (
-    CURATION_STYLE
-    + """
-.banner{background:#fff3cd;border-left:4px solid #b58100;padding:.6em 1em;margin:1em 0}
-.pick{background:#e8f5e9;border-left:4px solid #176f2c;padding:.6em 1em;margin:1em 0}
-.strip{display:flex;flex-wrap:wrap;gap:3px;max-width:460px}
-.strip img{width:auto;height:auto;max-width:72px;max-height:72px;border:3px solid #999}
-.strip img.ok{border-color:#176f2c}.strip img.other{border-color:#e08a00}.strip img.noface{border-color:#999}
-.strip img.copy{border-color:#b00020}.strip img.nsfw{border-color:#6a1b9a}
-td.chosen{background:#e8f5e9;outline:3px solid #176f2c}
-.legend span{display:inline-block;padding:0 .5em;margin-right:.5em;border-left:12px solid}
-.plot{max-width:100%;height:auto}
-"""
-)
-_LEGEND = (
-    "<p class='legend'><span style='border-color:#176f2c'>the character (success)</span>"
-    "<span style='border-color:#e08a00'>a face, not the character</span>"
-    "<span style='border-color:#999'>no face found</span>"
-    "<span style='border-color:#b00020'>near copy of a training image</span>"
-    "<span style='border-color:#6a1b9a'>flagged NSFW</span></p>"
-)
 
 
 def write_evaluation_report(project: Project, evaluation_id: int, target: Path) -> Path:
     """Write the report of one evaluation to `target` (folders made as needed) and return the path."""
-    e = html.escape
     with project.db.session() as session:
         evaluation = session.get_one(Evaluation, evaluation_id)
         run = session.get_one(TrainingRun, evaluation.run_id)
@@ -94,60 +71,34 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
     faces = sum(c.faces for c in cells)
     images = sum(c.images for c in cells)
 
-    banners = []
-    if images and faces == 0:
-        banners.append(
-            f"<div class='banner'><b>No face was found in any of the {images} images.</b> Identity, success "
-            "rate and likeness could not be measured; the numbers below are zeros, not estimates, and the "
-            "selection follows the tie rule only." + (f" Note: {e(TINY_NOTE)}." if tiny else "") + "</div>"
-        )
-    elif tiny:
-        banners.append(f"<div class='banner'>Note: {e(TINY_NOTE)}.</div>")
-    if status != "succeeded":
-        banners.append(
-            f"<div class='banner'>This evaluation is {e(status)}: run it again to finish it.</div>"
-        )
-
     strengths = sorted({c.strength for c in cells})
     order = sorted({(c.step, c.checkpoint_id) for c in cells})
-    heatmap = _png_uri(_heatmap_png(cells, order, strengths, labels, selected, threshold))
-    loss_plot = _png_uri(_loss_png(losses, checkpoint_steps, selected[0])) if losses else None
-    sheet = _contact_sheet(project, samples, order, strengths, labels, selected, threshold, allow_nsfw)
-    table = _cell_table(cells, labels, selected)
-    advice_html = "".join(
-        f"<li><b>{e(a.symptom)}</b> — {e(a.evidence)}.<br>{e(a.remedy)}.</li>" for a in advice
+    document = render(
+        "evaluation.html",
+        title=title,
+        images=images,
+        faces=faces,
+        tiny_note=TINY_NOTE if tiny else None,
+        status=status,
+        reason=reason,
+        config=config,
+        prompts=config.get("prompts", []),
+        threshold=threshold,
+        allow_nsfw=allow_nsfw,
+        success_target=SUCCESS_TARGET,
+        adherence_note=ADHERENCE_NOT_MEASURED,
+        heatmap=_png_uri(_heatmap_png(cells, order, strengths, labels, selected, threshold)),
+        loss_plot=_png_uri(_loss_png(losses, checkpoint_steps, selected[0])) if losses else None,
+        advice=advice,
+        cells=cells,
+        order=order,
+        strengths=strengths,
+        labels=labels,
+        selected=selected,
+        sheet=_contact_sheet(project, samples, threshold, allow_nsfw),
+        strength_text=strength_text,
+        number=_number,
     )
-    prompt_rows = "".join(
-        f"<tr><td>{e(key)}</td><td>{config.get('seeds', {}).get(key, '')}</td></tr>"
-        for key in config.get("prompts", [])
-    )
-    document = f"""<!doctype html><html><head><meta charset="utf-8"><title>flenwheel evaluation — {e(title)}</title>
-<style>{_STYLE}</style></head><body>
-<h1>Evaluation of {e(title)}</h1>
-{"".join(banners)}
-<h2>Selection</h2>
-<div class="pick">{e(reason) or "not selected yet"}</div>
-<p>{len(order)} checkpoint(s) × {len(strengths)} strength(s) × {len(config.get("prompts", []))} model-card
-prompt(s) = {images} images at {config.get("size")} px, {config.get("steps")} steps, model
-{e(str(config.get("model") or "the engine's default"))}. Success = a face at identity distance
-≤ {threshold:.2f} to the character, not a near copy of a training image{"" if allow_nsfw else ", not flagged NSFW"};
-target ≥ {SUCCESS_TARGET:.0%} (seed 001 "generates correctly on first try").</p>
-<p>Prompt adherence: {e(ADHERENCE_NOT_MEASURED)}.</p>
-<h2>Success rate and likeness</h2>
-<img class="plot" src="{heatmap}" alt="heatmap of success rate and mean identity similarity">
-<h2>Training loss</h2>
-{f'<img class="plot" src="{loss_plot}" alt="training loss curve">' if loss_plot else "<p>The trainer recorded no loss log.</p>"}
-<h2>Advice</h2>
-<ul>{advice_html or "<li>nothing to report</li>"}</ul>
-<h2>Every checkpoint × strength</h2>
-{table}
-<h2>Contact sheet</h2>
-{_LEGEND}
-{sheet}
-<details><summary>Prompts and their fixed seeds</summary>
-<table><tr><th>prompt</th><th>seed</th></tr>{prompt_rows}</table></details>
-</body></html>
-"""
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(document, encoding="utf-8")
     return target
@@ -184,59 +135,24 @@ def _sample_class(sample: SampleRecord, threshold: float, allow_nsfw: bool) -> t
 def _contact_sheet(
     project: Project,
     samples: Sequence[tuple[SampleRecord, str | None]],
-    order: Sequence[tuple[int, int]],
-    strengths: Sequence[float],
-    labels: dict[int, str],
-    selected: tuple[int | None, float | None],
     threshold: float,
     allow_nsfw: bool,
-) -> str:
-    e = html.escape
-    by_cell: dict[tuple[int, float], list[str]] = {}
+) -> dict[tuple[int, float], list[dict[str, str]]]:
+    """The thumbnails of each (checkpoint, strength) cell, with their verdict for the border colour."""
+    by_cell: dict[tuple[int, float], list[dict[str, str]]] = {}
     for sample, sha256 in samples:
         if sha256 is None:
             continue
         css, what = _sample_class(sample, threshold, allow_nsfw)
-        tag = (
-            f"<img class='{css}' src='{_thumbnail_uri(project, sha256)}' "
-            f"title='{e(sample.prompt_key)}: {e(what)}' alt='{e(sample.prompt_key)}'>"
-        )
-        by_cell.setdefault((sample.checkpoint_id, sample.strength), []).append(tag)
-    header = "".join(f"<th>strength {strength_text(s)}</th>" for s in strengths)
-    rows = []
-    for _step, checkpoint_id in order:
-        cells = []
-        for strength in strengths:
-            chosen = " class='chosen'" if selected == (checkpoint_id, strength) else ""
-            strip = "".join(by_cell.get((checkpoint_id, strength), [])) or "not drawn"
-            cells.append(f"<td{chosen}><div class='strip'>{strip}</div></td>")
-        rows.append(f"<tr><th>{e(labels.get(checkpoint_id, str(checkpoint_id)))}</th>{''.join(cells)}</tr>")
-    return f"<table><tr><th>checkpoint</th>{header}</tr>{''.join(rows)}</table>"
+        tile = {"css": css, "what": what, "prompt": sample.prompt_key, "src": _thumbnail_uri(project, sha256)}
+        by_cell.setdefault((sample.checkpoint_id, sample.strength), []).append(tile)
+    return by_cell
 
 
-def _cell_table(
-    cells: Sequence[CellSummary], labels: dict[int, str], selected: tuple[int | None, float | None]
-) -> str:
-    def number(value: float | None, spread: float | None = None) -> str:
-        if value is None:
-            return "n/a"
-        return f"{value:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
-
-    rows = []
-    for c in cells:
-        chosen = " class='chosen'" if selected == (c.checkpoint_id, c.strength) else ""
-        rows.append(
-            f"<tr{chosen}><td>{html.escape(labels.get(c.checkpoint_id, c.label))}</td><td>{strength_text(c.strength)}</td>"
-            f"<td>{c.images}</td><td>{c.faces}</td><td>{c.successes} ({c.success_rate:.0%})</td>"
-            f"<td>{number(c.mean_similarity, c.spread)}</td><td>{number(c.mean_distance)}</td>"
-            f"<td>{c.near_copies}</td><td>{c.nsfw_flags}</td><td>{c.joint_score:.2f}</td>"
-            f"<td class='{'met' if c.meets_target else 'unmet'}'>{'met' if c.meets_target else 'not met'}</td></tr>"
-        )
-    return (
-        "<table><tr><th>checkpoint</th><th>strength</th><th>images</th><th>faces</th><th>success</th>"
-        "<th>identity similarity ± spread</th><th>mean distance</th><th>near copies</th><th>NSFW</th>"
-        f"<th>joint score</th><th>≥ 80 %</th></tr>{''.join(rows)}</table>"
-    )
+def _number(value: float | None, spread: float | None = None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
 
 
 def _figure(width: float, height: float) -> Any:
