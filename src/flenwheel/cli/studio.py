@@ -256,8 +256,10 @@ def price_text(prices: dict[str, dict[str, Any]]) -> str:
         rates = ", ".join(
             f"{key.replace('per_', 'per ').replace('_', ' ')} ${value:g}"
             for key, value in price.items()
-            if key != "source" and value
+            if key.startswith("per_") and value  # the rates; not the source or the megapixel step
         )
+        if price.get("per_megapixel") and price.get("megapixel_step", 0) >= 1:
+            rates += " (whole megapixels)"
         name = "other models" if model == "*" else model
         parts.append(
             rates or FREE_TEXT if model == "*" and len(prices) == 1 else f"{name}: {rates or FREE_TEXT}"
