@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
 from comfyui_server import comfyui_server, tiny_sd15
 
 __all__ = ["FACES", "FIXTURES", "LISA", "comfyui_server", "london", "tiny_sd15"]
+# The test job kinds (noop, sleep) are refused at submit unless this setting is on; the tests drive workers
+# with them, here and in the processes they start. tests/web/test_tenancy.py checks a server without it.
+os.environ.setdefault("FLENWHEEL_TEST_KINDS", "1")
 POSTGRES_ADMIN_URL = os.environ.get(
     "FLENWHEEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from flenwheel.captions import validate_template
@@ -54,7 +54,9 @@ def create_character(
     if caption_template is not None:
         validate_template(caption_template)
     with project.db.session() as session:
-        if session.scalar(select(Character).where(Character.name == name)) is not None:
+        # Names are unique per owner only: another user's names never show through this error.
+        same_owner = Character.owner_id.is_(None) if owner_id is None else Character.owner_id == owner_id
+        if session.scalar(select(Character.id).where(Character.name == name, same_owner)) is not None:
             raise CharacterExists(name)
         session.add(
             Character(
@@ -86,3 +88,32 @@ def list_characters(project: Project) -> list[CharacterInfo]:
         return [
             CharacterInfo(c.name, c.token, c.class_word, c.nsfw, c.budget_usd, count) for c, count in rows
         ]
+
+
+def delete_character(project: Project, character_id: int) -> None:
+    """Delete a character with everything that is only its own: rows (assets, reviews, dataset versions,
+    runs and jobs cascade), its folders (the sheet, training runs) and the blobs no other asset uses. A
+    later character, of any user, that gets the same name starts with nothing of this one's."""
+    import shutil
+
+    from flenwheel.store.models import Evaluation, TrainingRun
+    from flenwheel.store.project import character_files
+
+    with project.db.session() as session:
+        own = set(session.scalars(select(Asset.sha256).where(Asset.character_id == character_id)))
+        reports = list(
+            session.scalars(
+                select(Evaluation.report_path)
+                .join(TrainingRun, TrainingRun.id == Evaluation.run_id)
+                .where(TrainingRun.character_id == character_id, Evaluation.report_path.is_not(None))
+            )
+        )
+        session.execute(delete(Character).where(Character.id == character_id))
+        shared = set(session.scalars(select(Asset.sha256).where(Asset.sha256.in_(own)))) if own else set()
+    for folder in character_files(project, character_id):
+        shutil.rmtree(folder, ignore_errors=True)
+    for sha256 in sorted(own - shared):
+        project.blobs.delete(sha256)
+    for report in reports:
+        if report:
+            (project.root / report).unlink(missing_ok=True)

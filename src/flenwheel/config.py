@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # A running job whose worker sent no heartbeat for this long is requeued (or marked interrupted).
     job_stale_after_s: float = Field(default=30.0, gt=0.0)
     job_retry_backoff_s: float = Field(default=2.0, ge=0.0)  # first wait before retrying a transient failure
+    # The test job kinds `noop` and `sleep` may be submitted (over the API and the CLI): tests and benchmarks only.
+    test_kinds: bool = False
     upload_max_mb: float = Field(default=25.0, gt=0.0, le=80.0)  # HTTP API: largest image one upload may be
     cache_dir: Path | None = None  # built models (the tiny pipeline); default ~/.cache/flenwheel
     # Engines. Each one is used only when configured; the router tries them in `providers` order.

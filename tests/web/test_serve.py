@@ -29,6 +29,7 @@ FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 def _env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLENWHEEL_")}
     env["PYTHONIOENCODING"] = "utf-8"
+    env["FLENWHEEL_TEST_KINDS"] = "1"  # the sleep kind drives the workers here
     return env
 
 

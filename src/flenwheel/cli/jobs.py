@@ -88,22 +88,25 @@ def list_jobs(
 
 @app.command("submit")
 def submit(
-    kind: Annotated[str, typer.Argument(help="Job kind, e.g. curate, dataset_build, generate, noop")],
+    kind: Annotated[str, typer.Argument(help="Job kind, e.g. curate, dataset_build, generate, chain")],
     payload: Annotated[str, typer.Option("--payload", help='JSON object, e.g. {"character": "lisa"}')] = "{}",
-    queue: Annotated[str, typer.Option("--queue", "-q", help="gpu, cpu or api")] = "cpu",
+    queue: Annotated[
+        str | None, typer.Option("--queue", "-q", help="gpu, cpu or api (default: the kind's own queue)")
+    ] = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first")] = 0,
     json_output: JsonOption = False,
 ) -> None:
-    """Queue a job for the workers (`flenwheel worker`)."""
+    """Queue a job for the workers (`flenwheel worker`); the payload is checked against the kind's model
+    first. The background chain's stages are internal (submit `chain`)."""
     import json
 
     from flenwheel.errors import InvalidInput
     from flenwheel.jobs import kinds
     from flenwheel.jobs.base import JobRequest, Queue
+    from flenwheel.pipeline.jobs import parse
+    from flenwheel.store.project import get_character
 
-    if kind not in kinds.known_kinds():
-        raise kinds.UnknownJobKind(kind, kinds.known_kinds())
-    if queue not in {q.value for q in Queue}:
+    if queue is not None and queue not in {q.value for q in Queue}:
         raise InvalidInput(f"--queue {queue!r}: use one of gpu, cpu, api")
     try:
         data = json.loads(payload)
@@ -115,16 +118,36 @@ def submit(
         raise InvalidInput('--payload must be a JSON object, e.g. {"character": "lisa"}')
     project = open_project()
     try:
+        info = kinds.info(kind)
+        accepted = [k.name for k in kinds.submittable(project.settings.test_kinds)]
+        if kind not in accepted:
+            raise kinds.KindNotSubmittable(info, accepted)
+        assert info.payload is not None
+        checked = parse(info.payload, data, kind)
+        character_id = None
+        name = getattr(checked, "character", None)
+        if name is not None:
+            with project.db.session() as session:
+                character_id = get_character(session, name).id
         backend = _backend(project)
-        job_id = backend.submit(JobRequest(kind=kind, payload=data, queue=Queue(queue), priority=priority))
+        job_id = backend.submit(
+            JobRequest(
+                kind=kind,
+                payload=checked.model_dump(mode="json", exclude_unset=True),
+                queue=Queue(queue) if queue is not None else info.queue,
+                priority=priority,
+                character_id=character_id,
+            )
+        )
         if hasattr(backend, "close"):
             backend.close()
     finally:
         project.close()
+    where = queue or info.queue.value
     if json_output:
-        print_json({"id": job_id, "status": "queued"})
+        print_json({"id": job_id, "status": "queued", "queue": where})
         return
-    console.print(f"job {job_id}: queued on {queue}; follow it with `flenwheel jobs show {job_id}`")
+    console.print(f"job {job_id}: queued on {where}; follow it with `flenwheel jobs show {job_id}`")
 
 
 @app.command("show")

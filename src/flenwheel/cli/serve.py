@@ -1,4 +1,4 @@
-"""`flenwheel serve` (the HTTP API with an embedded job worker pool) and `flenwheel user add|ls|token`."""
+"""`flenwheel serve` (the HTTP API with an embedded job worker pool) and `flenwheel user add|ls|token|revoke`."""
 
 from __future__ import annotations
 
@@ -112,7 +112,28 @@ def list_users(json_output: JsonOption = False) -> None:
     if not users:
         err_console.print("No API users: add one with `flenwheel user add NAME`.")
         return
-    table = Table("id", "name", "created")
+    table = Table("id", "name", "created", "revoked")
     for user in users:
-        table.add_row(str(user.id), safe(user.name), user.created_at.strftime("%Y-%m-%d %H:%M"))
+        revoked = user.revoked_at.strftime("%Y-%m-%d %H:%M") if user.revoked_at else ""
+        table.add_row(str(user.id), safe(user.name), user.created_at.strftime("%Y-%m-%d %H:%M"), revoked)
     console.print(table)
+
+
+@user_app.command("revoke")
+def revoke(
+    name: Annotated[str, typer.Argument(help="User name")],
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke a user: their token answers 401 at once (open event streams end); their characters stay.
+    `flenwheel user token NAME` lets them back in with a new token."""
+    from flenwheel.web.auth import revoke_user
+
+    project = open_project()
+    try:
+        user = revoke_user(project, name)
+    finally:
+        project.close()
+    if json_output:
+        print_json(user.model_dump(mode="json"))
+        return
+    err_console.print(f"API user [bold]{safe(user.name)}[/] is revoked: their token no longer works.")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from flenwheel.errors import FlenwheelError, InvalidInput
 from flenwheel.jobs.base import JobCancelled, JobContext, TransientJobError
 from flenwheel.store.project import Project
@@ -23,6 +21,9 @@ def _character(payload: dict[str, Any]) -> str:
 
 def noop(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Does nothing and returns its payload: checks that workers are alive."""
+    from flenwheel.pipeline.jobs import NoopPayload, parse
+
+    parse(NoopPayload, payload, "noop")
     ctx.progress(1, 1, "done")
     return {"echo": payload}
 
@@ -30,14 +31,16 @@ def noop(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str
 def sleep(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """`steps` steps of `step_s` seconds with progress and cancellation; can fail on purpose:
     `fail` (message, permanent) or `transient_failures` (that many attempts fail transiently first)."""
-    steps = int(payload.get("steps", 3))
-    step_s = float(payload.get("step_s", 0.05))
+    from flenwheel.pipeline.jobs import SleepPayload, parse
+
+    p = parse(SleepPayload, payload, "sleep")
+    steps, step_s = p.steps, p.step_s
     attempt = int(ctx.known_external_id("sleep_attempt") or 0) + 1
     ctx.remember_external_id("sleep_attempt", str(attempt))
-    if attempt <= int(payload.get("transient_failures", 0)):
+    if attempt <= p.transient_failures:
         raise TransientJobError(f"attempt {attempt} failed on purpose (transient)")
-    if payload.get("fail"):
-        raise FlenwheelError(str(payload["fail"]))
+    if p.fail:
+        raise FlenwheelError(p.fail)
     ctx.progress(0, steps, "starting")
     for step in range(steps):
         if ctx.cancelled():
@@ -51,18 +54,16 @@ def curate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> di
     """`flenwheel curate` as a job: analyse new assets (progress per asset) and label every asset."""
     from flenwheel.datasets.curate import curate
     from flenwheel.domain import ReviewLabel
+    from flenwheel.pipeline.jobs import CuratePayload, parse
+
+    p = parse(CuratePayload, payload, "curate")
 
     def on_progress(done: int, total: int) -> None:
         ctx.progress(done, total, f"analysed {done} of {total}")
         if ctx.cancelled():
             raise JobCancelled("curation cancelled; analyses stored so far are kept")
 
-    report = curate(
-        project,
-        _character(payload),
-        on_progress=on_progress,
-        identity_threshold=payload.get("identity_threshold"),
-    )
+    report = curate(project, p.character, on_progress=on_progress, identity_threshold=p.identity_threshold)
     return {
         "character": report.character,
         "identity_source": report.identity_source,
@@ -94,12 +95,19 @@ def generate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> 
     from sqlalchemy import update
 
     from flenwheel.pipeline.generation import run_generation
-    from flenwheel.providers.base import TextToImage
+    from flenwheel.pipeline.jobs import GeneratePayload, parse, resolve_file
+    from flenwheel.providers.base import LoraRef, TextToImage
     from flenwheel.store.models import Asset
 
-    fields = dict(payload.get("request") or {})
-    fields.pop("kind", None)
-    request = TypeAdapter(TextToImage).validate_python(fields)
+    p = parse(GeneratePayload, payload, "generate")
+    fields = p.request.model_dump(exclude={"kind", "loras", "model"})
+    request = TextToImage(
+        **fields,
+        model=resolve_file(project, p.request.model) if p.request.model else None,
+        loras=tuple(
+            LoraRef(path=resolve_file(project, lora.path), strength=lora.strength) for lora in p.request.loras
+        ),
+    )
     if request.seed is None:
         known = ctx.known_external_id("seed")
         if known is None:
@@ -115,9 +123,7 @@ def generate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> 
         if ctx.cancelled():
             raise JobCancelled("generation cancelled")
 
-    outcome = run_generation(
-        project, _character(payload), request, preferred=payload.get("preferred"), on_progress=on_progress
-    )
+    outcome = run_generation(project, p.character, request, preferred=p.preferred, on_progress=on_progress)
     asset_ids = [output.asset_id for output in outcome.outputs]
     if ctx.job_id is not None and asset_ids:
         with project.db.session() as session:

@@ -28,8 +28,6 @@ STAGE_QUEUE = {
     "evaluate": Queue.GPU,
     "activate": Queue.CPU,
 }
-# What a chain may be told; anything else in its options is refused (typos must not be silently ignored).
-OPTION_KEYS = {"trainer", "training", "evaluation", "sheet", "skip"}
 
 
 def stage_kind(stage: str) -> str:
@@ -37,18 +35,29 @@ def stage_kind(stage: str) -> str:
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - OPTION_KEYS
-    if unknown:
-        raise InvalidInput(
-            f"unknown chain option(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(OPTION_KEYS))}"
+    """The chain's options checked against their model (pipeline/jobs.py ChainOptions): unknown keys and
+    out-of-range values are an InvalidInput naming the field, before any stage runs."""
+    from pydantic import ValidationError
+
+    from flenwheel.pipeline.jobs import ChainOptions
+
+    try:
+        checked = ChainOptions.model_validate(options)
+    except ValidationError as exc:
+        known = ", ".join(ChainOptions.model_fields)
+        problems = "; ".join(
+            f"unknown chain option {'.'.join(str(p) for p in error['loc'])} (use {known})"
+            if error["type"] == "extra_forbidden" and len(error["loc"]) == 1
+            else f"chain option {'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
         )
-    skip = options.get("skip", [])
-    if not isinstance(skip, list) or any(s not in STAGES for s in skip):
-        raise InvalidInput(f"chain option skip must list stages among {', '.join(STAGES)}")
-    for key in ("training", "evaluation", "sheet"):
-        if not isinstance(options.get(key, {}), dict):
-            raise InvalidInput(f"chain option {key} must be an object of settings")
-    return options
+        raise InvalidInput(f"the chain's options are not valid: {problems}") from None
+    return {
+        "trainer": checked.trainer,
+        "training": checked.training.overrides(),
+        "evaluation": checked.evaluation.settings(),
+        "skip": list(checked.skip),
+    }
 
 
 def start_chain(
@@ -145,11 +154,36 @@ def _submit_stage(project: Project, payload: dict[str, Any], root: int | None, s
 
 
 def _run_stage(stage: str, project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    result = STAGE_FUNCTIONS[stage](project, payload["character"], payload.get("options", {}), ctx)
-    following = _next_stage(stage, payload.get("options", {}))
+    root = _trusted_root(project, stage, payload, ctx)
+    options = check_options(dict(payload.get("options", {})))
+    result = STAGE_FUNCTIONS[stage](project, payload["character"], options, ctx)
+    following = _next_stage(stage, options)
     if following is not None:
-        result["next_job"] = _submit_stage(project, payload, payload.get("root"), following)
+        result["next_job"] = _submit_stage(project, {**payload, "options": options}, root, following)
     return result
+
+
+def _trusted_root(project: Project, stage: str, payload: dict[str, Any], ctx: JobContext) -> int | None:
+    """The chain this stage belongs to, from the stage's own job row (its parent), never from the payload:
+    a job that is not a child of a `chain` job of the same character is refused before it does anything."""
+    if ctx.job_id is None:  # called directly (tests, the CLI): there is no job row to check against
+        root = payload.get("root")
+        return int(root) if root is not None else None
+    with project.db.session() as session:
+        own = session.get(Job, ctx.job_id)
+        parent = session.get(Job, own.parent_id) if own is not None and own.parent_id is not None else None
+        if (
+            own is None
+            or parent is None
+            or parent.kind != "chain"
+            or parent.character_id != own.character_id
+            or payload.get("root", parent.id) != parent.id
+        ):
+            raise InvalidInput(
+                f"job {ctx.job_id} ({stage_kind(stage)}) is not a stage of a background chain of its character: "
+                "chain stages are started only by the chain; submit `chain` to run one"
+            )
+        return parent.id
 
 
 # -- the stages -----------------------------------------------------------------------------------------

@@ -1,16 +1,24 @@
-"""The wizard, sheet, enrichment, studio, training and evaluation stages as job kinds (jobs/kinds.py).
+"""The wizard, sheet, enrichment, studio, training and evaluation stages as job kinds (jobs/kinds.py), and
+the typed payload of every job kind.
 
 Each kind takes `{"character": NAME, ...settings}`, checks the settings against a frozen model (a bad
 value is an InvalidInput naming the field), runs the stage with the job's context (progress, cancellation)
 and returns the stage's result as JSON: asset ids, costs, and the stage's own notes (e.g. that the tiny
 model draws no faces, so identity is not measurable). Stored images are reused where the stage allows it.
+
+The payload models are registered with their kinds (jobs/kinds.py PAYLOADS); the API and `flenwheel jobs
+submit` validate a payload with the same model before it is queued, and the worker again when it runs.
+Every field is bounded. A field that names a file is a `FileRef`: over the API it may only be an https
+URL, the built-in `tiny` model or `checkpoint:ID` of one of the caller's checkpoints (web/routes/jobs.py
+checks it); the CLI, run by whoever owns the machine, may also give local paths.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import InvalidInput
@@ -19,6 +27,30 @@ from flenwheel.pipeline.stage import RenderSize
 from flenwheel.store.project import Project
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class FileMarker:
+    """Marks a payload field that names a file or a model (see `FileRef`)."""
+
+    def __repr__(self) -> str:
+        return "FileRef"
+
+
+FILE = FileMarker()
+FileRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2000,
+        description="an https URL, the built-in model `tiny`, or `checkpoint:ID` of one of your checkpoints "
+        "(the CLI also takes local paths)",
+    ),
+    FILE,
+]
+CHECKPOINT_PREFIX = "checkpoint:"
+MAX_SLEEP_S = 3600.0
+BUILT_IN_MODELS = frozenset({"tiny"})
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 
 
 class JobSize(Frozen):
@@ -33,8 +65,13 @@ class JobSize(Frozen):
         return RenderSize(**self.model_dump())
 
 
-class _Payload(Frozen):
-    character: str = Field(min_length=1, max_length=200)
+class _Character(Frozen):
+    """Every payload names its character; over the API it is filled in from `character_id`."""
+
+    character: str = Field(min_length=1, max_length=64)
+
+
+class _Payload(_Character):
     size: JobSize | None = None  # tests and benches draw 64 px on the tiny model
 
     @property
@@ -86,20 +123,179 @@ class StudioPayload(_Payload):
     negative: str = Field(default="", max_length=2000)
 
 
-class TrainPayload(Frozen):
-    character: str = Field(min_length=1, max_length=200)
-    trainer: str = "local"
-    version: int | None = Field(default=None, ge=1)
-    training: dict[str, Any] = {}  # TrainingSpec overrides; checked by pipeline.training
+class TrainingOptions(Frozen):
+    """Overrides of the training spec (trainers/base.py TrainingSpec), bounded to what one server should be
+    asked for; a field left out keeps the spec's default (the trigger always comes from the character)."""
+
+    base_model: FileRef | None = None
+    family: Literal["sd", "sdxl", "flux"] | None = None
+    rank: int | None = Field(default=None, ge=1, le=128)
+    alpha: float | None = Field(default=None, gt=0, le=1024)
+    learning_rate: float | None = Field(default=None, gt=0, le=0.1)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "sgd"] | None = None
+    epochs: int | None = Field(default=None, ge=1, le=100)
+    max_steps: int | None = Field(default=None, ge=1, le=20_000)
+    batch_size: int | None = Field(default=None, ge=1, le=16)
+    resolution: int | None = Field(default=None, ge=64, le=1024, multiple_of=64)
+    buckets: bool | None = None
+    repeats: int | None = Field(default=None, ge=1, le=100)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    save_every_epochs: int | None = Field(default=None, ge=1, le=100)
+    save_every_steps: int | None = Field(default=None, ge=1, le=20_000)
+    ema: bool | None = None
+    ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)
+    train_text_encoder: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields given, as `train_character` keyword overrides."""
+        return self.model_dump(exclude_none=True)
 
 
-class EvaluatePayload(Frozen):
-    character: str = Field(min_length=1, max_length=200)
-    run: int | None = Field(default=None, ge=1)
-    strengths: tuple[float, ...] | None = None
-    prompts: str | tuple[str, ...] = "all"
-    size: int | None = Field(default=None, ge=64, le=2048)
-    steps: int | None = Field(default=None, ge=1, le=150)
+class EvaluationOptions(Frozen):
+    """Settings of an evaluation grid (pipeline/evaluation.py evaluate_run); left out = its defaults."""
+
+    strengths: tuple[Annotated[float, Field(ge=0.0, le=2.0)], ...] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    prompts: Literal["all", "quick"] | tuple[Annotated[str, Field(min_length=1, max_length=48)], ...] = Field(
+        default="all", description="`all`, `quick`, or the keys of the model-card prompts to draw"
+    )
+    size: int | None = Field(default=None, ge=64, le=1024, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=50)
+    model: FileRef | None = None
+    provider: Name | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The fields given, as `evaluate_run` keyword arguments."""
+        return self.model_dump(exclude_none=True)
+
+
+class TrainPayload(_Character):
+    trainer: Name = "local"
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    training: TrainingOptions = TrainingOptions()
+
+
+class EvaluatePayload(_Character):
+    run: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    strengths: tuple[Annotated[float, Field(ge=0.0, le=2.0)], ...] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    prompts: Literal["all", "quick"] | tuple[Annotated[str, Field(min_length=1, max_length=48)], ...] = "all"
+    size: int | None = Field(default=None, ge=64, le=1024, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=50)
+
+
+ChainStage = Literal["sheet", "gate", "dataset", "train", "evaluate", "activate"]
+
+
+class ChainOptions(Frozen):
+    """What the background chain may be told: stages to skip, the trainer and its settings, the grid."""
+
+    trainer: Name = "local"
+    training: TrainingOptions = TrainingOptions()
+    evaluation: EvaluationOptions = EvaluationOptions()
+    skip: tuple[ChainStage, ...] = Field(default=(), max_length=6)
+
+
+class ChainPayload(_Character):
+    options: ChainOptions = ChainOptions()
+
+
+class ChainStagePayload(_Character):
+    """A stage of the chain (internal: submitted only by the chain). `root` is the chain's root job; the
+    stage checks it against its own row, never trusts it."""
+
+    options: ChainOptions = ChainOptions()
+    root: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+
+class NoopPayload(_Character):
+    """The test kind `noop`: echoes its payload."""
+
+    character: str | None = Field(default=None, max_length=64)  # type: ignore[assignment]
+    note: str = Field(default="", max_length=200)
+
+
+class SleepPayload(_Character):
+    """The test kind `sleep`: `steps` × `step_s` seconds (bounded: a worker must not be parked for hours)."""
+
+    character: str | None = Field(default=None, max_length=64)  # type: ignore[assignment]
+
+    steps: int = Field(default=3, ge=0, le=100_000)
+    step_s: float = Field(default=0.05, ge=0.0, le=1.0)
+    fail: str | None = Field(default=None, max_length=500)
+    transient_failures: int = Field(default=0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SleepPayload:
+        if self.steps * self.step_s > MAX_SLEEP_S:
+            raise ValueError(
+                f"steps × step_s is at most {MAX_SLEEP_S:g} s: a test job must not park a worker"
+            )
+        return self
+
+
+class CuratePayload(_Character):
+    identity_threshold: float | None = Field(default=None, gt=0.0, lt=2.0)
+
+
+class DatasetBuildPayload(_Character):
+    pass
+
+
+class LoraPayload(Frozen):
+    path: FileRef
+    strength: float = Field(default=1.0, ge=-4.0, le=4.0)
+
+
+class GenerateRequest(Frozen):
+    """A text-to-image request as a job may ask for it (bounded)."""
+
+    kind: Literal["text_to_image"] = "text_to_image"
+    prompt: str = Field(default="", max_length=2000)
+    negative: str = Field(default="", max_length=2000)
+    model: FileRef | None = None
+    loras: tuple[LoraPayload, ...] = Field(default=(), max_length=4)
+    seed: int | None = Field(default=None, ge=0, lt=2**31)
+    count: int = Field(default=1, ge=1, le=10)
+    nsfw: bool = False
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(default=20, ge=1, le=150)
+    guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+
+
+class GeneratePayload(_Character):
+    request: GenerateRequest = GenerateRequest()
+    preferred: Name | None = None
+
+
+def _names_a_file(annotation: Any) -> bool:
+    """Whether a field's annotation is (or may be) a `FileRef`."""
+    if get_origin(annotation) is Annotated:
+        return any(isinstance(extra, FileMarker) for extra in get_args(annotation)[1:]) or _names_a_file(
+            get_args(annotation)[0]
+        )
+    return any(_names_a_file(argument) for argument in get_args(annotation))
+
+
+def file_refs(
+    model: BaseModel, loc: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every `FileRef` value in a payload, at any depth, with where it is (`("training", "base_model")`)."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, str) and (
+            any(isinstance(extra, FileMarker) for extra in field.metadata) or _names_a_file(field.annotation)
+        ):
+            yield (*loc, name), value
+        elif isinstance(value, BaseModel):
+            yield from file_refs(value, (*loc, name))
+        elif isinstance(value, tuple | list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from file_refs(item, (*loc, name, index))
 
 
 def parse(model: type[M], payload: dict[str, Any], kind: str) -> M:
@@ -111,6 +307,22 @@ def parse(model: type[M], payload: dict[str, Any], kind: str) -> M:
             f"{'.'.join(str(p) for p in error['loc']) or 'payload'}: {error['msg']}" for error in exc.errors()
         )
         raise InvalidInput(f"{kind} job payload is not valid: {problems}") from None
+
+
+def resolve_file(project: Project, ref: str) -> str:
+    """A `FileRef` as the engine or trainer takes it: `checkpoint:ID` becomes that checkpoint's file."""
+    if not ref.startswith(CHECKPOINT_PREFIX):
+        return ref
+    from flenwheel.store.models import Checkpoint
+
+    number = ref.removeprefix(CHECKPOINT_PREFIX)
+    with project.db.session() as session:
+        checkpoint = session.get(Checkpoint, int(number)) if number.isdigit() else None
+        if checkpoint is None:
+            raise InvalidInput(
+                f"{ref!r} names no checkpoint: list a run's checkpoints with `flenwheel train`"
+            )
+        return str(project.root / checkpoint.path)
 
 
 def _json(model: BaseModel) -> dict[str, Any]:
@@ -241,8 +453,11 @@ def train_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dic
 
     p = parse(TrainPayload, payload, "train")
     trainer = TrainerRegistry.from_settings(project.settings).get(p.trainer)
+    overrides = p.training.overrides()
+    if "base_model" in overrides:
+        overrides["base_model"] = resolve_file(project, overrides["base_model"])
     outcome = train_character(
-        project, p.character, trainer, p.version, ctx=ctx, reuse_finished=True, **p.training
+        project, p.character, trainer, p.version, ctx=ctx, reuse_finished=True, **overrides
     )
     return {
         "run": outcome.run_id,

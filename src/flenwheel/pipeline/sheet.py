@@ -139,7 +139,13 @@ class SheetConfig(Frozen):
 
 
 def sheet_path(project: Project, character_name: str) -> Path:
-    return project.root / "characters" / character_name / SHEET_FILE
+    """The character's sheet.yaml, in its folder named by id: a later character of the same name (another
+    user's, or after a delete) never reads it."""
+    from flenwheel.store.project import character_dir
+
+    with project.db.session() as session:
+        character_id = get_character(session, character_name).id
+    return character_dir(project, character_id) / SHEET_FILE
 
 
 def load_sheet_config(project: Project, character_name: str) -> SheetConfig:

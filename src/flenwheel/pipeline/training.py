@@ -1,7 +1,7 @@
 """Train a character LoRA: dataset version → trainer → checkpoints recorded in the store, resumable.
 
 `train_character` is the plain function the CLI and the job workers call. A run keeps its folder
-(`<project>/training/<character>/run<N>/`) and its row in `training_run`; calling it again for the same
+(`<project>/training/<character id>/run<N>/`) and its row in `training_run`; calling it again for the same
 character, dataset version, trainer and spec continues the unfinished run instead of starting over.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -221,7 +222,9 @@ def _find_or_create_run(
         )
         session.add(run)
         session.flush()
-        run.work_dir = f"{TRAINING_DIR}/{character.name}/run{run.id}"
+        # By character id, not name; a folder left by a deleted run of a reused id is not this run's.
+        run.work_dir = f"{TRAINING_DIR}/{character.id}/run{run.id}"
+        shutil.rmtree(project.root / run.work_dir, ignore_errors=True)
         return run, False
 
 

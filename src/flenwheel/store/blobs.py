@@ -58,6 +58,10 @@ class LocalBlobStore:
     def url(self, sha256: str) -> str:
         return self.path(sha256).as_uri()
 
+    def delete(self, sha256: str) -> None:
+        """Remove a blob no asset uses any more (a deleted character's); a missing one is fine."""
+        self.path(sha256).unlink(missing_ok=True)
+
 
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "memory"}  # a single PUT is atomic there
@@ -119,6 +123,13 @@ class FsspecBlobStore:
     def url(self, sha256: str) -> str:
         protocol = _protocols(self.fs)[0]
         return f"{protocol}://{self._key(sha256)}"
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob (and this host's cached copy) no asset uses any more; a missing one is fine."""
+        key = self._key(sha256)
+        if self.fs.exists(key):
+            self.fs.rm_file(key)
+        self._cache.delete(sha256)
 
     def ensure_container(self) -> None:
         """Create the bucket / folder if it is missing (project init)."""

@@ -18,7 +18,7 @@ from flenwheel.errors import InvalidInput
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration in migrations/versions (a test keeps the two in step). A database already at this
 # revision is not handed to Alembic at all, which keeps every command's start-up fast.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0005"
 
 
 def make_engine(url: str) -> Engine:
@@ -61,9 +61,24 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        # SQLite rebuilds a table to change a constraint (batch mode): with foreign keys on, dropping the old
+        # `character` table would cascade-delete every asset. They are off while migrating (SQLite ignores
+        # the pragma inside a transaction, so it is set before), and checked after.
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise RuntimeError("the migrated database breaks a foreign key: restore the backup")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 class Database:

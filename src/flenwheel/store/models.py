@@ -37,10 +37,17 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Set by `flenwheel user revoke NAME`: the token answers 401 from then on; the user's data stays.
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class Character(Base):
     __tablename__ = "character"
+    # Names are unique per owner (another user's names must not show through a 409); ids are never reused.
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name", name="uq_character_owner_name"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # None = made from the CLI (the local user); the API only shows a user their own characters.
@@ -50,7 +57,7 @@ class Character(Base):
     # The LoRA the studio uses (chosen by evaluation or by hand); None = identity-reference mode.
     active_checkpoint_id: Mapped[int | None] = mapped_column(Integer, default=None)
     active_lora_strength: Mapped[float | None] = mapped_column(Float, default=None)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
     token: Mapped[str] = mapped_column(String(48))
     class_word: Mapped[str] = mapped_column(String(32))
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -204,6 +211,7 @@ class TrainingRun(Base):
     """One LoRA training of a dataset version through one trainer; its checkpoints and loss log."""
 
     __tablename__ = "training_run"
+    __table_args__ = {"sqlite_autoincrement": True}  # run ids name folders: never reused
 
     id: Mapped[int] = mapped_column(primary_key=True)
     character_id: Mapped[int] = mapped_column(ForeignKey("character.id", ondelete="CASCADE"), index=True)
@@ -301,6 +309,7 @@ class Job(Base):
     """
 
     __tablename__ = "job"
+    __table_args__ = {"sqlite_autoincrement": True}  # job ids are a chain's root: never reused
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(48))

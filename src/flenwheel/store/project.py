@@ -59,9 +59,35 @@ class Project:
         self.db.dispose()
 
 
+CHARACTERS_DIR = "characters"  # characters/<id>/: files of one character (the sheet)
+TRAINING_DIR = "training"  # training/<id>/run<N>/: a character's training runs
+
+
+def character_dir(project: Project, character_id: int) -> Path:
+    """The folder of one character's own files, named by id (names are reused; ids are not shared)."""
+    return project.root / CHARACTERS_DIR / str(character_id)
+
+
+def character_files(project: Project, character_id: int) -> list[Path]:
+    """Every folder that holds only this character's files: removed with the character."""
+    return [character_dir(project, character_id), project.root / TRAINING_DIR / str(character_id)]
+
+
 def get_character(session: Session, name: str) -> Character:
-    character = session.scalar(select(Character).where(Character.name == name))
-    if character is None:
+    """The character `name` names: `#ID` (how the API and its jobs name one), or a name. Names are unique per
+    owner, so a name several owners use is refused with their ids rather than guessed."""
+    if name.startswith("#") and name[1:].isdigit():
+        found = session.get(Character, int(name[1:]))
+        if found is None:
+            raise CharacterNotFound(name, [])
+        return found
+    matches = list(session.scalars(select(Character).where(Character.name == name).order_by(Character.id)))
+    if len(matches) > 1:
+        ids = ", ".join(f"#{c.id}" for c in matches)
+        raise InvalidInput(
+            f"{len(matches)} characters are named {name!r} ({ids}, of different users): give #ID"
+        )
+    if not matches:
         known = list(session.scalars(select(Character.name).order_by(Character.name)))
         raise CharacterNotFound(name, known)
-    return character
+    return matches[0]

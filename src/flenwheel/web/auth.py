@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +35,11 @@ class UserInfo(Frozen):
     id: int
     name: str
     created_at: datetime
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def of(cls, user: User) -> UserInfo:
+        return cls(id=user.id, name=user.name, created_at=user.created_at, revoked_at=user.revoked_at)
 
 
 def new_token() -> str:
@@ -62,29 +67,43 @@ def add_user(project: Project, name: str) -> tuple[UserInfo, str]:
             session.flush()
         except IntegrityError:
             raise UserExists(name) from None
-        return UserInfo(id=user.id, name=user.name, created_at=user.created_at), token
+        return UserInfo.of(user), token
 
 
 def new_user_token(project: Project, name: str) -> str:
-    """Replace a user's token (the old one stops working at once) and return the new one."""
+    """Replace a user's token (the old one stops working at once) and return the new one. A revoked user
+    gets access back this way (`flenwheel user token NAME`)."""
     token = new_token()
     with project.db.session() as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
             raise UserNotFound(name)
         user.token_sha256 = token_sha256(token)
+        user.revoked_at = None
     return token
+
+
+def revoke_user(project: Project, name: str) -> UserInfo:
+    """Revoke a user: every request with their token answers 401 from now on (also SSE streams they have
+    open, at their next poll). Their characters, assets and jobs stay; `flenwheel user token NAME` lets
+    them back in with a new token."""
+    with project.db.session() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise UserNotFound(name)
+        if user.revoked_at is None:
+            user.revoked_at = datetime.now(UTC)
+        session.flush()
+        return UserInfo.of(user)
 
 
 def list_users(project: Project) -> list[UserInfo]:
     with project.db.session() as session:
-        return [
-            UserInfo(id=u.id, name=u.name, created_at=u.created_at)
-            for u in session.scalars(select(User).order_by(User.id))
-        ]
+        return [UserInfo.of(u) for u in session.scalars(select(User).order_by(User.id))]
 
 
 def user_for_token(session: Session, token: str) -> UserInfo | None:
-    """The user holding `token`, or None. Looked up by hash: the token itself is never stored or compared."""
+    """The user holding `token` (revoked or not: see `revoked_at`), or None. Looked up by hash: the token
+    itself is never stored or compared."""
     user = session.scalar(select(User).where(User.token_sha256 == token_sha256(token)))
-    return None if user is None else UserInfo(id=user.id, name=user.name, created_at=user.created_at)
+    return None if user is None else UserInfo.of(user)

@@ -75,6 +75,13 @@ def current_user(
             detail=f"This API token is not known (it may have been replaced): {HOW_TO_GET_A_TOKEN}.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if user.revoked_at is not None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="This API token's user has been revoked: ask the server's operator "
+            "(`flenwheel user token NAME` gives a revoked user a new token).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return user
 
 
@@ -86,6 +93,12 @@ class CharacterRef(Frozen):
 
     id: int
     name: str
+
+    @property
+    def key(self) -> str:
+        """How the pipeline and job payloads name this character unambiguously (names are unique per owner
+        only): `#ID`."""
+        return f"#{self.id}"
 
 
 def character_not_found(character_id: int) -> HTTPException:

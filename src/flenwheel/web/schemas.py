@@ -4,12 +4,13 @@ fields, so a misspelt field is a 422 naming it rather than a silently ignored se
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from flenwheel.domain import ReviewLabel
-from flenwheel.jobs.base import JobStatus, Queue
+from flenwheel.jobs.base import JobStatus
+from flenwheel.jobs.kinds import KindInfo
 
 T = TypeVar("T")
 
@@ -218,13 +219,48 @@ class DatasetVersionDetail(DatasetVersionPublic):
 # -- jobs ----------------------------------------------------------------------------------------------
 
 
+PRIORITY_RULE = (
+    "0 (the default) or lower: a lower priority defers this job behind your other jobs. Over the API a job "
+    "can never be put ahead of other users' jobs, so priority only orders your own work"
+)
+
+
 class JobCreate(Body):
-    kind: str = Field(min_length=1, max_length=48, examples=["curate"], description="a registered job kind")
+    """What every job submission has; each kind adds its `kind` tag and its typed `payload`
+    (`job_create_body` makes the discriminated union over the kinds the server accepts)."""
+
     character_id: int = Field(ge=1, le=2**31 - 1, description="one of your characters; the job works on it")
-    payload: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
-    queue: Queue = Queue.CPU
-    priority: int = Field(default=0, ge=-100, le=100, description="higher runs first")
+    priority: int = Field(default=0, ge=-100, le=0, description=PRIORITY_RULE)
     max_attempts: int = Field(default=3, ge=1, le=20)
+
+
+def api_payload_model(payload: type[BaseModel]) -> type[BaseModel]:
+    """A kind's payload model as API users send it: `character` is filled in from `character_id`."""
+    fields: Any = {
+        "character": (
+            str | None,
+            Field(default=None, max_length=64, description="leave out: filled in from character_id"),
+        )
+    }
+    return create_model(payload.__name__, __base__=payload, __module__=payload.__module__, **fields)
+
+
+def job_create_body(kinds: list[KindInfo]) -> Any:
+    """The POST /jobs body: one model per kind the server accepts, told apart by `kind` (a discriminated union
+    that the OpenAPI document shows in full, so clients and the fuzz test see every kind's payload)."""
+    models = []
+    for info in kinds:
+        assert info.payload is not None
+        payload = api_payload_model(info.payload)
+        try:
+            payload.model_validate({})
+            default: Any = Field(default_factory=payload)
+        except ValidationError:
+            default = Field(description="required: this kind has settings without defaults")
+        fields: Any = {"kind": (Literal[info.name], ...), "payload": (payload, default)}
+        name = "".join(part.title() for part in info.name.split("_")) + "JobCreate"
+        models.append(create_model(name, __base__=JobCreate, __module__=__name__, **fields))
+    return Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
 
 
 class JobPublic(Public):

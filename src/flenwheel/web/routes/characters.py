@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
-from flenwheel.characters import create_character
+from flenwheel.characters import create_character, delete_character
 from flenwheel.jobs.base import JobStatus
 from flenwheel.store.models import Asset, Character, Job
 from flenwheel.web.deps import CurrentUser, OwnedCharacter, ProjectDep, SessionDep
@@ -68,7 +68,9 @@ def create(body: CharacterCreate, user: CurrentUser, project: ProjectDep) -> Cha
         spec=fields["spec"],
     )
     with project.db.session() as session:
-        character = session.scalars(select(Character).where(Character.name == body.name)).one()
+        character = session.scalars(
+            select(Character).where(Character.name == body.name, Character.owner_id == user.id)
+        ).one()
         return _public(character, 0)
 
 
@@ -110,7 +112,8 @@ def get(ref: OwnedCharacter, session: SessionDep) -> CharacterPublic:
     response_class=Response,
 )
 def remove(ref: OwnedCharacter, project: ProjectDep) -> Response:
-    """Delete a character with its assets, reviews, dataset versions, runs and finished jobs.
+    """Delete a character with its assets, reviews, dataset versions, runs and finished jobs, and its files:
+    the sheet, training folders, evaluation reports and the image blobs no other asset uses.
 
     Refused (409) while one of its jobs is queued or running: cancel those first."""
     with project.db.session() as session:  # committed before the 204 goes out
@@ -123,5 +126,5 @@ def remove(ref: OwnedCharacter, project: ProjectDep) -> Response:
                 detail=f"character {ref.id} has unfinished jobs {unfinished}: cancel them with "
                 "POST /jobs/{id}/cancel and delete again once they have stopped",
             )
-        session.execute(delete(Character).where(Character.id == ref.id))
+    delete_character(project, ref.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -53,7 +53,7 @@ def version_public(version: DatasetVersion, created: bool | None = None) -> Data
 def build(ref: OwnedCharacter, project: ProjectDep, response: Response) -> DatasetVersionPublic:
     """Snapshot the images labelled good into a new immutable version (201); when nothing changed since the
     latest version, that version is returned (200) instead of a copy."""
-    built = build_dataset_version(project, ref.name)
+    built = build_dataset_version(project, ref.key)
     if not built.created:
         response.status_code = status.HTTP_200_OK
     return version_public(built.version, built.created)
@@ -113,7 +113,7 @@ def export(
     _version(session, ref.id, number)
     work = Path(tempfile.mkdtemp(prefix="flenwheel-export-"))
     try:
-        result = export_dataset(project, ref.name, export_format, work / "export", version_number=number)
+        result = export_dataset(project, ref.key, export_format, work / "export", version_number=number)
         archive = work / f"{ref.name}_v{number}_{export_format.value}.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as out:
             for path in sorted(result.out.rglob("*")):

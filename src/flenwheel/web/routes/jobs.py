@@ -7,17 +7,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from starlette.concurrency import run_in_threadpool
 
+from flenwheel.config import Settings
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs import kinds
 from flenwheel.jobs.base import JobRequest, JobStatus
 from flenwheel.jobs.store import JobInfo
-from flenwheel.store.models import Character, Job
+from flenwheel.pipeline.jobs import BUILT_IN_MODELS, CHECKPOINT_PREFIX, file_refs
+from flenwheel.store.models import Character, Checkpoint, Job, TrainingRun
+from flenwheel.store.project import Project
 from flenwheel.web.auth import UserInfo
 from flenwheel.web.deps import (
     MAX_ID,
@@ -28,7 +34,7 @@ from flenwheel.web.deps import (
     SessionDep,
     find_owned_character,
 )
-from flenwheel.web.schemas import ErrorPublic, JobCreate, JobPage, JobPublic
+from flenwheel.web.schemas import ErrorPublic, JobPage, JobPublic, job_create_body
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -57,50 +63,92 @@ OwnedJob = Annotated[int, Depends(owned_job)]
 
 
 def job_public(info: JobInfo | Job) -> JobPublic:
-    return JobPublic.model_validate(info, from_attributes=True)
+    """A job as its owner sees it over the API: its result without any path on the server."""
+    public = JobPublic.model_validate(info, from_attributes=True)
+    return public.model_copy(update={"result": public_result(public.result)})
 
 
-@router.post(
-    "",
-    summary="Submit a job",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobPublic,
-    responses={422: {"model": ErrorPublic, "description": "unknown kind or bad payload"}},
-)
-def submit(body: JobCreate, user: CurrentUser, project: ProjectDep, jobs: JobsDep) -> JobPublic:
-    """Queue a job for one of your characters; follow it with GET /jobs/{id}/events. The payload's
-    `character` is filled in from `character_id`."""
-    character = find_owned_character(project, user, body.character_id)
-    known = kinds.known_kinds()
-    if body.kind not in known:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"unknown job kind {body.kind!r}: use one of {', '.join(known)}",
-        )
-    given = body.payload.get("character")
-    if given is not None and given != character.name:
-        raise InvalidInput(
-            f"payload.character is {given!r} but character_id {character.id} is {character.name!r}: "
-            "leave `character` out of the payload; character_id says which character the job works on"
-        )
-    refuse_server_paths(body.payload)
-    request = JobRequest(
-        kind=body.kind,
-        payload={**body.payload, "character": character.name},
-        queue=body.queue,
-        priority=body.priority,
-        character_id=character.id,
-        owner_id=user.id,
-        max_attempts=body.max_attempts,
+API_PATHS = ("/assets/", "/characters/", "/jobs/")  # this API's own URLs, which results may carry
+PATH_RESULT_KEYS = {"file", "path", "config_file", "report", "work_dir", "dir", "out"}
+
+
+def public_result(value: Any) -> Any:
+    """A job result as the API shows it: an image is its asset id and its API URL (`/assets/{id}/image`),
+    never the blob's file on the server; other file and folder names (reports, run folders, the sheet
+    file) are left out, since a client cannot open them — the API serves what they hold."""
+    if isinstance(value, dict):
+        shown = {
+            key: public_result(item)
+            for key, item in value.items()
+            if not (key in PATH_RESULT_KEYS and isinstance(item, str)) and not _server_path(item)
+        }
+        if isinstance(value.get("asset_id"), int):
+            shown["image_url"] = f"/assets/{value['asset_id']}/image"
+        return shown
+    if isinstance(value, list):
+        return [public_result(item) for item in value if not _server_path(item)]
+    return value
+
+
+def _server_path(value: Any) -> bool:
+    """An absolute path (POSIX, Windows or file: URL) in a result, whatever its key."""
+    return (
+        isinstance(value, str)
+        and not value.startswith(API_PATHS)
+        and (value.startswith(("/", "file:", "\\\\")) or (len(value) > 2 and value[1:3] in (":\\", ":/")))
     )
-    job_id = jobs.submit(request)
-    return job_public(jobs.store.get(job_id))
+
+
+def submit_router(settings: Settings) -> APIRouter:
+    """POST /jobs over the kinds this server accepts (public kinds, plus the test kinds when enabled): the
+    body is a union of one typed model per kind, so a bad payload is a 422 naming the field before anything
+    is queued, and the OpenAPI document shows every kind's payload."""
+    accepted = kinds.submittable(settings.test_kinds)
+    submit_router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+    def submit(body: Any, user: CurrentUser, project: ProjectDep, jobs: JobsDep) -> JobPublic:
+        """Queue a job for one of your characters; follow it with GET /jobs/{id}/events. The payload's
+        `character` is filled in from `character_id`; the queue follows the kind."""
+        character = find_owned_character(project, user, body.character_id)
+        kind = kinds.info(body.kind)
+        given = body.payload.character
+        if given is not None and given not in (character.name, character.key):
+            raise InvalidInput(
+                f"payload.character is {given!r} but character_id {character.id} is {character.name!r}: "
+                "leave `character` out of the payload; character_id says which character the job works on"
+            )
+        check_files(project, user, body.payload)
+        payload = {**body.payload.model_dump(mode="json", exclude_unset=True), "character": character.key}
+        assert kind.payload is not None
+        kind.payload.model_validate(payload)  # the worker's own model: what it will accept
+        request = JobRequest(
+            kind=body.kind,
+            payload=payload,
+            queue=kind.queue,
+            priority=body.priority,
+            character_id=character.id,
+            owner_id=user.id,
+            max_attempts=body.max_attempts,
+        )
+        job_id = jobs.submit(request)
+        return job_public(jobs.store.get(job_id))
+
+    submit.__annotations__["body"] = job_create_body(accepted)
+    submit_router.post(
+        "",
+        summary="Submit a job",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=JobPublic,
+        responses={422: {"model": ErrorPublic, "description": "unknown kind or bad payload"}},
+    )(submit)
+    return submit_router
 
 
 @router.get("/kinds", summary="List job kinds", response_model=list[str])
-def list_kinds(user: CurrentUser) -> list[str]:
-    """The job kinds this server knows; `kind` in POST /jobs is one of them."""
-    return kinds.known_kinds()
+def list_kinds(user: CurrentUser, project: ProjectDep) -> list[str]:
+    """The job kinds you can submit; `kind` in POST /jobs is one of them. (The background chain's stages
+    are internal: submit `chain`.)"""
+    return [kind.name for kind in kinds.submittable(project.settings.test_kinds)]
 
 
 @router.get("", summary="List your jobs", response_model=JobPage)
@@ -170,36 +218,48 @@ def retry(job_id: OwnedJob, jobs: JobsDep) -> JobPublic:
     return job_public(jobs.retry(job_id))
 
 
-PATH_KEYS = {"path", "model", "checkpoint", "dir", "out", "file"}
+def check_files(project: Project, user: UserInfo, payload: BaseModel) -> None:
+    """Files over the API (every `FileRef` field of the payload, at any depth) are an allow-list: an https
+    URL, a built-in model name, or `checkpoint:ID` of one of the caller's own checkpoints — never a path on
+    the server, absolute or relative (`flenwheel.db`, `../x`, `/etc`). A 422 names the field."""
+    for loc, value in file_refs(payload):
+        problem = _file_problem(project, user, value)
+        if problem is not None:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "payload", *loc),
+                        "msg": f"{value[:200]!r} {problem}",
+                        "type": "file_ref",
+                    }
+                ]
+            )
 
 
-def refuse_server_paths(value: Any, where: str = "payload") -> None:
-    """An API user must not point a job at files on the server (another user's LoRA, /etc/…): values of
-    path-like keys may be https URLs or names, never absolute, home-relative or `..` paths."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            name = str(key).lower()
-            path_like = name in PATH_KEYS or name.endswith(("_path", "_dir", "_file"))
-            if path_like and isinstance(item, str) and _server_path(item):
-                raise InvalidInput(
-                    f"{where}.{key} is a path on the server ({item!r}): over the API give an https URL or a "
-                    "model name; the character's own trained LoRA is used by the studio once it is active"
+def _file_problem(project: Project, user: UserInfo, value: str) -> str | None:
+    if value in BUILT_IN_MODELS:
+        return None
+    parsed = urlsplit(value)
+    if parsed.scheme == "https" and parsed.hostname:
+        return None
+    if value.startswith(CHECKPOINT_PREFIX):
+        number = value.removeprefix(CHECKPOINT_PREFIX)
+        owned = None
+        if number.isdigit() and int(number) <= MAX_ID:
+            with project.db.session() as session:
+                owned = session.scalar(
+                    select(Checkpoint.id)
+                    .join(TrainingRun, TrainingRun.id == Checkpoint.run_id)
+                    .join(Character, Character.id == TrainingRun.character_id)
+                    .where(Checkpoint.id == int(number), Character.owner_id == user.id)
                 )
-            refuse_server_paths(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            refuse_server_paths(item, f"{where}[{index}]")
-
-
-def _server_path(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered.startswith(("https://", "http://")):
-        return False
+        if owned is None:
+            return "is not one of your checkpoints: list a character's runs and their checkpoints first"
+        return None
     return (
-        lowered.startswith(("/", "~", "\\", "file:", "./"))
-        or ".." in lowered.replace("\\", "/").split("/")
-        or (len(lowered) > 1 and lowered[1] == ":")  # C:\…
-        or lowered.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+        "is not allowed over the API: give an https URL, the built-in model "
+        f"{', '.join(sorted(BUILT_IN_MODELS))}, or checkpoint:ID of one of your checkpoints (files on the "
+        "server are never readable through a job)"
     )
 
 

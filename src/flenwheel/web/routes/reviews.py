@@ -28,7 +28,7 @@ def add_review(ref: OwnedAsset, body: ReviewCreate, project: ProjectDep) -> Revi
             f"give a `reason` when labelling {body.label.value}: say what is wrong with the image "
             "(seed 001: every label but good is documented)"
         )
-    review = review_asset(project, ref.character.name, str(ref.id), body.label.value, body.reason)
+    review = review_asset(project, ref.character.key, str(ref.id), body.label.value, body.reason)
     return ReviewPublic.model_validate(review)
 
 
@@ -42,6 +42,6 @@ def list_reviews(ref: OwnedAsset, session: SessionDep) -> list[ReviewPublic]:
 @router.put("/caption", summary="Set an asset's caption", response_model=AssetPublic)
 def update_caption(ref: OwnedAsset, body: CaptionUpdate, project: ProjectDep) -> AssetPublic:
     """Replace the asset's training caption; it must contain the character's trigger token."""
-    set_caption(project, ref.character.name, str(ref.id), body.caption)
+    set_caption(project, ref.character.key, str(ref.id), body.caption)
     with project.db.session() as session:
         return get_asset(ref, session)

@@ -11,6 +11,8 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from flenwheel.domain import Frozen
+from flenwheel.pipeline.jobs import JobSize
+from flenwheel.pipeline.sheet import DEFAULT_ANCHORS, DEFAULT_VARIATIONS, Anchor, SheetConfig, Variation
 from flenwheel.web.deps import OwnedCharacter, ProjectDep
 
 router = APIRouter(prefix="/characters/{character_id}", tags=["characters"])
@@ -24,8 +26,17 @@ class AnchorPickBody(PickBody):
     anchor: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", examples=["front"])
 
 
+class SheetEdit(SheetConfig):
+    """The sheet as an API user may set it: pipeline/sheet.py SheetConfig with the image size and steps
+    bounded like every job's (JobSize) and at most 16 anchors and 64 variations."""
+
+    image: JobSize = JobSize()  # type: ignore[assignment]
+    anchors: tuple[Anchor, ...] = Field(default=DEFAULT_ANCHORS, min_length=1, max_length=16)
+    variations: tuple[Variation, ...] = Field(default=DEFAULT_VARIATIONS, max_length=64)
+
+
 class SheetBody(Frozen):
-    config: dict[str, Any]  # the sheet.yaml fields (pipeline/sheet.py SheetConfig)
+    config: SheetEdit  # the sheet.yaml fields
 
 
 class ModePublic(Frozen):
@@ -40,7 +51,7 @@ async def pick_base(ref: OwnedCharacter, body: PickBody, project: ProjectDep) ->
     """Make one of the character's base images the pick; the sheet and consistent profiles draw from it."""
     from flenwheel.pipeline.wizard import pick_base as pick
 
-    picked = await run_in_threadpool(pick, project, ref.name, body.asset_id)
+    picked = await run_in_threadpool(pick, project, ref.key, body.asset_id)
     return {"picked": picked.asset_id}
 
 
@@ -50,25 +61,20 @@ async def pick_anchor(ref: OwnedCharacter, body: AnchorPickBody, project: Projec
     never overrules it."""
     from flenwheel.pipeline.sheet import pick_anchor as pick
 
-    picked = await run_in_threadpool(pick, project, ref.name, body.anchor, body.asset_id)
+    picked = await run_in_threadpool(pick, project, ref.key, body.anchor, body.asset_id)
     return picked.model_dump(mode="json")
 
 
 @router.put("/sheet", summary="Edit the character sheet")
 async def put_sheet(ref: OwnedCharacter, body: SheetBody, project: ProjectDep) -> dict[str, Any]:
-    """Replace the character's sheet (anchors, variations, strengths, image size); checked before saving."""
+    """Replace the character's sheet (anchors, variations, strengths, image size); checked before saving
+    (a bad field is a 422 naming it)."""
     import yaml
-    from pydantic import ValidationError
 
-    from flenwheel.errors import InvalidInput
-    from flenwheel.pipeline.sheet import SheetConfig, sheet_path
+    from flenwheel.pipeline.sheet import sheet_path
 
-    try:
-        config = SheetConfig.model_validate(body.config)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"sheet config is not valid: {problems}") from None
-    path = sheet_path(project, ref.name)
+    config = SheetConfig.model_validate(body.config.model_dump())
+    path = sheet_path(project, ref.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     return config.model_dump(mode="json")
@@ -80,7 +86,7 @@ async def mode(ref: OwnedCharacter, project: ProjectDep) -> ModePublic:
     from flenwheel.pipeline.studio import decide_mode
     from flenwheel.store.models import Character
 
-    decision = await run_in_threadpool(decide_mode, project, ref.name)
+    decision = await run_in_threadpool(decide_mode, project, ref.key)
     with project.db.session() as session:
         character = session.get_one(Character, ref.id)
         checkpoint, strength = character.active_checkpoint_id, character.active_lora_strength
