@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLENWHEEL_")}
+    env["FLENWHEEL_TEST_KINDS"] = "1"  # the `sleep` kind is refused unless the server enables test kinds
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "project"
         subprocess.run([str(FLENWHEEL), "init", str(project)], env=env, check=True, capture_output=True)

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     job_retry_backoff_s: float = Field(default=2.0, ge=0.0)  # first wait before retrying a transient failure
     # The test job kinds `noop` and `sleep` may be submitted (over the API and the CLI): tests and benchmarks only.
     test_kinds: bool = False
+    # HTTP API: how many job event streams (SSE) one user may follow at once, per server process.
+    event_streams_per_user: int = Field(default=8, ge=1, le=1000)
     upload_max_mb: float = Field(default=25.0, gt=0.0, le=80.0)  # HTTP API: largest image one upload may be
     cache_dir: Path | None = None  # built models (the tiny pipeline); default ~/.cache/flenwheel
     # Engines. Each one is used only when configured; the router tries them in `providers` order.

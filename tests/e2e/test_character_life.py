@@ -155,8 +155,14 @@ def test_a_characters_whole_life_survives_a_killed_worker(
         assert base["progress_total"] >= 3 and base["progress_done"] == base["progress_total"]
         assert len(base["result"]["asset_ids"]) == 3
         assert "no faces" in (base["result"]["note"] or "")  # the tiny model says it draws no faces
-        bad = submit(client, alice, cid, "base_images", {"count": 30})
-        assert "count" in (wait_job(client, alice, bad)["error"] or "")  # the payload error names the field
+        bad = client.post(
+            "/jobs",
+            json={"kind": "base_images", "character_id": cid, "payload": {"count": 30}},
+            headers=alice,
+        )
+        assert (
+            bad.status_code == 422 and "count" in bad.json()["detail"]
+        )  # refused at submit, naming the field
 
         picked = client.post(
             f"/characters/{cid}/pick-base", json={"asset_id": base["result"]["asset_ids"][1]}, headers=alice
@@ -234,5 +240,5 @@ def test_a_characters_whole_life_survives_a_killed_worker(
 
 
 def submit_as(client: httpx.Client, headers: dict[str, str], character_id: int) -> int:
-    response = client.post("/jobs", json={"kind": "noop", "character_id": character_id}, headers=headers)
+    response = client.post("/jobs", json={"kind": "curate", "character_id": character_id}, headers=headers)
     return response.status_code

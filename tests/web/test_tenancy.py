@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,55 @@ def test_job_results_give_asset_ids_and_api_urls_not_server_paths(working_api: A
     assert not [s for s in _strings(result) if root in s]
     fetched = api.client.get(image["image_url"], headers=api.alice)
     assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def working_any_api(any_project: Project) -> Iterator[Api]:
+    """The API with two embedded job workers, on SQLite and on PostgreSQL."""
+    yield from make_api(any_project, job_workers=2)
+
+
+def test_parallel_dataset_builds_all_answer_with_one_version(working_any_api: Api) -> None:
+    """Case 10: ten parallel POST /characters/{id}/datasets gave IntegrityErrors (500) on PostgreSQL."""
+    api = working_any_api
+    lisa = api.character()
+    api.upload(lisa, *LISA[4:7])
+    curate = api.client.post("/jobs", json={"kind": "curate", "character_id": lisa}, headers=api.alice)
+    assert follow(api, curate.json()["id"])[-1][1]["status"] == "succeeded"
+    for asset in api.client.get(f"/characters/{lisa}/assets", headers=api.alice).json()["items"]:
+        labelled = api.client.post(
+            f"/assets/{asset['id']}/reviews", json={"label": "good"}, headers=api.alice
+        )
+        assert labelled.status_code == 201, labelled.text
+
+    def build(_: int) -> tuple[int, int]:
+        response = api.client.post(f"/characters/{lisa}/datasets", headers=api.alice)
+        return response.status_code, response.json().get("number", -1)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(build, range(10)))
+    assert sorted(code for code, _ in answers) == [200] * 9 + [201], answers
+    assert {number for _, number in answers} == {1}  # the same content is the same version
+    versions = api.client.get(f"/characters/{lisa}/datasets", headers=api.alice).json()
+    assert [v["number"] for v in versions] == [1]
+
+
+def test_event_followers_hold_no_database_connection_and_are_capped_per_user(api: Api) -> None:
+    """Case 9: each follower held a connection for the job's whole life, so sixteen followers took the
+    whole pool and every other request waited for it. Now two users' eight streams each leave the API
+    answering, and a ninth stream of one user is a 429 that says why."""
+    alices_job = _post_job(api, api.alice, kind="noop", character_id=api.character())[1]["id"]
+    bobs_job = _post_job(api, api.bob, kind="noop", character_id=api.character("bobs", api.bob))[1]["id"]
+    with ExitStack() as streams:
+        for job_id, headers in [(alices_job, api.alice)] * 8 + [(bobs_job, api.bob)] * 8:
+            stream = streams.enter_context(
+                api.client.stream("GET", f"/jobs/{job_id}/events", headers=headers)
+            )
+            assert stream.status_code == 200
+        listed = api.client.get("/characters", headers=api.alice)
+        assert listed.status_code == 200 and listed.json()["total"] == 1
+        assert api.client.get(f"/jobs/{bobs_job}", headers=api.bob).json()["status"] == "queued"
+        ninth = api.client.get(f"/jobs/{alices_job}/events", headers=api.alice)
+        assert ninth.status_code == 429 and "close one" in ninth.json()["detail"]
+    with api.client.stream("GET", f"/jobs/{alices_job}/events", headers=api.alice) as again:
+        assert again.status_code == 200  # closed streams gave their slots back

@@ -35,7 +35,7 @@ def test_picks_sheet_and_mode(api: Api) -> None:
     assert anchor.status_code == 400 and "nowhere" in anchor.json()["detail"]
 
     bad = client.put(f"/characters/{character_id}/sheet", json={"config": {"candidates": 99}}, headers=alice)
-    assert bad.status_code == 400 and "candidates" in bad.json()["detail"]
+    assert bad.status_code == 422 and "candidates" in bad.json()["detail"]
     sheet = {"candidates": 2, "image": {"width": 64, "height": 64, "steps": 2}}
     saved = client.put(f"/characters/{character_id}/sheet", json={"config": sheet}, headers=alice)
     assert saved.status_code == 200 and saved.json()["candidates"] == 2

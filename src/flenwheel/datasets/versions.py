@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
 from flenwheel.captions import check_caption
@@ -13,7 +14,7 @@ from flenwheel.datasets.curate import current_review
 from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, Shot
 from flenwheel.errors import DatasetEmpty, FlenwheelError, InvalidInput
 from flenwheel.quality import QualityThresholds, quality_grade
-from flenwheel.store.models import Asset, DatasetItem, DatasetVersion
+from flenwheel.store.models import Asset, Character, DatasetItem, DatasetVersion
 from flenwheel.store.project import Project, get_character
 
 # Seed 000 step 3 / seed 001 step 1.1 targets, with the tolerance within which a share counts as met.
@@ -29,10 +30,29 @@ class BuildResult:
     created: bool  # False when the good set is unchanged since the latest version
 
 
+BUILD_ATTEMPTS = 3
+
+
 def build_dataset_version(project: Project, character_name: str) -> BuildResult:
-    """Snapshot the images currently labelled good; an unchanged set returns the latest version."""
+    """Snapshot the images currently labelled good; an unchanged set returns the latest version.
+
+    Concurrent builds of one character (ten clicks, two workers) are serialised on the character's row
+    (PostgreSQL) and retried should two still pick the same number (SQLite), so each answers with a version:
+    the same one when the good set is the same."""
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        try:
+            return _build(project, character_name)
+        except (IntegrityError, OperationalError):
+            if attempt == BUILD_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _build(project: Project, character_name: str) -> BuildResult:
     with project.db.session() as session:
         character = get_character(session, character_name)
+        # One build of a character at a time: the next waits here, then sees the version this one made.
+        session.execute(select(Character.id).where(Character.id == character.id).with_for_update())
         assets = session.scalars(
             select(Asset)
             .where(Asset.character_id == character.id, Asset.kind.in_(DATASET_KINDS))

@@ -89,6 +89,7 @@ def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s:
     app.state.stopping = threading.Event()
     app.state.jobs = None
     app.state.job_workers = 0
+    app.state.stream_slots = jobs.StreamSlots(settings.event_streams_per_user)
     app.include_router(jobs.submit_router(settings))
     for module in (characters, assets, reviews, datasets, jobs, wizard):
         app.include_router(module.router)

@@ -5,6 +5,7 @@ cancelling and retrying go through the server's job backend so its workers hear 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -22,7 +23,7 @@ from flenwheel.jobs import kinds
 from flenwheel.jobs.base import JobRequest, JobStatus
 from flenwheel.jobs.store import JobInfo
 from flenwheel.pipeline.jobs import BUILT_IN_MODELS, CHECKPOINT_PREFIX, file_refs
-from flenwheel.store.models import Character, Checkpoint, Job, TrainingRun
+from flenwheel.store.models import Character, Checkpoint, Job, TrainingRun, User
 from flenwheel.store.project import Project
 from flenwheel.web.auth import UserInfo
 from flenwheel.web.deps import (
@@ -39,6 +40,7 @@ from flenwheel.web.schemas import ErrorPublic, JobPage, JobPublic, job_create_bo
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 EVENTS_POLL_S = 0.1  # how often the event stream looks at the job row
+REVOCATION_EVERY = 20  # polls between checks that the follower's user is not revoked (about 2 s)
 RETRYABLE = {JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED}
 
 
@@ -50,8 +52,11 @@ def visible_to(user: UserInfo) -> ColumnElement[bool]:
     )
 
 
-def owned_job(user: CurrentUser, session: SessionDep, job_id: Annotated[int, IdPath]) -> int:
-    found = session.scalar(select(Job.id).where(Job.id == job_id, visible_to(user)))
+def owned_job(user: CurrentUser, project: ProjectDep, job_id: Annotated[int, IdPath]) -> int:
+    # A short session of its own: an event stream depends on this for as long as it runs, and must not
+    # hold a database connection all that time.
+    with project.db.session() as session:
+        found = session.scalar(select(Job.id).where(Job.id == job_id, visible_to(user)))
     if found is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"You have no job {job_id}: list yours with GET /jobs."
@@ -263,6 +268,11 @@ def _file_problem(project: Project, user: UserInfo, value: str) -> str | None:
     )
 
 
+def _revoked(project: Project, user_id: int) -> bool:
+    with project.db.session() as session:
+        return session.scalar(select(User.revoked_at).where(User.id == user_id)) is not None
+
+
 def _event_data(info: JobInfo) -> dict[str, Any]:
     return {
         "id": info.id,
@@ -274,15 +284,66 @@ def _event_data(info: JobInfo) -> dict[str, Any]:
     }
 
 
-@router.get("/{job_id}/events", summary="Follow a job's progress (SSE)", response_class=EventSourceResponse)
-async def events(job_id: OwnedJob, jobs: JobsDep, request: Request) -> AsyncIterator[ServerSentEvent]:
+class StreamSlots:
+    """How many event streams each user has open in this server process, capped per user: a follower
+    costs a poll every EVENTS_POLL_S, and one user must not take the server's capacity from the others."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._open: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, user_id: int) -> bool:
+        with self._lock:
+            if self._open.get(user_id, 0) >= self.per_user:
+                return False
+            self._open[user_id] = self._open.get(user_id, 0) + 1
+            return True
+
+    def release(self, user_id: int) -> None:
+        with self._lock:
+            left = self._open.get(user_id, 1) - 1
+            if left > 0:
+                self._open[user_id] = left
+            else:
+                self._open.pop(user_id, None)
+
+
+async def stream_slot(request: Request, user: CurrentUser) -> AsyncIterator[None]:
+    """One of the user's event-stream slots for the stream's whole life; 429 when all are taken."""
+    slots: StreamSlots = request.app.state.stream_slots
+    if not slots.acquire(user.id):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"you already follow {slots.per_user} jobs' event streams, the most one user may have open "
+            "at once: close one (or poll GET /jobs?status=running) and try again",
+            headers={"Retry-After": "5"},
+        )
+    try:
+        yield
+    finally:
+        slots.release(user.id)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Follow a job's progress (SSE)",
+    response_class=EventSourceResponse,
+    responses={429: {"model": ErrorPublic, "description": "too many event streams open"}},
+    dependencies=[Depends(stream_slot)],
+)
+async def events(
+    job_id: OwnedJob, jobs: JobsDep, request: Request, user: CurrentUser, project: ProjectDep
+) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events until the job finishes: `event: progress` when done/total or the
     message change, `event: status` when the status changes; each `data:` is the job's state as JSON. The
-    stream ends after the final `status` event (or early when the server stops: reconnect)."""
+    stream ends after the final `status` event (or early when the server stops: reconnect). Each poll reads
+    the job in a short session: a stream holds no database connection. A user may follow at most
+    FLENWHEEL_EVENT_STREAMS_PER_USER streams at once (429 beyond)."""
     store = jobs.store
     last_status: JobStatus | None = None
     last_progress: tuple[int, int, str] | None = None
-    sequence = 0
+    sequence = polls = 0
     while True:
         info = await run_in_threadpool(store.get, job_id)
         progress = (info.progress_done, info.progress_total, info.message)
@@ -298,5 +359,9 @@ async def events(job_id: OwnedJob, jobs: JobsDep, request: Request) -> AsyncIter
             return
         if request.app.state.stopping.is_set():
             yield ServerSentEvent(comment="the server is stopping: reconnect to go on following the job")
+            return
+        polls += 1
+        if polls % REVOCATION_EVERY == 0 and await run_in_threadpool(_revoked, project, user.id):
+            yield ServerSentEvent(comment="this API token's user has been revoked")
             return
         await asyncio.sleep(EVENTS_POLL_S)
