@@ -1,4 +1,5 @@
-"""`flenwheel evaluate` as a user runs it, on the built-in tiny model (which draws no faces)."""
+"""`flenwheel evaluate` as a user runs it, on the built-in tiny model (which draws no faces, so its pick is
+only recommended), and `flenwheel activate` / `deactivate`, with which the user decides."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def test_evaluate_prints_json_with_the_pick_the_advice_and_the_report(trained: P
         12,
     )
     assert outcome["selection"]["measured"] is False and outcome["selection"]["strength"] == 1.0
+    assert outcome["decision"]["activated"] is False and outcome["decision"]["rule"] == "not_measured"
     assert [item["code"] for item in outcome["advice"]] == ["no_faces"]
     assert "draws no faces" in outcome["note"]
     assert (
@@ -66,8 +68,38 @@ def test_evaluate_prints_json_with_the_pick_the_advice_and_the_report(trained: P
     assert again.returncode == 0, again.stderr
     assert "step 100 (epoch 1) ◀" in again.stdout and "selected:" in again.stdout
     assert "No face was found in any of the 12 evaluation images" in again.stdout
+    assert "recommended, not activated (not measurable):" in again.stdout
+    assert "to use it anyway: flenwheel activate lisa 1 --strength 1.0" in again.stdout
     assert "prompt adherence: not measured" in again.stdout and "report:" in again.stdout
     assert "12 image(s) were already scored" in again.stderr
+
+
+def test_the_user_activates_and_deactivates_a_checkpoint(trained: Path) -> None:
+    on = cli("--project", trained, "activate", "lisa", "run1:step200", "--strength", "0.8")
+    assert on.returncode == 0, on.stderr + on.stdout
+    assert "activated checkpoint 2 (run 1, step 200, epoch 2) at strength 0.8 for lisa" in on.stdout
+    assert (
+        "studio mode: lora: checkpoint 2 (run 1, step 200, epoch 2) at strength 0.8, activated by the user"
+        in (" ".join(on.stdout.split()))
+    )
+
+    latest = cli("--project", trained, "activate", "lisa", "latest", "--json")
+    assert latest.returncode == 0, latest.stderr
+    assert json.loads(latest.stdout)["active"]["id"] == 2 and json.loads(latest.stdout)["strength"] == 1.0
+
+    wrong = cli("--project", trained, "activate", "lisa", "run1:step999", "--json")
+    assert wrong.returncode == 2
+    error = json.loads(wrong.stdout)["error"]
+    assert (
+        "'run1:step999' names no checkpoint of 'lisa'" in error
+        and "1 (run1:step100), 2 (run1:step200)" in error
+    )
+
+    off = cli("--project", trained, "deactivate", "lisa")
+    assert off.returncode == 0, off.stderr
+    text = " ".join(off.stdout.split())
+    assert "deactivated checkpoint 2 (run 1, step 200, epoch 2) at strength 1" in text
+    assert "studio mode: identity_reference: no LoRA is active (the user deactivated checkpoint 2" in text
 
 
 @pytest.mark.parametrize(

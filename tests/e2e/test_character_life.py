@@ -198,15 +198,34 @@ def test_a_characters_whole_life_survives_a_killed_worker(
         assert jobs["train"]["attempts"] == 2  # killed once, finished by another worker
         assert jobs["evaluate"]["result"]["measured"] is False  # the tiny model draws no faces
         assert client.get(f"/jobs/{root}", headers=alice).json()["status"] == "succeeded"
+        # Nothing could be measured, so the pick is recommended, not activated: the studio stays put and says why.
+        recommended = jobs["activate"]["result"]
+        assert recommended["decision"] == "recommended, not activated (not measurable)"
         mode = client.get(f"/characters/{cid}/mode", headers=alice).json()
+        assert mode["mode"] == "identity_reference" and mode["checkpoint_id"] is None
+        assert "pick was not measurable" in mode["reason"]
+        stays = wait_job(client, alice, submit(client, alice, cid, "studio_generate", studio))
+        assert stays["status"] == "succeeded" and stays["result"]["mode"] == "identity_reference", stays
+
+        # The user decides to use it anyway.
+        chosen = jobs["evaluate"]["result"]["selected_checkpoint"]
+        activated = client.post(
+            f"/characters/{cid}/activate",
+            json={"checkpoint_id": chosen, "strength": recommended["recommended_strength"]},
+            headers=alice,
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["reason"].endswith("activated by the user")
         assert (
-            mode["mode"] == "lora"
-            and mode["checkpoint_id"] == jobs["evaluate"]["result"]["selected_checkpoint"]
+            client.post(
+                f"/characters/{cid}/activate", json={"checkpoint_id": chosen}, headers=bob
+            ).status_code
+            == 404
         )
 
         after = asset_census(project, cid)
         late = wait_job(client, alice, submit(client, alice, cid, "studio_generate", studio))
-        assert late["status"] == "succeeded" and late["result"]["mode"] == "lora", late  # switched by itself
+        assert late["status"] == "succeeded" and late["result"]["mode"] == "lora", late
         drawn = after - before
         assert after - drawn == before  # nothing that existed before the chain was lost
         assert all(n == 1 for key, n in after.items() if key[1] in ("anchor", "variation")), after

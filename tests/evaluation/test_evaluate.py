@@ -1,5 +1,6 @@
 """Evaluation on real faces: a checkpoint that learned the character beats one that did not, near copies are
-penalised, an interrupted evaluation resumes without drawing twice, and the report shows the evidence."""
+penalised, an interrupted evaluation resumes without drawing twice, and the report shows the evidence. A pick
+that meets seed 001's 80 % target is activated (tests/evaluation/test_activation.py has the other cases)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from flenwheel.config import Settings
 from flenwheel.domain import AssetKind
 from flenwheel.pipeline.evaluation import evaluate_run
+from flenwheel.pipeline.studio import decide_mode
 from flenwheel.providers.base import ProviderError
 from flenwheel.store.models import Asset, Character, Evaluation, EvaluationSample
 from flenwheel.store.project import Project
@@ -88,6 +90,12 @@ def test_the_checkpoint_that_learned_the_character_is_selected_and_made_active(p
     overfit = next(item for item in outcome.advice if item.code == "overfit")
     assert "step 100" in overfit.symptom and "1e-04 → 5e-05" in overfit.remedy
 
+    # 100 % success meets seed 001's 80 % target: the pick becomes the studio's LoRA, and the studio says why.
+    assert (outcome.decision.activated, outcome.decision.rule) == (True, "meets_target")
+    mode = decide_mode(project, "lisa")
+    assert mode.mode == "lora" and mode.reason.endswith(
+        f"activated by evaluation {outcome.evaluation_id} (success 100%)"
+    )
     with project.db.session() as session:
         character = session.scalar(select(Character))
         assert (character.active_checkpoint_id, character.active_lora_strength) == (epoch1, 1.0)
@@ -117,6 +125,10 @@ def test_the_checkpoint_that_learned_the_character_is_selected_and_made_active(p
         strict.close()
     assert len(engine.calls) == 12 and rejudged.evaluation_id == outcome.evaluation_id
     assert by_cell(rejudged)[100, 1.0].success_rate == 0.0 and "distance ≤ 0.30" in rejudged.selection.reason
+    assert not rejudged.decision.activated  # nothing at 0 % replaces the active LoRA
+    with project.db.session() as session:
+        character = session.scalar(select(Character))
+        assert (character.active_checkpoint_id, character.active_lora_strength) == (epoch1, 1.0)
 
 
 def memorised(stem: str, strength: float, key: str) -> Path:

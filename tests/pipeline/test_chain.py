@@ -1,5 +1,6 @@
 """The background chain on the embedded job backend: gate → dataset → train → evaluate → activate, each a
-job; the studio switches to LoRA mode when it ends; a retried stage does not fork or repeat the chain."""
+job; on the tiny model (no faces to measure) it ends "recommended, not activated" and the studio stays in
+identity-reference mode, saying why; a retried stage does not fork or repeat the chain."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def run_chain(project: Project, options: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_the_chain_trains_evaluates_and_switches_the_studio_to_the_lora(any_project: Project) -> None:
+def test_the_chain_trains_evaluates_and_recommends_but_does_not_activate_an_unmeasured_pick(
+    any_project: Project,
+) -> None:
     character_with_dataset(any_project)
     assert decide_mode(any_project, "lisa").mode != "lora"
 
@@ -59,11 +62,23 @@ def test_the_chain_trains_evaluates_and_switches_the_studio_to_the_lora(any_proj
     assert train["checkpoints"] == 2 and train["steps"] == 8
     evaluate = stages[3]["result"]
     assert evaluate["images"] == 2 * 2 * 2 and evaluate["measured"] is False  # the tiny model draws no faces
+    assert evaluate["activated"] is False
+    activate = stages[4]["result"]
+    assert activate["decision"] == "recommended, not activated (not measurable)"
+    assert activate["activated"] is False and activate["mode"] == "identity_reference"
+    assert (activate["recommended_checkpoint"], activate["recommended_strength"]) == (
+        evaluate["selected_checkpoint"],
+        evaluate["selected_strength"],
+    )
     with any_project.db.session() as session:
         character = session.scalars(select(Character)).one()
-        assert character.active_checkpoint_id == evaluate["selected_checkpoint"]
+        assert character.active_checkpoint_id is None
     decision = decide_mode(any_project, "lisa")
-    assert decision.mode == "lora" and stages[4]["result"]["mode"] == "lora"
+    assert decision.mode == "identity_reference" and decision.reason == activate["reason"]
+    assert (
+        f"pick was not measurable: recommended checkpoint {evaluate['selected_checkpoint']} at strength "
+        f"{evaluate['selected_strength']}, not activated" in decision.reason
+    )
 
 
 @pytest.mark.slow

@@ -78,6 +78,8 @@ def demo(
                 "upscaled": result.upscaled,
                 "chain": result.chain,
                 "studio": result.studio.model_dump(mode="json"),
+                "activation": result.activation.model_dump(mode="json") if result.activation else None,
+                "studio_lora": result.studio_lora.model_dump(mode="json") if result.studio_lora else None,
                 "evaluation_report": result.evaluation_report,
                 "report": result.report,
             }
@@ -108,17 +110,29 @@ def demo(
     for job in result.chain:
         chain.add_row(str(job["job"]), job["stage"], job["status"], safe(_stage_summary(job)))
     console.print(chain)
-    for output in result.studio.outputs:
-        target = result.project / "outputs" / f"{output.asset_id:05d}-{output.seed}.png"
-        shutil.copyfile(output.file, target)
+    _print_studio(result.project, result.studio)
+    if result.activation is not None:
+        activation = result.activation
         console.print(
-            f"Studio ({result.studio.mode} mode): asset {output.asset_id} {output.width}x{output.height}: "
-            f"{safe(target)}"
+            f"[bold]The demo activated the recommendation as the user[/] (flenwheel activate "
+            f"{safe(activation.character)} {activation.active.id} --strength {activation.strength:g}): the "
+            "evaluation could not measure it on the tiny model, so it did not activate it by itself"
         )
-    console.print(f"  why this mode: {safe(result.studio.mode_reason)}")
+    if result.studio_lora is not None:
+        _print_studio(result.project, result.studio_lora)
     if result.evaluation_report is not None:
         console.print(f"Evaluation report: [bold]{safe(result.evaluation_report)}[/]")
     console.print(f"Report: [bold]{safe(result.report)}[/]  (open it in a browser)")
+
+
+def _print_studio(project: Path, studio: Any) -> None:
+    for output in studio.outputs:
+        target = project / "outputs" / f"{output.asset_id:05d}-{output.seed}.png"
+        shutil.copyfile(output.file, target)
+        console.print(
+            f"Studio ({studio.mode} mode): asset {output.asset_id} {output.width}x{output.height}: {safe(target)}"
+        )
+    console.print(f"  why this mode: {safe(studio.mode_reason)}")
 
 
 def _stage_summary(stage: dict[str, Any]) -> str:
@@ -130,7 +144,7 @@ def _stage_summary(stage: dict[str, Any]) -> str:
     if stage["stage"] == "evaluate":
         return f"{r['images']} images scored; {r['reason']}"
     if stage["stage"] == "activate":
-        return f"studio now in {r['mode']} mode (checkpoint {r['checkpoint']}, strength {r['strength']})"
+        return f"{r['decision']}; studio now in {r['mode']} mode — {r['reason']}"
     if stage["stage"] == "gate":
         return ", ".join(f"{count} {label}" for label, count in r["labels"].items())
     if stage["stage"] == "dataset":

@@ -1,4 +1,5 @@
-"""`flenwheel evaluate NAME [RUN]`: measure every checkpoint × strength on the model-card prompts, pick one."""
+"""`flenwheel evaluate NAME [RUN]`: measure every checkpoint × strength on the model-card prompts, pick one;
+`flenwheel activate NAME CHECKPOINT` / `flenwheel deactivate NAME`: the user decides which LoRA the studio uses."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from flenwheel.cli.common import (
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
+    app.command("activate")(activate)
+    app.command("deactivate")(deactivate)
 
 
 def evaluate(
@@ -42,7 +45,8 @@ def evaluate(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Score each checkpoint at each strength on fixed prompts; make the best the character's active LoRA."""
+    """Score each checkpoint at each strength on fixed prompts and pick the best; it becomes the active LoRA
+    only when measured good enough (≥ 80 % success, or better than the current mode), else it is recommended."""
     from flenwheel.errors import InvalidInput
     from flenwheel.evaluation.grid import parse_strengths, strength_text
     from flenwheel.pipeline.evaluation import evaluate_run
@@ -94,6 +98,16 @@ def evaluate(
         )
     console.print(table)
     console.print(f"[bold]selected:[/] {safe(outcome.selection.reason)}")
+    decision = outcome.decision
+    if decision.activated:
+        console.print(f"[bold green]{safe(decision.summary)}:[/] {safe(decision.reason)}")
+    else:
+        console.print(f"[bold yellow]{safe(decision.summary)}:[/] {safe(decision.reason)}")
+        if decision.rule != "already_active":
+            console.print(
+                f"  to use it anyway: flenwheel activate {safe(name)} {decision.checkpoint_id} "
+                f"--strength {strength_text(decision.strength)}"
+            )
     for item in outcome.advice:
         console.print(
             f"[yellow]advice:[/] {safe(item.symptom)} — {safe(item.evidence)}. {safe(item.remedy)}."
@@ -106,3 +120,69 @@ def evaluate(
         err_console.print(f"{resumed} image(s) were already scored by an earlier, interrupted run")
     if outcome.report is not None:
         console.print(f"report: {safe(outcome.report)}")
+
+
+def activate(
+    name: Annotated[str, typer.Argument(help="Character name")],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint id, runN:stepM, runN:latest, latest (the newest run's last checkpoint) or "
+            "recommended (the newest evaluation's pick)"
+        ),
+    ],
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            "--strength",
+            help="LoRA strength, above 0 and at most 4 (default: the evaluation's strength when it recommended "
+            "this checkpoint, else 1.0)",
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Make a checkpoint the character's active LoRA, as your decision: the studio then draws in LoRA mode."""
+    from flenwheel.pipeline.activation import activate as activate_checkpoint
+
+    project = open_project()
+    try:
+        outcome = activate_checkpoint(project, name, checkpoint, strength)
+    finally:
+        project.close()
+    if json_output:
+        print_json(outcome.model_dump(mode="json"))
+        return
+    assert outcome.active is not None and outcome.strength is not None
+    console.print(
+        f"[bold green]activated[/] {safe(outcome.active.label)} at strength {outcome.strength:g} for "
+        f"{safe(name)}" + (f" ({safe(outcome.strength_source)})" if outcome.strength_source else "")
+    )
+    if outcome.previous is not None and outcome.previous.id != outcome.active.id:
+        console.print(
+            f"  it replaces {safe(outcome.previous.label)} at strength {outcome.previous_strength:g}"
+        )
+    console.print(f"studio mode: {safe(outcome.mode_reason)}")
+
+
+def deactivate(
+    name: Annotated[str, typer.Argument(help="Character name")],
+    json_output: JsonOption = False,
+) -> None:
+    """Turn the character's active LoRA off: the studio draws in identity-reference mode until one is activated."""
+    from flenwheel.pipeline.activation import deactivate as deactivate_lora
+
+    project = open_project()
+    try:
+        outcome = deactivate_lora(project, name)
+    finally:
+        project.close()
+    if json_output:
+        print_json(outcome.model_dump(mode="json"))
+        return
+    if outcome.previous is None:
+        console.print(f"{safe(name)} had no active LoRA: nothing changed")
+    else:
+        console.print(
+            f"[bold]deactivated[/] {safe(outcome.previous.label)} at strength {outcome.previous_strength:g}"
+        )
+    console.print(f"studio mode: {safe(outcome.mode_reason)}")

@@ -1,5 +1,8 @@
 """The background chain of seed 000: sheet → identity gate → dataset version → train → evaluate → activate.
 
+The activate stage reports evaluation's decision: a pick is activated only when measured good enough
+(evaluation/activation.py), so on the tiny model the chain ends "recommended, not activated (not measurable)".
+
 Each stage is its own job (kind `chain_<stage>`), a child of one `chain` job. A stage does its work, then
 submits the next stage — unless that child already exists, so a stage retried after a crash never starts
 the rest twice. Every stage is idempotent: the sheet reuses stored anchors, curation its cached analyses,
@@ -256,23 +259,38 @@ def _evaluate(project: Project, name: str, options: dict[str, Any], ctx: JobCont
         "selected_strength": outcome.selection.strength,
         "measured": outcome.selection.measured,
         "reason": outcome.selection.reason,
+        "activated": outcome.decision.activated,
+        "decision": outcome.decision.summary,
         "report": str(outcome.report) if outcome.report else None,
         "note": outcome.note,
     }
 
 
 def _activate(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """The studio now draws in LoRA mode: say so, with the checkpoint and strength evaluation chose."""
+    """Report what evaluation decided — activated, or only recommended (always so on the tiny model, whose
+    images have no faces to measure) — and the mode the studio now draws in, with why."""
+    from flenwheel.pipeline.activation import latest_decision
     from flenwheel.pipeline.studio import decide_mode
 
     decision = decide_mode(project, name)
-    ctx.progress(1, 1, f"studio mode: {decision.mode}")
     with project.db.session() as session:
-        character = get_character(session, name)
-        active, strength = character.active_checkpoint_id, character.active_lora_strength
-    if active is None:
-        raise InvalidInput(f"{name!r} has no active LoRA after evaluation: run `flenwheel evaluate {name}`")
-    return {"mode": decision.mode, "reason": decision.reason, "checkpoint": active, "strength": strength}
+        found = latest_decision(session, get_character(session, name))
+    if found is None:
+        raise InvalidInput(f"{name!r} has no finished evaluation to act on: run `flenwheel evaluate {name}`")
+    evaluation_id, chosen, _at = found
+    ctx.progress(1, 1, f"{chosen.summary}; studio mode: {decision.mode}")
+    return {
+        "evaluation": evaluation_id,
+        "activated": chosen.activated,
+        "decision": chosen.summary,  # e.g. "recommended, not activated (not measurable)"
+        "why": chosen.reason,
+        "recommended_checkpoint": chosen.checkpoint_id,
+        "recommended_strength": chosen.strength,
+        "mode": decision.mode,
+        "reason": decision.reason,
+        "checkpoint": decision.checkpoint_id,
+        "strength": decision.strength,
+    }
 
 
 STAGE_FUNCTIONS = {

@@ -1,8 +1,11 @@
 """`flenwheel demo`: the whole flow on the bundled example photos and the embedded defaults, ending in a report.
 
 Ingest → curate → dataset → export → generate/upscale, then the background chain through the embedded job
-backend (identity gate → dataset → train the tiny model → evaluate every checkpoint → activate the best), and
-a studio image drawn in LoRA mode. The tiny model draws no faces: the evaluation says so instead of scoring.
+backend (identity gate → dataset → train the tiny model → evaluate every checkpoint → activate). The tiny
+model draws no faces, so the evaluation cannot measure its pick: the chain ends "recommended, not activated
+(not measurable)" and the first studio image is drawn in identity-reference mode. The demo then activates the
+recommendation itself, *as the user* would with `flenwheel activate`, and draws a second image in LoRA mode,
+saying so.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ class DemoResult:
     generated: GenerationOutcome
     upscaled: GenerationOutcome
     chain: list[dict[str, Any]]  # the stage jobs: stage, status, result
-    studio: Any  # StudioResult of one image drawn after the chain (LoRA mode)
+    studio: Any  # StudioResult of one image drawn after the chain, in the mode it left
+    activation: Any  # ActivationOutcome when the demo activated the recommendation as the user, else None
+    studio_lora: Any  # StudioResult drawn after that activation (LoRA mode), else None
     evaluation_report: Path | None
     report: Path
 
@@ -129,16 +134,29 @@ def run_demo(
         )
         on_stage("Background chain as jobs: identity gate → dataset → train (tiny) → evaluate → activate")
         chain = run_chain_in_process(project, on_stage)
-        on_stage("Studio: drawing in the mode the chain left (LoRA mode once a checkpoint is active)")
-        from flenwheel.pipeline.studio import studio_generate
+        on_stage("Studio: drawing in the mode the chain left")
+        from flenwheel.pipeline.activation import activate
+        from flenwheel.pipeline.studio import decide_mode, studio_generate
 
-        studio = studio_generate(
-            project,
-            DEMO_CHARACTER,
-            f"photo of {DEMO_TOKEN} {DEMO_CLASS} in a park",
-            seed=77,
-            size=_demo_size(),
-        )
+        prompt = f"photo of {DEMO_TOKEN} {DEMO_CLASS} in a park"
+        studio = studio_generate(project, DEMO_CHARACTER, prompt, seed=77, size=_demo_size())
+        activation = studio_lora = None
+        recommended = _recommended(chain)
+        if decide_mode(project, DEMO_CHARACTER).mode != "lora" and recommended is not None:
+            checkpoint, strength = recommended
+            on_stage(
+                f"Activating the recommended checkpoint {checkpoint} at strength {strength} as the user "
+                f"(`flenwheel activate {DEMO_CHARACTER} {checkpoint} --strength {strength}`): evaluation could "
+                "not measure it, so it did not activate it by itself"
+            )
+            activation = activate(project, DEMO_CHARACTER, checkpoint, strength)
+            on_stage("Studio: drawing again, now in LoRA mode")
+            studio_lora = studio_generate(project, DEMO_CHARACTER, prompt, seed=77, size=_demo_size())
+        studio_images = [(f"studio ({studio.mode})", studio)]
+        if studio_lora is not None:
+            studio_images.append(
+                (f"studio ({studio_lora.mode}, activated by the demo as the user)", studio_lora)
+            )
         evaluation_report = _evaluation_report(chain)
         report = write_curation_report(
             project,
@@ -149,9 +167,12 @@ def run_demo(
             generated=[
                 ("generated", generated),
                 ("upscaled 2x", upscaled),
-                (f"studio ({studio.mode})", studio),
+                *studio_images,
             ],
-            sections=[("Background chain", chain_section(chain, evaluation_report, project_dir))],
+            sections=[
+                ("Background chain", chain_section(chain, evaluation_report, project_dir)),
+                ("Studio mode", _mode_section(studio, activation)),
+            ],
         )
     finally:
         project.close()
@@ -165,6 +186,8 @@ def run_demo(
         upscaled,
         chain,
         studio,
+        activation,
+        studio_lora,
         evaluation_report,
         report,
     )
@@ -206,6 +229,21 @@ def run_chain_in_process(project: Project, on_stage: Callable[[str], None]) -> l
     return stages
 
 
+def _mode_section(studio: Any, activation: Any) -> Markup:
+    """Which mode each studio image was drawn in and why, and the demo's activation as the user, if any."""
+    return render("studio_mode.html", first_reason=studio.mode_reason, activation=activation)
+
+
+def _recommended(chain: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """The checkpoint and strength the chain's activate stage recommended without activating, if any."""
+    for stage in chain:
+        result = stage["result"]
+        recommended = result.get("recommended_checkpoint")
+        if stage["stage"] == "activate" and not result.get("activated") and recommended is not None:
+            return int(result["recommended_checkpoint"]), float(result["recommended_strength"])
+    return None
+
+
 def _evaluation_report(chain: list[dict[str, Any]]) -> Path | None:
     for stage in chain:
         if stage["stage"] == "evaluate" and stage["result"].get("report"):
@@ -226,10 +264,7 @@ def chain_section(chain: list[dict[str, Any]], evaluation_report: Path | None, p
                 f"final loss {r.get('final_loss') or 0:.3f}"
             ),
             "evaluate": lambda r: f"{r.get('images')} images; {r.get('reason', '')}",
-            "activate": lambda r: (
-                f"studio mode {r.get('mode')}: checkpoint {r.get('checkpoint')} at strength "
-                f"{r.get('strength')}"
-            ),
+            "activate": lambda r: f"{r.get('decision')}; studio mode {r.get('reason')}",
         }.get(stage["stage"], lambda r: "")(result)
         rows.append(
             {"job": stage["job"], "stage": stage["stage"], "status": stage["status"], "detail": detail}

@@ -1,4 +1,5 @@
-"""Evaluate a training run: every checkpoint × strength × model-card prompt, scored; pick the best; report.
+"""Evaluate a training run: every checkpoint × strength × model-card prompt, scored; pick the best; decide
+whether the pick becomes the active LoRA or is only recommended (evaluation/activation.py); report.
 
 `evaluate_run` is the plain function the CLI and the job workers call. Each scored image is one row of
 `evaluation_sample` (unique per evaluation, checkpoint, strength and prompt), written as soon as it is scored,
@@ -19,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flenwheel.domain import AssetKind, Frozen
 from flenwheel.errors import InvalidInput
+from flenwheel.evaluation.activation import ActivationDecision, decide_activation
 from flenwheel.evaluation.advice import Advice, troubleshoot
 from flenwheel.evaluation.grid import (
     DEFAULT_STRENGTHS,
@@ -42,6 +44,13 @@ from flenwheel.evaluation.selection import CellSummary, SampleRecord, Selection,
 from flenwheel.faces.base import FaceAnalyzer
 from flenwheel.images import open_stored
 from flenwheel.jobs.base import JobCancelled, JobContext
+from flenwheel.pipeline.activation import (
+    DECISION_KEY,
+    ActivationRecord,
+    apply_activation,
+    current_mode,
+    decision_record,
+)
 from flenwheel.pipeline.generation import run_generation
 from flenwheel.pipeline.training import latest_run
 from flenwheel.providers.base import ImageProvider
@@ -72,6 +81,7 @@ class EvaluationOutcome(Frozen):
     generated_now: int
     cells: tuple[CellSummary, ...]
     selection: Selection
+    decision: ActivationDecision  # activated, or only recommended, and why
     advice: tuple[Advice, ...]
     references: str
     threshold: float
@@ -95,7 +105,10 @@ def evaluate_run(
     ctx: JobContext | None = None,
     write_report: bool = True,
 ) -> EvaluationOutcome:
-    """Evaluate a run (default: the newest), make the best checkpoint the active LoRA, write the report.
+    """Evaluate a run (default: the newest), pick the best checkpoint, write the report.
+
+    The pick becomes the active LoRA only as evaluation/activation.py's rule allows (seed 001's 80 % target):
+    a pick nothing measured — always so on the tiny model — is recommended, never activated.
 
     `size`/`steps` default to 64 px / 4 steps on the built-in tiny model and 512 px / 20 steps otherwise.
     `provider` picks an engine by id; `providers` replaces the configured engines (tests, embedding apps).
@@ -222,7 +235,9 @@ def _find_or_create_evaluation(project: Project, run_id: int, config: dict[str, 
     stored images instead of drawing them again."""
 
     def drawing(settings: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in settings.items() if key != "identity_threshold"}
+        return {
+            key: value for key, value in settings.items() if key not in ("identity_threshold", "decision")
+        }
 
     with project.db.session() as session:
         for evaluation in session.scalars(
@@ -331,7 +346,7 @@ def _conclude(
     grid: Sequence[GridCell],
     references: ReferenceSet,
 ) -> EvaluationOutcome:
-    """Summarise, select, advise; record it all and make the pick the character's active LoRA."""
+    """Summarise, select, advise, decide; record it all — and activate the pick only if the decision says so."""
     wanted = {cell.key for cell in grid}
     samples = [
         s
@@ -363,18 +378,33 @@ def _conclude(
         dataset_gaps=gaps,
         character_nsfw=character_nsfw,
     )
-    with project.db.session() as session:
+    with project.db.session() as session:  # the decision and the activation in one transaction
+        character = session.get_one(Character, character_id)
+        current = current_mode(session, character, evaluation_id, cells, selection.measured)
+        decision = decide_activation(selection, current)
         evaluation = session.get_one(Evaluation, evaluation_id)
         evaluation.summary = [cell.model_dump(mode="json") for cell in cells]
         evaluation.selected_checkpoint_id = selection.checkpoint_id
         evaluation.selected_strength = selection.strength
         evaluation.reason = selection.reason
         evaluation.advice = [item.model_dump(mode="json") for item in advice]
+        evaluation.config = {
+            **evaluation.config,
+            DECISION_KEY: decision_record(decision, evaluation_id, run.id),
+        }
         evaluation.status = "succeeded"
         evaluation.finished_at = datetime.now(UTC)
-        character = session.get_one(Character, character_id)
-        character.active_checkpoint_id = selection.checkpoint_id
-        character.active_lora_strength = selection.strength
+        if decision.activated:
+            record = ActivationRecord(
+                action="activated",
+                checkpoint_id=selection.checkpoint_id,
+                strength=selection.strength,
+                by="evaluation",
+                evaluation_id=evaluation_id,
+                success_rate=selection.success_rate,
+                at=datetime.now(UTC).isoformat(),
+            )
+            apply_activation(session, character, selection.checkpoint_id, selection.strength, record)
     return EvaluationOutcome(
         evaluation_id=evaluation_id,
         run_id=run.id,
@@ -386,6 +416,7 @@ def _conclude(
         generated_now=0,
         cells=tuple(cells),
         selection=selection,
+        decision=decision,
         advice=tuple(advice),
         references=references.description,
         threshold=threshold,

@@ -1,7 +1,8 @@
 """The studio (seed 000 steps 5–6, seed 003 §3–5): generate, inpaint, upscale and regenerate for a character.
 
 Generation runs in identity-reference mode until the character has an active LoRA checkpoint, then in LoRA
-mode — switched automatically, and every result says which mode ran and why. Where no engine with an
+mode — activated by the user, or by an evaluation that measured it good enough (pipeline/activation.py) — and
+every result says which mode ran and why. Where no engine with an
 identity adapter (PuLID, IP-Adapter FaceID, InstantID) is configured, identity-reference mode edits the
 anchor nearest the prompt (else the picked base) at a low strength — seed 004's method — and says so.
 Every request is recorded on its assets (`attributes.recipe`) so `regenerate` can repeat it with a new seed.
@@ -19,6 +20,7 @@ from pydantic import TypeAdapter
 from flenwheel.domain import AssetKind, Frozen
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobContext, LocalJobContext
+from flenwheel.pipeline.activation import mode_reason
 from flenwheel.pipeline.generation import GenerationOutcome, run_generation
 from flenwheel.pipeline.stage import (
     SEED_MASK,
@@ -94,13 +96,20 @@ class StudioResult(Frozen):
 
 # -- mode -------------------------------------------------------------------------------------------------
 class ModeDecision(Frozen):
+    """The mode the studio draws in, and why in words (who activated the LoRA, or why none is active)."""
+
     mode: RanMode
     reason: str
     lora: LoraRef | None = None
+    checkpoint_id: int | None = None  # the active LoRA's checkpoint, when one is active
+    strength: float | None = None
 
 
 def decide_mode(project: Project, character_name: str, mode: Mode = "auto") -> ModeDecision:
-    """LoRA mode when a checkpoint is active (and its file is there), else identity-reference mode."""
+    """LoRA mode when a checkpoint is active (and its file is there), else identity-reference mode.
+
+    A checkpoint is active only when the user activated it or an evaluation measured it good enough
+    (pipeline/activation.py); the reason says which, or why no LoRA is active."""
     if mode == "text":
         return ModeDecision(mode="text", reason="text mode asked for: no identity conditioning")
     with project.db.session() as session:
@@ -111,33 +120,38 @@ def decide_mode(project: Project, character_name: str, mode: Mode = "auto") -> M
             else None
         )
         strength = character.active_lora_strength if character.active_lora_strength is not None else 1.0
+        why = mode_reason(session, character)
     if checkpoint is not None:
         path = project.root / checkpoint.path
         if path.is_file() and mode in ("auto", "lora"):
             return ModeDecision(
                 mode="lora",
-                reason=f"LoRA mode: checkpoint {checkpoint.id} (step {checkpoint.step}) is active at strength {strength}",
+                reason=why,
                 lora=LoraRef(path=str(path), strength=strength),
+                checkpoint_id=checkpoint.id,
+                strength=strength,
             )
         if mode == "lora":
             raise InvalidInput(
-                f"the active checkpoint's file {path} is missing: train again or activate another"
+                f"the active checkpoint's file {path} is missing: train again or activate another with "
+                f"`flenwheel activate {character_name} CHECKPOINT`"
             )
         if mode == "auto":
             return ModeDecision(
                 mode="identity_reference",
-                reason=f"identity-reference mode: the active checkpoint's file {checkpoint.path} is missing",
+                reason=f"identity_reference: the active checkpoint's file {checkpoint.path} is missing "
+                f"({why})",
+                checkpoint_id=checkpoint.id,
+                strength=strength,
             )
     if mode == "lora":
         raise InvalidInput(
-            f"{character_name!r} has no active LoRA yet: train and evaluate one, or use mode auto / identity_reference"
+            f"{character_name!r} has no active LoRA ({why}): activate one with `flenwheel activate "
+            f"{character_name} CHECKPOINT`, or use mode auto / identity_reference"
         )
-    reason = (
-        "identity-reference mode asked for"
-        if mode == "identity_reference"
-        else "identity-reference mode: no LoRA is active yet (the studio switches to it by itself when one is)"
-    )
-    return ModeDecision(mode="identity_reference", reason=reason)
+    if mode == "identity_reference":
+        return ModeDecision(mode="identity_reference", reason=f"identity-reference mode asked for; {why}")
+    return ModeDecision(mode="identity_reference", reason=why)
 
 
 def nearest_anchor(project: Project, character_name: str, prompt: str) -> tuple[Asset | None, str]:

@@ -1,4 +1,5 @@
-"""The evaluation report of a training run: the pick and why, contact sheet, heatmap, loss curve, advice.
+"""The evaluation report of a training run: the pick and why, whether it was activated or only recommended,
+contact sheet, heatmap, loss curve, advice.
 
 One self-contained HTML file: thumbnails are small base64 JPEGs and the plots are base64 PNGs (matplotlib,
 Agg canvas, no display needed), so the page can be mailed or attached to an issue as it is.
@@ -49,6 +50,7 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
         checkpoint_steps = [(c.step, c.id) for c in run.checkpoints]
         title = f"{character.name} — run {run.id} ({run.trainer}, dataset {version.label})"
         allow_nsfw = character.nsfw
+        character_name = character.name
     threshold = float(config.get("identity_threshold", project.settings.identity_threshold))
     samples = [
         (
@@ -81,6 +83,8 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
         tiny_note=TINY_NOTE if tiny else None,
         status=status,
         reason=reason,
+        decision=_decision(config.get("decision")),
+        character_name=character_name,
         config=config,
         prompts=config.get("prompts", []),
         threshold=threshold,
@@ -102,6 +106,21 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(document, encoding="utf-8")
     return target
+
+
+def _decision(stored: Any) -> dict[str, Any] | None:
+    """The evaluation's activation decision (pipeline/activation.py's record), ready for the template."""
+    if not isinstance(stored, dict) or "summary" not in stored:
+        return None
+    summary = str(stored["summary"])
+    return {
+        "activated": bool(stored.get("activated")),
+        "headline": summary[:1].upper() + summary[1:],
+        "reason": str(stored.get("reason", "")),
+        "checkpoint_id": stored.get("checkpoint_id"),
+        "strength": strength_text(float(stored.get("strength", 1.0))),
+        "offer": stored.get("rule") != "already_active" and not stored.get("activated"),
+    }
 
 
 def _checkpoint_label(step: int, epoch: int | None) -> str:

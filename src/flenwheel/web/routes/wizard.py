@@ -1,18 +1,19 @@
-"""The wizard's quick calls: pick the base image or an anchor, edit the character sheet, and ask which
-mode the studio draws in (identity reference until a LoRA is active, LoRA after). Drawing is a job
-(POST /jobs with kind base_images, profile_set, sheet, studio_generate, …)."""
+"""The wizard's quick calls: pick the base image or an anchor, edit the character sheet, ask which mode the
+studio draws in (identity reference until a LoRA is active, LoRA after) and why, and activate or deactivate
+a LoRA as the user. Drawing is a job (POST /jobs with kind base_images, profile_set, sheet, studio_generate, …)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from flenwheel.domain import Frozen
 from flenwheel.pipeline.jobs import JobSize
 from flenwheel.pipeline.sheet import DEFAULT_ANCHORS, DEFAULT_VARIATIONS, Anchor, SheetConfig, Variation
+from flenwheel.store.project import Project
 from flenwheel.web.deps import OwnedCharacter, ProjectDep
 
 router = APIRouter(prefix="/characters/{character_id}", tags=["characters"])
@@ -41,9 +42,20 @@ class SheetBody(Frozen):
 
 class ModePublic(Frozen):
     mode: str
-    reason: str
+    reason: str  # which mode and why: who activated the LoRA, or why none is active
     checkpoint_id: int | None
     strength: float | None
+
+
+class ActivateBody(Frozen):
+    checkpoint_id: int = Field(ge=1, le=2**31 - 1)
+    strength: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=4.0,
+        description="LoRA strength; default: the evaluation's strength if it recommended this checkpoint, "
+        "else 1.0",
+    )
 
 
 @router.post("/pick-base", summary="Pick the base image")
@@ -82,12 +94,58 @@ async def put_sheet(ref: OwnedCharacter, body: SheetBody, project: ProjectDep) -
 
 @router.get("/mode", summary="The studio's mode", response_model=ModePublic)
 async def mode(ref: OwnedCharacter, project: ProjectDep) -> ModePublic:
-    """identity_reference until a LoRA is active, lora after (switched by the chain's activate stage)."""
-    from flenwheel.pipeline.studio import decide_mode
-    from flenwheel.store.models import Character
+    """identity_reference until a LoRA is active, lora after — activated by the user (POST …/activate) or
+    by an evaluation that measured it good enough; `reason` says which, or why none is active."""
+    return await run_in_threadpool(_mode, project, ref.key)
 
-    decision = await run_in_threadpool(decide_mode, project, ref.key)
+
+@router.post("/activate", summary="Activate a LoRA checkpoint", response_model=ModePublic)
+async def activate(ref: OwnedCharacter, body: ActivateBody, project: ProjectDep) -> ModePublic:
+    """Make one of the character's checkpoints its active LoRA, as your decision; the studio then draws in
+    LoRA mode. A checkpoint that is not this character's answers 404."""
+    from flenwheel.pipeline.activation import activate as activate_checkpoint
+
+    await run_in_threadpool(_own_checkpoint, project, ref.id, body.checkpoint_id)
+    await run_in_threadpool(activate_checkpoint, project, ref.key, body.checkpoint_id, body.strength)
+    return await run_in_threadpool(_mode, project, ref.key)
+
+
+@router.delete("/activate", summary="Deactivate the LoRA", response_model=ModePublic)
+async def deactivate(ref: OwnedCharacter, project: ProjectDep) -> ModePublic:
+    """Turn the active LoRA off: the studio draws in identity-reference mode until one is activated."""
+    from flenwheel.pipeline.activation import deactivate as deactivate_lora
+
+    await run_in_threadpool(deactivate_lora, project, ref.key)
+    return await run_in_threadpool(_mode, project, ref.key)
+
+
+def _mode(project: Project, name: str) -> ModePublic:
+    from flenwheel.pipeline.studio import decide_mode
+
+    decision = decide_mode(project, name)
+    return ModePublic(
+        mode=decision.mode,
+        reason=decision.reason,
+        checkpoint_id=decision.checkpoint_id,
+        strength=decision.strength,
+    )
+
+
+def _own_checkpoint(project: Project, character_id: int, checkpoint_id: int) -> None:
+    """404 unless the checkpoint belongs to a run of this character (another user's is answered the same)."""
+    from sqlalchemy import select
+
+    from flenwheel.store.models import Checkpoint, TrainingRun
+
     with project.db.session() as session:
-        character = session.get_one(Character, ref.id)
-        checkpoint, strength = character.active_checkpoint_id, character.active_lora_strength
-    return ModePublic(mode=decision.mode, reason=decision.reason, checkpoint_id=checkpoint, strength=strength)
+        found = session.scalar(
+            select(Checkpoint.id)
+            .join(TrainingRun, TrainingRun.id == Checkpoint.run_id)
+            .where(Checkpoint.id == checkpoint_id, TrainingRun.character_id == character_id)
+        )
+    if found is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"Character {character_id} has no checkpoint {checkpoint_id}: use the id of one of its "
+            "training runs' checkpoints (`flenwheel evaluate` and the evaluation report list them).",
+        )
