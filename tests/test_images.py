@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from flenwheel.errors import ImageRejected
-from flenwheel.images import decode_image, encode_png, open_stored
+from flenwheel.images import decode_image, embed_provenance, encode_png, open_stored
 
 RED, BLUE = (220, 20, 30), (20, 40, 220)
 
@@ -249,3 +249,67 @@ def test_arbitrary_bytes_give_an_rgb_image_or_a_rejection(data: bytes) -> None:
 @given(mutated_images())
 def test_mutated_png_and_jpeg_give_an_rgb_image_or_a_rejection(data: bytes) -> None:
     accepted_or_rejected(data)
+
+
+def test_parameters_round_trip_with_quoted_values_and_multiline_prompts() -> None:
+    """Values with a comma, colon or newline are JSON-quoted, as A1111's `quote` does, and read back."""
+    from flenwheel.images import A1111Parameters, parse_a1111_parameters
+
+    original = A1111Parameters(
+        "photo of ohwx woman,\nsmiling",
+        "blurry",
+        {"Steps": "20", "Model": "owner/flux:abc123", "Source prompt": "a, b\nc", "Seed": "1"},
+    )
+    assert 'Model: "owner/flux:abc123"' in original.text()
+    assert parse_a1111_parameters(original.text()) == original
+
+
+def test_source_parameters_come_from_the_png_and_nothing_else() -> None:
+    """An image's own `parameters` chunk is the source recipe; a JPEG, a broken file or an oversized chunk
+    gives none (an upscale then writes only its own settings)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from flenwheel.images import MAX_PARAMETERS_CHARS, stored_parameters
+
+    def png_with(text: str) -> bytes:
+        info = PngInfo()
+        info.add_itxt("parameters", text)
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64)).save(buffer, "PNG", pnginfo=info)
+        return buffer.getvalue()
+
+    found = stored_parameters(png_with("a cat\nNegative prompt: dog\nSteps: 4, Seed: 5, Size: 64x64"))
+    assert found is not None and (found.prompt, found.negative, found.settings["Seed"]) == (
+        "a cat",
+        "dog",
+        "5",
+    )
+    assert stored_parameters(png_with("x" * (MAX_PARAMETERS_CHARS + 1))) is None
+    assert stored_parameters(encoded(Image.new("RGB", (64, 64)), "JPEG")) is None
+    assert stored_parameters(b"not an image") is None
+
+
+def test_output_parameters_keep_the_source_recipe_for_upscales_and_edits() -> None:
+    """Issue 10 case 13 on the real request types: prompt, negative and settings survive an upscale; an edit
+    lists the source's as "Source …" settings."""
+    from flenwheel.images import a1111_parameters, output_parameters, parse_a1111_parameters
+    from flenwheel.providers.base import ImageToImage, Upscale
+
+    text = a1111_parameters("ohwx woman, park", "blurry, lowres", 20, 7.0, 42, 512, 512, "tiny", [])
+    png = embed_provenance(encode_png(Image.new("RGB", (512, 512))), text, {})
+    upscaled = parse_a1111_parameters(
+        output_parameters(Upscale(image=png, factor=4), None, 2048, 2048, "esr")
+    )
+    assert (upscaled.prompt, upscaled.negative) == ("ohwx woman, park", "blurry, lowres")
+    assert upscaled.settings["Seed"] == "42" and upscaled.settings["Postprocess upscale by"] == "4"
+    twice_png = embed_provenance(encode_png(Image.new("RGB", (64, 64))), upscaled.text(), {})
+    twice = parse_a1111_parameters(
+        output_parameters(Upscale(image=twice_png, factor=2), None, 128, 128, "esr")
+    )
+    assert twice.settings["Postprocess upscale by"] == "8" and twice.prompt == "ohwx woman, park"
+    edit = ImageToImage(image=png, prompt="ohwx woman, hat", negative="text", strength=0.4, seed=3)
+    edited = parse_a1111_parameters(output_parameters(edit, 3, 512, 512, "tiny"))
+    assert (edited.prompt, edited.negative) == ("ohwx woman, hat", "text")
+    assert edited.settings["Denoising strength"] == "0.4" and edited.settings["Source Seed"] == "42"
+    assert edited.settings["Source prompt"] == "ohwx woman, park"
+    assert edited.settings["Source negative prompt"] == "blurry, lowres"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -169,6 +171,103 @@ def open_stored(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
+# A1111's infotext settings: `Key: value` pairs, a value quoted (JSON) when it holds a comma, colon or newline
+# (modules/infotext_utils.py `re_param_code` and `quote`). Its parser reads the last line as settings only
+# when it holds at least three of them; otherwise the line is taken for part of the prompt.
+_A1111_SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_A1111_MIN_SETTINGS = 3
+MAX_PARAMETERS_CHARS = 20_000  # a source's `parameters` text longer than this is not carried over
+
+
+@dataclass(frozen=True)
+class A1111Parameters:
+    """An A1111 `parameters` text: prompt lines, then "Negative prompt: …" lines, then one line of settings
+    (`Key: value, …`, in order, values unquoted here)."""
+
+    prompt: str
+    negative: str
+    settings: dict[str, str]
+
+    def text(self) -> str:
+        """The text A1111, civitai and image browsers read back (A1111 strips an empty prompt line too)."""
+        lines = [self.prompt] if self.prompt else []
+        if self.negative:
+            lines.append(f"Negative prompt: {self.negative}")
+        lines.append(", ".join(f"{key}: {_a1111_quote(value)}" for key, value in self.settings.items()))
+        return "\n".join(lines)
+
+
+def _a1111_quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
+def parse_a1111_parameters(text: str) -> A1111Parameters:
+    """Split a `parameters` text the way A1111's `parse_generation_parameters` does."""
+    lines = text.strip().split("\n")
+    settings_line = lines[-1] if len(_A1111_SETTING.findall(lines[-1])) >= _A1111_MIN_SETTINGS else ""
+    if settings_line:
+        lines = lines[:-1]
+    prompt: list[str] = []
+    negative: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("Negative prompt:"):
+            negative.append(line[len("Negative prompt:") :].strip())
+        elif negative:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    settings: dict[str, str] = {}
+    for key, value in _A1111_SETTING.findall(settings_line):
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            with contextlib.suppress(ValueError):  # a broken quote stays as written
+                value = str(json.loads(value))
+        settings[key.strip()] = value.strip()
+    return A1111Parameters("\n".join(prompt), "\n".join(negative), settings)
+
+
+def stored_parameters(data: bytes | None) -> A1111Parameters | None:
+    """The A1111 `parameters` of an image's bytes (a PNG text chunk flenwheel or A1111 wrote), or None where it
+    has none or is unreadable: only the header is read."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            text = image.info.get("parameters")
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return None
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_PARAMETERS_CHARS:
+        return None
+    return parse_a1111_parameters(text)
+
+
+def _generation_settings(
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
+    width: int,
+    height: int,
+    model: str,
+    denoise: float | None,
+) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    if steps is not None:
+        settings["Steps"] = str(steps)
+    if guidance is not None:
+        settings["CFG scale"] = f"{guidance:g}"
+    if seed is not None:
+        settings["Seed"] = str(seed)
+    settings["Size"] = f"{width}x{height}"
+    settings["Model"] = model
+    if denoise is not None:
+        settings["Denoising strength"] = f"{denoise:g}"
+    return settings
+
+
+def _with_lora_tags(prompt: str, loras: list[tuple[str, float]]) -> str:
+    return prompt + "".join(f" <lora:{Path(path).stem}:{strength:g}>" for path, strength in loras)
+
+
 def a1111_parameters(
     prompt: str,
     negative: str,
@@ -182,23 +281,49 @@ def a1111_parameters(
     denoise: float | None = None,
 ) -> str:
     """The A1111 `parameters` text that image browsers and civitai read: prompt, negative, then settings."""
-    lora_tags = "".join(f" <lora:{Path(path).stem}:{strength:g}>" for path, strength in loras)
-    settings = []
-    if steps is not None:
-        settings.append(f"Steps: {steps}")
-    if guidance is not None:
-        settings.append(f"CFG scale: {guidance:g}")
-    if seed is not None:
-        settings.append(f"Seed: {seed}")
-    settings.append(f"Size: {width}x{height}")
-    settings.append(f"Model: {model}")
-    if denoise is not None:
-        settings.append(f"Denoising strength: {denoise:g}")
-    lines = [prompt + lora_tags]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(settings))
-    return "\n".join(lines)
+    settings = _generation_settings(steps, guidance, seed, width, height, model, denoise)
+    return A1111Parameters(_with_lora_tags(prompt, loras), negative, settings).text()
+
+
+def output_parameters(request: Any, seed: int | None, width: int, height: int, model: str) -> str:
+    """The `parameters` text of one output of a generation request (any `providers.base` request; read by
+    attribute so this module stays below the providers).
+
+    An upscale keeps the source image's own parameters (prompt, negative, seed, steps…, read from its PNG) and
+    adds "Postprocess upscale by" and "Postprocess upscaler", as A1111's Extras tab does; factors multiply when
+    the source was itself upscaled. An edit (image-to-image, inpaint) is described by its own prompt and
+    settings, with the source's prompt, negative and settings added as "Source …" settings. A source without
+    parameters (a photo) leaves just the step's own settings, never a settings line A1111 reads as a prompt."""
+    source = stored_parameters(getattr(request, "image", None))
+    if getattr(request, "kind", None) == "upscale":
+        base = source or A1111Parameters("", "", {"Size": f"{width}x{height}"})
+        settings = dict(base.settings)
+        factor = float(getattr(request, "factor", 1))
+        with contextlib.suppress(ValueError):  # an unreadable earlier factor is dropped, not multiplied
+            factor *= float(settings.pop("Postprocess upscale by", "1"))
+        settings["Postprocess upscale by"] = f"{factor:g}"
+        settings["Postprocess upscaler"] = model
+        return A1111Parameters(base.prompt, base.negative, settings).text()
+    loras = [(lora.path, lora.strength) for lora in getattr(request, "loras", ())]
+    settings = _generation_settings(
+        getattr(request, "steps", None),
+        getattr(request, "guidance", None),
+        seed,
+        width,
+        height,
+        model,
+        getattr(request, "strength", None),
+    )
+    if source is not None:
+        if source.prompt:
+            settings["Source prompt"] = source.prompt
+        if source.negative:
+            settings["Source negative prompt"] = source.negative
+        for key, value in source.settings.items():
+            if not key.startswith("Source "):  # the grandparent's recipe stays with the parent
+                settings[f"Source {key}"] = value
+    prompt = _with_lora_tags(getattr(request, "prompt", ""), loras)
+    return A1111Parameters(prompt, getattr(request, "negative", ""), settings).text()
 
 
 def embed_provenance(png: bytes, parameters: str, record: dict[str, Any]) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,68 @@ def test_png_provenance_is_readable(project: Path) -> None:
     out = ok_json("--project", project, "generate", "lisa", "ohwx woman", "--seed", "3")
     record = json.loads(Image.open(io.BytesIO(Path(out["files"][0]).read_bytes())).text["flenwheel"])
     assert record["seed"] == 3 and record["provider"] == "local" and record["kind"] == "generated"
+
+
+# A1111's `parameters` format, as its infotext parser reads it (modules/infotext_utils.py
+# parse_generation_parameters): prompt lines, then lines from "Negative prompt: ", then a last line of
+# "Key: value, …" settings (a value with a comma, colon or newline is a JSON string), which counts as
+# settings only when it holds at least three of them.
+A1111_SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_like_a1111(text: str) -> tuple[str, str, dict[str, str]]:
+    lines = text.strip().split("\n")
+    last = lines[-1]
+    if len(A1111_SETTING.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = "", "", False
+    for line in (line.strip() for line in lines[:-1]):
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[16:].strip()
+        if in_negative:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    settings = {}
+    for key, value in A1111_SETTING.findall(last):
+        settings[key] = json.loads(value) if value[:1] == '"' == value[-1:] else value
+    return prompt, negative, settings
+
+
+def test_upscales_and_edits_keep_the_source_parameters(project: Path, tmp_path: Path) -> None:
+    """Issue 10 case 13: an upscale carries its source's prompt and seed, plus A1111 Extras-style
+    "Postprocess upscale by / upscaler"; an edit has its own prompt and the source's as extra settings.
+    (Small images: Real-ESRGAN on two shared cores is slow.)"""
+    photo = tmp_path / "photo.png"
+    Image.open(LISA[0]).convert("RGB").resize((96, 128)).save(photo)
+    prompt = "photo of ohwx woman, red scarf"
+    first = ok_json(
+        "--project", project, "edit", "lisa", photo, prompt, "--steps", "2", "--seed", "7", "--out", tmp_path
+    )
+    source = str(first["outputs"][0]["asset_id"])
+    assert parse_like_a1111(Image.open(first["files"][0]).text["parameters"])[0] == prompt
+
+    upscaled = ok_json("--project", project, "upscale", "lisa", source, "--factor", "2", "--out", tmp_path)
+    up_prompt, _, up = parse_like_a1111(Image.open(upscaled["files"][0]).text["parameters"])
+    assert up_prompt == prompt  # not the settings line, as before
+    assert up["Seed"] == "7" and up["Steps"] == "2" and up["Size"] == "96x128"  # the source's recipe
+    assert up["Postprocess upscale by"] == "2" and up["Postprocess upscaler"] == upscaled["model"]
+
+    edited = ok_json(
+        "--project", project, "edit", "lisa", source, "ohwx woman, blue scarf", "--steps", "2", "--seed", "9",
+        "--out", tmp_path,
+    )  # fmt: skip
+    ed_prompt, _, ed = parse_like_a1111(Image.open(edited["files"][0]).text["parameters"])
+    assert ed_prompt == "ohwx woman, blue scarf" and ed["Seed"] == "9" and ed["Steps"] == "2"
+    assert ed["Source prompt"] == prompt and ed["Source Seed"] == "7" and "Denoising strength" in ed
+
+
+def test_an_upscaled_photo_has_no_settings_line_read_as_a_prompt(project: Path, tmp_path: Path) -> None:
+    """Issue 10 case 13: a source without parameters (a photo) gives an empty prompt, not a settings line."""
+    photo = tmp_path / "photo.png"
+    Image.open(LISA[0]).convert("RGB").resize((96, 128)).save(photo)
+    upscaled = ok_json("--project", project, "upscale", "lisa", photo, "--factor", "2", "--out", tmp_path)
+    prompt, negative, settings = parse_like_a1111(Image.open(upscaled["files"][0]).text["parameters"])
+    assert (prompt, negative) == ("", "")
+    assert settings["Postprocess upscale by"] == "2" and settings["Size"] == "192x256"

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from flenwheel.domain import AssetKind
-from flenwheel.images import a1111_parameters, embed_provenance
+from flenwheel.images import embed_provenance, output_parameters
 from flenwheel.providers.base import GenerationRequest, GenerationResult, ImageProvider, Upscale
 from flenwheel.providers.registry import ProviderRegistry
 from flenwheel.providers.router import Router, is_nsfw
@@ -186,18 +186,7 @@ def _store_outputs(
             "nsfw_score": round(verdict.score, 4),
             "remote_id": result.remote_id,
         }
-        parameters = a1111_parameters(
-            request.prompt,
-            request.negative,
-            getattr(request, "steps", None),
-            getattr(request, "guidance", None),
-            image.seed,
-            image.width,
-            image.height,
-            result.model,
-            loras,
-            getattr(request, "strength", None),
-        )
+        parameters = output_parameters(request, image.seed, image.width, image.height, result.model)
         png = embed_provenance(image.data, parameters, record)
         sha256 = project.blobs.put(png)
         with project.db.session() as session:
