@@ -40,6 +40,15 @@ POSTGRES_ADMIN_URL = os.environ.get(
 settings.register_profile("flenwheel", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("flenwheel")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist each worker's torch (and the CLI processes it starts) gets its share of the cores as
+    OpenMP threads: two workers with a thread per core each would spin against each other."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 COMFYUI_FIXTURES = {"comfyui_server", "tiny_sd15"}
 SHARED_SCOPES = {"class", "module", "package"}
 

@@ -33,7 +33,9 @@ def environment(database_url: str | None, procrastinate: bool) -> dict[str, str]
         {
             "PYTHONIOENCODING": "utf-8",
             "FLENWHEEL_JOB_RETRY_BACKOFF_S": "0",
-            "FLENWHEEL_JOB_STALE_AFTER_S": "2",
+            # a killed worker is noticed in seconds; a live one starved of CPU (heartbeats every 2.5 s) is not
+            # taken for dead
+            "FLENWHEEL_JOB_STALE_AFTER_S": "10",
         }
     )
     if database_url:

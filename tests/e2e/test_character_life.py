@@ -111,7 +111,8 @@ def live_chain(
     for worker in list(stack.workers):
         if worker.poll() is None and (kill_all or worker.pid == pid):
             stack.kill(worker.pid)
-    assert store.get(train["id"]).status == "running"  # nobody has noticed yet
+    if kill_all:  # no worker is left to notice; a surviving one may have, after its own clock ran out
+        assert store.get(train["id"]).status == "running"  # nobody has noticed yet
     stack.start_worker()  # the restarted worker
     deadline = time.monotonic() + HANG_S
     while True:

@@ -23,14 +23,17 @@ from flenwheel.store.project import Project
 from patience import HANG_S, finished
 
 on_postgres = pytest.mark.parametrize("any_project", ["postgres"], indirect=True)
-PROCRASTINATE = {"FLENWHEEL_JOBS": "procrastinate", "FLENWHEEL_JOB_STALE_AFTER_S": "2"}
+# A worker silent for this long is taken for dead. Short, so a killed worker is noticed soon; not so short that
+# a live worker starved of CPU on a loaded machine (heartbeats every stale/4 s) is taken for dead too.
+STALE_AFTER_S = 10.0
+PROCRASTINATE = {"FLENWHEEL_JOBS": "procrastinate", "FLENWHEEL_JOB_STALE_AFTER_S": str(STALE_AFTER_S)}
 
 
 @pytest.fixture
 def pg(any_project: Project) -> Project:
     any_project.settings.jobs = "procrastinate"
     any_project.settings.job_retry_backoff_s = 0.0
-    any_project.settings.job_stale_after_s = 2.0
+    any_project.settings.job_stale_after_s = STALE_AFTER_S
     return any_project
 
 
