@@ -39,12 +39,19 @@ class ScriptedEngine:
     price: float = 0.0
     failures: list[ProviderError] = field(default_factory=list)
     calls: list[GenerationRequest] = field(default_factory=list)
+    accept_before_failing: bool = False  # True: the engine took the job (remote id kept), then failed
+
+    @property
+    def paid(self) -> bool:
+        return self.price > 0
 
     def estimate_cost(self, request: GenerationRequest) -> float:
         return self.price * request.count
 
     def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult:
         self.calls.append(request)
+        if self.failures and not self.accept_before_failing:
+            raise self.failures.pop(0)  # refused at submission: nothing runs, nothing bills
         ctx.remember_remote_id(f"{self.id}-{len(self.calls)}")
         if self.failures:
             raise self.failures.pop(0)

@@ -13,7 +13,7 @@ from flenwheel.providers.base import TextToImage
 from flenwheel.providers.diffusers_local import LocalDiffusersProvider
 from flenwheel.providers.router import NoProvider
 from flenwheel.store.budget import BudgetExceeded
-from flenwheel.store.models import Asset, Character, RemoteJob
+from flenwheel.store.models import Asset, Character, RunCall
 from flenwheel.store.project import Project
 
 from engines import ScriptedEngine
@@ -70,5 +70,5 @@ def test_the_remote_id_is_kept_for_a_resumed_run(project: Project) -> None:
     create_character(project, "lisa", "ohwx", "woman")
     run_generation(project, "lisa", TINY, providers=[ScriptedEngine("fal")], kind=AssetKind.GENERATED)
     with project.db.session() as session:
-        job = session.scalar(select(RemoteJob))
-        assert (job.provider, job.remote_id, job.status) == ("fal", "fal-1", "done")
+        call = session.scalar(select(RunCall))
+        assert (call.engine, call.remote_id, call.status) == ("fal", "fal-1", "done")

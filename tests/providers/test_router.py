@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flenwheel.providers.base import Capability, LocalContext, LoraRef, TextToImage, Upscale
+from flenwheel.providers.base import Capability, LoraRef, TextToImage, Upscale
 from flenwheel.providers.router import NoProvider, Router, is_nsfw, plan_route
+from flenwheel.store.run import CallStillBilling, RunContext
 
 from engines import ALL, ScriptedEngine, permanent, transient
 
@@ -42,7 +43,7 @@ def test_an_nsfw_character_is_kept_off_external_apis_even_when_asked_for() -> No
     external, local = ScriptedEngine("fal"), ScriptedEngine("local", allows_nsfw=True)
     with pytest.raises(NoProvider, match="fal: external API: NSFW work stays on self-hosted engines"):
         Router([external, local]).run(
-            TextToImage(prompt="portrait"), lambda _p: LocalContext(), nsfw=True, preferred="fal"
+            TextToImage(prompt="portrait"), RunContext.detached(), nsfw=True, key="k", preferred="fal"
         )
     assert external.calls == []
 
@@ -51,10 +52,14 @@ def test_capability_and_order() -> None:
     upscaler = ScriptedEngine("esrgan", capabilities=frozenset({Capability.UPSCALE}), allows_nsfw=True)
     first, second = ScriptedEngine("comfyui", allows_nsfw=True), ScriptedEngine("fal")
     router = Router([upscaler, first, second])
-    assert router.run(TextToImage(prompt="x"), lambda _p: LocalContext(), nsfw=False).provider == "comfyui"
+    assert (
+        router.run(TextToImage(prompt="x"), RunContext.detached(), nsfw=False, key="k").result.provider
+        == "comfyui"
+    )
     image = b"\x89PNG"  # the engines here do not decode it
     assert (
-        router.run(Upscale(image=image, factor=2), lambda _p: LocalContext(), nsfw=False).provider == "esrgan"
+        router.run(Upscale(image=image, factor=2), RunContext.detached(), nsfw=False, key="k").result.provider
+        == "esrgan"
     )
 
 
@@ -63,25 +68,38 @@ def test_transient_failures_retry_with_backoff_then_fall_back() -> None:
     spare = ScriptedEngine("replicate")
     delays: list[float] = []
     router = Router([flaky, spare], max_attempts=3, base_delay=0.5, sleep=delays.append)
-    result = router.run(TextToImage(prompt="x"), lambda _p: LocalContext(), nsfw=False)
+    result = router.run(TextToImage(prompt="x"), RunContext.detached(), nsfw=False, key="k").result
     assert result.provider == "replicate" and len(flaky.calls) == 3 and len(spare.calls) == 1
     assert len(delays) == 2 and 0.25 <= delays[0] <= 0.75 and 0.5 <= delays[1] <= 1.5  # 0.5·2^k, ±50 % jitter
 
 
 def test_a_transient_failure_then_success_stays_on_the_same_provider() -> None:
     flaky = ScriptedEngine("fal", failures=[transient("fal", "HTTP 429 Too Many Requests")])
-    result = Router([flaky, ScriptedEngine("replicate")], sleep=lambda _s: None).run(
-        TextToImage(prompt="x"), lambda _p: LocalContext(), nsfw=False
+    result = (
+        Router([flaky, ScriptedEngine("replicate")], sleep=lambda _s: None)
+        .run(TextToImage(prompt="x"), RunContext.detached(), nsfw=False, key="k")
+        .result
     )
     assert result.provider == "fal" and len(flaky.calls) == 2
+
+
+def test_an_engine_that_accepted_then_failed_is_not_replaced_by_a_second_paid_engine() -> None:
+    # fal took the job (its remote id is kept), then every poll timed out: it may still run and bill.
+    flaky = ScriptedEngine("fal", price=0.05, accept_before_failing=True, failures=[transient("fal")] * 3)
+    spare = ScriptedEngine("replicate", price=0.05)
+    run = RunContext.detached()
+    with pytest.raises(CallStillBilling, match="may still run and bill"):
+        Router([flaky, spare], sleep=lambda _s: None).run(TextToImage(prompt="x"), run, nsfw=False, key="k")
+    assert spare.calls == []  # no second paid engine while the first may still run
+    assert run.call("fal", "k").known_remote_id() == "fal-3"  # a retry resumes the same remote job
 
 
 def test_a_permanent_failure_surfaces_at_once_with_the_providers_message() -> None:
     broken, spare = ScriptedEngine("fal", failures=[permanent("fal")]), ScriptedEngine("replicate")
     with pytest.raises(Exception, match="fal: HTTP 422: prompt is required"):
         Router([broken, spare], sleep=lambda _s: None).run(
-            TextToImage(prompt="x"), lambda _p: LocalContext(), nsfw=False
-        )
+            TextToImage(prompt="x"), RunContext.detached(), nsfw=False, key="k"
+        ).result
     assert len(broken.calls) == 1 and spare.calls == []
 
 

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
+from flenwheel.store.run import RunCancelled, RunContext
 
 if TYPE_CHECKING:
     from flenwheel.jobs.store import JobInfo, JobStore
@@ -51,50 +52,15 @@ class JobRequest(Frozen):
     max_attempts: int = Field(default=3, ge=1, le=20)
 
 
-class JobContext(Protocol):
-    """What a running stage reports through. Cancellation is cooperative: check `cancelled()` between steps."""
-
-    job_id: int | None
-
-    def progress(self, done: int, total: int, message: str = "") -> None: ...
-
-    def cancelled(self) -> bool: ...
-
-    def remember_external_id(self, key: str, value: str) -> None:
-        """Persist a remote id (ComfyUI prompt, fal request, training id) before waiting on it."""
-
-    def known_external_id(self, key: str) -> str | None: ...
+# A running stage reports through the one run context (store/run.py): progress, cancellation (check
+# `cancelled()` between steps), budget calls, remote ids, values kept across attempts, child jobs.
+JobContext = RunContext
+JobCancelled = RunCancelled  # raised by a stage that saw `cancelled()`; the job ends as cancelled, not failed
 
 
-class JobCancelled(FlenwheelError):
-    """Raised by a stage that saw `cancelled()`; the job ends as cancelled, not failed."""
-
-
-class LocalJobContext:
-    """A context for direct calls (CLI without a worker, tests): progress to a callback, ids in memory."""
-
-    job_id: int | None = None
-
-    def __init__(self, on_progress: object = None) -> None:
-        self._on_progress = on_progress
-        self._external: dict[str, str] = {}
-        self._cancelled = False
-
-    def progress(self, done: int, total: int, message: str = "") -> None:
-        if callable(self._on_progress):
-            self._on_progress(done, total, message)
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def remember_external_id(self, key: str, value: str) -> None:
-        self._external[key] = value
-
-    def known_external_id(self, key: str) -> str | None:
-        return self._external.get(key)
+def LocalJobContext(on_progress: object = None) -> RunContext:
+    """A run with no database (direct calls in tests and scripts): progress to a callback."""
+    return RunContext.detached(on_progress if callable(on_progress) else None)
 
 
 class TransientJobError(FlenwheelError):

@@ -137,7 +137,7 @@ class EmbeddedBackend:
             with self._lock:
                 self._running[job.id] = worker
             try:
-                run_claimed(self.project, self.store, job, worker)
+                run_claimed(self.project, self.store, job, worker, submit=self.submit)
             except Exception:
                 log.exception("recording the outcome of job %s failed; recovery will requeue it", job.id)
             finally:

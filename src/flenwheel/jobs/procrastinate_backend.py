@@ -155,6 +155,15 @@ class _WorkerState:
         self.store = JobStore(project.db, retry_backoff_s=project.settings.job_retry_backoff_s)
         self.running: dict[int, str] = {}
         self.lock = threading.Lock()
+        self._backend: ProcrastinateBackend | None = None
+
+    def submit(self, request: JobRequest) -> int:
+        """Child jobs of the jobs this worker runs: one backend per worker process, opened on first use."""
+        with self.lock:
+            if self._backend is None:
+                self._backend = ProcrastinateBackend(self.project)
+            backend = self._backend
+        return backend.submit(request)
 
     def run(self, job_id: int) -> JobInfo | None:
         """Claim the row by id and run it; None when it is not ours to run (cancelled, taken, not due)."""
@@ -165,7 +174,7 @@ class _WorkerState:
         with self.lock:
             self.running[job_id] = worker
         try:
-            run_claimed(self.project, self.store, job, worker)
+            run_claimed(self.project, self.store, job, worker, submit=self.submit)
         finally:
             with self.lock:
                 self.running.pop(job_id, None)

@@ -1,16 +1,19 @@
-"""Run one claimed job: look up its kind, call it with a DbJobContext, record the outcome on its row.
+"""Run one claimed job: look up its kind, call it with the job's run context, record the outcome on its row.
 Both backends end here, so a stage behaves the same in the embedded pool and in a Procrastinate worker."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from flenwheel.errors import FlenwheelError
 from flenwheel.jobs import kinds
 from flenwheel.jobs.base import JobCancelled, JobStatus
-from flenwheel.jobs.store import DbJobContext, JobInfo, JobStore, is_transient
+from flenwheel.jobs.store import JobInfo, JobStore, is_transient
 from flenwheel.store.project import Project
+from flenwheel.store.run import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +25,38 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_claimed(project: Project, store: JobStore, job: JobInfo, worker: str) -> JobStatus | None:
-    """Execute `job` (already claimed by `worker`); returns the status it ended in, None if it was taken away."""
-    ctx = DbJobContext(store, job)
+def job_context(
+    project: Project, job: JobInfo, worker: str, submit: Callable[[Any], int] | None = None
+) -> RunContext:
+    """The run context of a claimed job: progress and cancel through its row, its character's budget, the
+    values it remembered on earlier attempts, and child jobs through `submit` (the backend running it)."""
+    return RunContext(
+        project.db,
+        job_id=job.id,
+        worker=worker,
+        character_id=job.character_id,
+        submit=submit if submit is not None else store_submit(project),
+        values=dict(job.external_ids),
+    )
+
+
+def store_submit(project: Project) -> Callable[[Any], int]:
+    """Submit child jobs straight into the job table (workers of any backend poll or are notified)."""
+    from flenwheel.jobs.store import JobStore
+
+    return JobStore(project.db).submit
+
+
+def run_claimed(
+    project: Project,
+    store: JobStore,
+    job: JobInfo,
+    worker: str,
+    submit: Callable[[Any], int] | None = None,
+) -> JobStatus | None:
+    """Execute `job` (already claimed by `worker`); returns the status it ended in, None if it was taken away.
+    `submit`: how the job's child jobs are submitted (the backend running it)."""
+    ctx = job_context(project, job, worker, submit if submit is not None else store.submit)
     try:
         function = kinds.get(job.kind)
         result = function(project, dict(job.payload), ctx)

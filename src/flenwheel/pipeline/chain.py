@@ -91,7 +91,7 @@ def chain_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dic
     options = check_options(dict(payload.get("options", {})))
     root = ctx.job_id
     first = _next_stage(None, options)
-    child = _submit_stage(project, payload, root, first) if first else None
+    child = _submit_stage(project, payload, root, first, ctx) if first else None
     ctx.progress(1, 1, f"chain started at {first}")
     return {"stages": [s for s in STAGES if s not in options.get("skip", [])], "first_job": child}
 
@@ -124,36 +124,25 @@ def _next_stage(stage: str | None, options: dict[str, Any]) -> str | None:
     return None
 
 
-def _submit_stage(project: Project, payload: dict[str, Any], root: int | None, stage: str) -> int:
-    """Submit `stage` under `root` unless it exists already (a retried stage must not fork the chain)."""
-    from flenwheel.jobs import open_backend
-
+def _submit_stage(
+    project: Project, payload: dict[str, Any], root: int | None, stage: str, ctx: JobContext
+) -> int:
+    """Submit `stage` under `root` through the run's own backend, unless it exists already (a retried stage
+    must not fork the chain)."""
     with project.db.session() as session:
         existing = session.scalar(select(Job.id).where(Job.parent_id == root, Job.kind == stage_kind(stage)))
         character_id = get_character(session, payload["character"]).id
     if existing is not None:
         return int(existing)
-    backend = open_backend(project)
-    try:
-        return int(
-            backend.submit(
-                JobRequest(
-                    kind=stage_kind(stage),
-                    queue=STAGE_QUEUE[stage],
-                    character_id=character_id,
-                    parent_id=root,
-                    payload={
-                        "character": payload["character"],
-                        "options": payload.get("options", {}),
-                        "root": root,
-                    },
-                )
-            )
+    return ctx.submit(
+        JobRequest(
+            kind=stage_kind(stage),
+            queue=STAGE_QUEUE[stage],
+            character_id=character_id,
+            parent_id=root,
+            payload={"character": payload["character"], "options": payload.get("options", {}), "root": root},
         )
-    finally:
-        close = getattr(backend, "close", None)
-        if callable(close):
-            close()
+    )
 
 
 def _run_stage(stage: str, project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -162,7 +151,7 @@ def _run_stage(stage: str, project: Project, payload: dict[str, Any], ctx: JobCo
     result = STAGE_FUNCTIONS[stage](project, payload["character"], options, ctx)
     following = _next_stage(stage, options)
     if following is not None:
-        result["next_job"] = _submit_stage(project, {**payload, "options": options}, root, following)
+        result["next_job"] = _submit_stage(project, {**payload, "options": options}, root, following, ctx)
     return result
 
 

@@ -21,9 +21,9 @@ from flenwheel.providers.base import GenerationRequest, GenerationResult, ImageP
 from flenwheel.providers.registry import ProviderRegistry
 from flenwheel.providers.router import Router, is_nsfw
 from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
-from flenwheel.store.budget import CharacterBudget
-from flenwheel.store.models import Asset, RemoteJob
+from flenwheel.store.models import Asset
 from flenwheel.store.project import Project, get_character
+from flenwheel.store.run import RunContext
 
 
 @dataclass(frozen=True)
@@ -48,54 +48,6 @@ class GenerationOutcome:
     cost_usd: float
     nsfw_routing: bool
     note: str | None  # e.g. that the tiny model draws no faces
-
-
-class StoredContext:
-    """Keeps the engine's job id in the database before waiting, keyed by a fingerprint of the request."""
-
-    def __init__(
-        self,
-        project: Project,
-        fingerprint: str,
-        provider: str,
-        on_progress: Callable[[int, int], None] | None,
-    ) -> None:
-        self.project = project
-        self.fingerprint = f"{provider}:{fingerprint}"[:64]
-        self.provider = provider
-        self.on_progress = on_progress
-
-    def progress(self, done: int, total: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(done, total)
-
-    def cancelled(self) -> bool:
-        return False
-
-    def remember_remote_id(self, remote_id: str) -> None:
-        with self.project.db.session() as session:
-            job = session.scalar(select(RemoteJob).where(RemoteJob.fingerprint == self.fingerprint))
-            if job is None:
-                session.add(
-                    RemoteJob(fingerprint=self.fingerprint, provider=self.provider, remote_id=remote_id)
-                )
-            else:
-                job.remote_id, job.status = remote_id, "running"
-
-    def known_remote_id(self) -> str | None:
-        with self.project.db.session() as session:
-            job = session.scalar(
-                select(RemoteJob).where(
-                    RemoteJob.fingerprint == self.fingerprint, RemoteJob.status == "running"
-                )
-            )
-            return job.remote_id if job else None
-
-    def finish(self, status: str) -> None:
-        with self.project.db.session() as session:
-            job = session.scalar(select(RemoteJob).where(RemoteJob.fingerprint == self.fingerprint))
-            if job is not None:
-                job.status = status
 
 
 def request_fingerprint(request: GenerationRequest) -> str:
@@ -123,38 +75,40 @@ def run_generation(
     preferred: str | None = None,
     providers: list[ImageProvider] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    ctx: RunContext | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> GenerationOutcome:
-    """Route one request within the character's budget and NSFW policy, and store what comes back."""
+    """Route one request within the character's budget and NSFW policy, and store what comes back.
+
+    `ctx`: the run (a job's, or a fresh one for a direct call). The outputs, their stage `attributes`, the
+    job id and the call's settlement are written in ONE transaction, so a crash leaves either all of them or
+    none (and then the call's remote id, kept before waiting, lets the retry resume instead of paying twice).
+    Raises NoProvider, BudgetExceeded, CallStillBilling, RunCancelled or the engine's permanent error."""
     with project.db.session() as session:
         character = get_character(session, character_name)
         character_id, character_nsfw = character.id, character.nsfw
+    if ctx is None:
+        ctx = RunContext(project.db, character_id=character_id, on_progress=_two_args(on_progress))
+    ctx = ctx.for_character(character_id, project.db)
     if request.seed is None and not isinstance(request, Upscale):
         import random
 
         request = request.model_copy(update={"seed": random.SystemRandom().randrange(2**32)})
     nsfw = is_nsfw(request, character_nsfw)
-    router = Router(
-        providers if providers is not None else ProviderRegistry.from_settings(project.settings).all()
+    router = Router(providers if providers is not None else ProviderRegistry.shared(project.settings).all())
+    routed = router.run(request, ctx, nsfw, key=request_fingerprint(request), preferred=preferred)
+    result = routed.result
+    outputs = _store_outputs(
+        project, character_id, request, result, kind, parents, routed.call, attributes or {}
     )
-    fingerprint = request_fingerprint(request)
-    contexts: dict[str, StoredContext] = {}
-
-    def context_for(provider_id: str) -> StoredContext:
-        contexts[provider_id] = StoredContext(project, fingerprint, provider_id, on_progress)
-        return contexts[provider_id]
-
-    budget = CharacterBudget(project.db, character_id, character_name)
-    try:
-        result = router.run(request, context_for, nsfw, budget=budget, preferred=preferred)
-    except BaseException:
-        for context in contexts.values():
-            if context.known_remote_id() is None:
-                context.finish("failed")
-        raise
-    contexts[result.provider].finish("done")
-    outputs = _store_outputs(project, character_id, request, result, kind, parents)
     note = TINY_NOTE if result.model == TINY_MODEL_ID else None
     return GenerationOutcome(outputs, result.provider, result.model, result.cost_usd, nsfw, note)
+
+
+def _two_args(callback: Callable[[int, int], None] | None) -> Callable[[int, int, str], None] | None:
+    if callback is None:
+        return None
+    return lambda done, total, _message: callback(done, total)
 
 
 def _store_outputs(
@@ -164,12 +118,16 @@ def _store_outputs(
     result: GenerationResult,
     kind: AssetKind,
     parents: tuple[int, ...],
+    call: RunContext,
+    attributes: dict[str, Any],
 ) -> list[StoredOutput]:
+    """Blobs first (content-addressed: an orphan after a crash costs nothing), then every asset row, its
+    attributes and job id, and the call's settlement in one transaction."""
     from flenwheel.safety import classify_image
 
     share = round(result.cost_usd / len(result.images), 6)
     loras = [(lora.path, lora.strength) for lora in request.loras]
-    outputs = []
+    prepared: list[tuple[Any, dict[str, Any], str]] = []
     for image in result.images:
         verdict = classify_image(image.data)
         record = {
@@ -188,8 +146,10 @@ def _store_outputs(
         }
         parameters = output_parameters(request, image.seed, image.width, image.height, result.model)
         png = embed_provenance(image.data, parameters, record)
-        sha256 = project.blobs.put(png)
-        with project.db.session() as session:
+        prepared.append((image, record, project.blobs.put(png)))
+    outputs: list[StoredOutput] = []
+    with call.transaction() as session:
+        for image, record, sha256 in prepared:
             asset = session.scalar(
                 select(Asset).where(Asset.character_id == character_id, Asset.source_sha256 == sha256)
             )
@@ -214,9 +174,16 @@ def _store_outputs(
                     cost_usd=share,
                     timings={"engine_seconds": result.engine_seconds, "remote_id": result.remote_id},
                     nsfw_score=record["nsfw_score"],
+                    attributes=dict(attributes),
+                    job_id=call.job_id,
                 )
                 session.add(asset)
-                session.flush()
+            else:
+                if attributes:
+                    asset.attributes = {**(asset.attributes or {}), **attributes}
+                if call.job_id is not None:
+                    asset.job_id = call.job_id
+            session.flush()
             outputs.append(
                 StoredOutput(
                     asset.id,
@@ -231,4 +198,5 @@ def _store_outputs(
                     asset.nsfw_score,
                 )
             )
+        call.settle(result.cost_usd, session=session)
     return outputs

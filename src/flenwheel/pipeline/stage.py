@@ -16,7 +16,7 @@ from sqlalchemy import select
 from flenwheel.config import Settings
 from flenwheel.domain import AssetAnalysis, AssetKind, Frozen
 from flenwheel.errors import InvalidInput, MissingDependency
-from flenwheel.jobs.base import JobCancelled, JobContext
+from flenwheel.jobs.base import JobContext
 from flenwheel.pipeline.generation import run_generation
 from flenwheel.providers.base import (
     Capability,
@@ -114,7 +114,7 @@ class StageEngines:
         if providers is None:
             from flenwheel.providers.registry import ProviderRegistry
 
-            providers = ProviderRegistry.from_settings(project.settings).all()
+            providers = ProviderRegistry.shared(project.settings).all()
         return cls(providers, project.settings)
 
     def first_with(self, capability: Capability, nsfw: bool) -> ImageProvider | None:
@@ -147,8 +147,8 @@ class StageImage(Frozen):
 
 
 def check_cancelled(ctx: JobContext) -> None:
-    if ctx.cancelled():
-        raise JobCancelled("cancelled by the user; images stored so far are kept")
+    """Raise JobCancelled when the run was cancelled (between images)."""
+    ctx.check_cancelled()
 
 
 def generate_asset(
@@ -172,13 +172,10 @@ def generate_asset(
         parents=parents,
         preferred=preferred,
         providers=engines.providers,
+        ctx=ctx,
+        attributes=attributes,
     )
     output = outcome.outputs[0]
-    with project.db.session() as session:
-        asset = session.get_one(Asset, output.asset_id)
-        asset.attributes = {**attributes}
-        if ctx.job_id is not None:
-            asset.job_id = ctx.job_id
     return StageImage(
         asset_id=output.asset_id,
         kind=kind.value,

@@ -473,7 +473,8 @@ def _run(
     method: str,
 ) -> GenerationOutcome:
     check_cancelled(ctx)
-    outcome = run_generation(
+    recipe = _recipe(project, request, mode, provider, method)
+    return run_generation(
         project,
         character_name,
         request,
@@ -481,16 +482,9 @@ def _run(
         parents=parents,
         preferred=provider,
         providers=engines.providers,
-        on_progress=lambda done, total: ctx.progress(done, total, f"{request.kind} {done}/{total}"),
+        ctx=ctx,
+        attributes={"stage": "studio", "mode": mode, "recipe": recipe},
     )
-    recipe = _recipe(project, request, mode, provider, method)
-    with project.db.session() as session:
-        for output in outcome.outputs:
-            asset = session.get_one(Asset, output.asset_id)
-            asset.attributes = {**(asset.attributes or {}), "stage": "studio", "mode": mode, "recipe": recipe}
-            if ctx.job_id is not None:
-                asset.job_id = ctx.job_id
-    return outcome
 
 
 def _recipe(

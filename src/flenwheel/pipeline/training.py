@@ -18,14 +18,15 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from flenwheel.datasets.export import default_repeats, export_dataset
 from flenwheel.datasets.versions import get_dataset_version
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobContext
-from flenwheel.store.budget import BudgetExceeded, CharacterBudget
 from flenwheel.store.models import Asset, Checkpoint, DatasetVersion, TrainingRun
 from flenwheel.store.project import Project, get_character
+from flenwheel.store.run import BudgetExceeded, PolicyRefused, RunContext, is_paid
 from flenwheel.trainers.base import (
     CheckpointFile,
     Trainer,
@@ -97,39 +98,51 @@ def train_character(
         finished = _finished_run(project, version, trainer.id, spec)
         if finished is not None:
             return outcome(project, finished, resumed=True)
-    run, resumed = _find_or_create_run(project, character_name, version, trainer.id, spec)
-    work_dir = project.root / run.work_dir
-    data = _prepare_input(project, character_name, version, trainer, work_dir)
     with project.db.session() as session:
         character = get_character(session, character_name)
-        budget = CharacterBudget(project.db, character.id, character.name)
-    cost = trainer.estimate_cost(spec, len(version.items))
-    try:
-        reservation = (
-            budget.reserve(cost, f"training {character_name} with {trainer.id}") if not resumed else None
+        character_id, character_nsfw = character.id, character.nsfw
+    if character_nsfw and not trainer.allows_nsfw:  # before anything is exported or uploaded
+        raise PolicyRefused(
+            f"{character_name!r} is an NSFW character and trainer {trainer.id!r} sends the dataset off your "
+            f"machines: NSFW datasets are trained only on self-hosted trainers (local, ai-toolkit, kohya)"
         )
+    run, resumed = _find_or_create_run(project, character_name, version, trainer.id, spec)
+    if ctx is None:
+        ctx = RunContext(project.db, character_id=character_id)
+    ctx = ctx.for_character(character_id, project.db)
+    recorder = RunRecorder(project, run.id, ctx, on_progress)
+    try:
+        call = ctx.call(
+            trainer.id,
+            f"train:run{run.id}",
+            estimate=trainer.estimate_cost(spec, len(version.items)),
+            paid=is_paid(trainer),
+            what=f"training {character_name} with {trainer.id}",
+        ).on_training(recorder.step, recorder.checkpoint_saved)
     except BudgetExceeded as exc:
         _set_status(project, run.id, "failed", error=str(exc))
         raise
-    context = StoredTrainingContext(project, run.id, ctx, on_progress)
+    work_dir = project.root / run.work_dir
+    data = _prepare_input(project, character_name, version, trainer, work_dir)
     _set_status(project, run.id, "running")
     try:
-        result = trainer.run(spec, data, context)
+        result = trainer.run(spec, data, call)
     except TrainingCancelled:
-        context.flush()
+        recorder.flush()
+        call.release()  # money back unless the remote side accepted it (then kept until settled)
         _set_status(project, run.id, "cancelled")
         raise
     except BaseException as exc:
-        context.flush()
+        recorder.flush()
+        call.release()
         _set_status(project, run.id, "failed", error=str(exc))
-        if reservation is not None and not context.remote_started:
-            budget.release(reservation)
         raise
-    if reservation is not None:
-        budget.settle(reservation, result.cost_usd or cost)
     for checkpoint in result.checkpoints:
-        context.checkpoint_saved(checkpoint)  # idempotent; covers trainers that only report at the end
-    _finish(project, run.id, result)
+        recorder.checkpoint_saved(checkpoint)  # idempotent; covers trainers that only report at the end
+    recorder.flush()
+    with call.transaction() as session:
+        _finish(session, run.id, result)
+        call.settle(result.cost_usd, session=session)
     return outcome(project, run.id, resumed=resumed)
 
 
@@ -275,39 +288,38 @@ def _set_status(project: Project, run_id: int, status: str, error: str | None = 
             run.finished_at = datetime.now(UTC)
 
 
-def _finish(project: Project, run_id: int, result: TrainingResult) -> None:
-    with project.db.session() as session:
-        run = session.get_one(TrainingRun, run_id)
-        run.status = "succeeded"
-        run.error = None
-        run.finished_at = datetime.now(UTC)
-        if result.total_steps:
-            run.step = max(run.step, result.total_steps)
-            run.total_steps = max(run.total_steps, result.total_steps)
-        if result.losses and not run.losses:
-            run.losses = [[step, loss] for step, loss in result.losses]
-        run.cost_usd = result.cost_usd
+def _finish(session: Session, run_id: int, result: TrainingResult) -> None:
+    run = session.get_one(TrainingRun, run_id)
+    run.status = "succeeded"
+    run.error = None
+    run.finished_at = datetime.now(UTC)
+    if result.total_steps:
+        run.step = max(run.step, result.total_steps)
+        run.total_steps = max(run.total_steps, result.total_steps)
+    if result.losses and not run.losses:
+        run.losses = [[step, loss] for step, loss in result.losses]
+    run.cost_usd = result.cost_usd
 
 
-class StoredTrainingContext:
-    """Writes a run's progress, losses and checkpoints to the store as they happen, so a crash loses nothing."""
+class RunRecorder:
+    """Writes a training run's progress, losses and checkpoints to the store as the trainer reports them
+    (through the run context), so a crash loses nothing; progress also reaches the job row."""
 
     FLUSH_SECONDS = 1.0
 
     def __init__(
-        self, project: Project, run_id: int, job: JobContext | None, on_progress: ProgressCallback | None
+        self, project: Project, run_id: int, ctx: RunContext, on_progress: ProgressCallback | None
     ) -> None:
         self.project = project
         self.run_id = run_id
-        self.job = job
+        self.ctx = ctx
         self.on_progress = on_progress
-        self.remote_started = False
         self._pending_losses: list[list[float]] = []
         self._step = 0
         self._total = 0
         self._last_flush = 0.0
 
-    def progress(self, step: int, total: int, loss: float | None = None) -> None:
+    def step(self, step: int, total: int, loss: float | None = None) -> None:
         import time
 
         self._step, self._total = step, total
@@ -315,9 +327,6 @@ class StoredTrainingContext:
             self._pending_losses.append([step, float(loss)])
         if self.on_progress is not None:
             self.on_progress(step, total, loss)
-        if self.job is not None:
-            message = f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "")
-            self.job.progress(step, total, message)
         now = time.monotonic()
         if now - self._last_flush >= self.FLUSH_SECONDS or step >= total:
             self.flush()
@@ -332,9 +341,6 @@ class StoredTrainingContext:
                 last = run.losses[-1][0] if run.losses else -1
                 run.losses = list(run.losses) + [entry for entry in self._pending_losses if entry[0] > last]
                 self._pending_losses = []
-
-    def cancelled(self) -> bool:
-        return self.job is not None and self.job.cancelled()
 
     def checkpoint_saved(self, checkpoint: CheckpointFile) -> None:
         self.flush()
@@ -357,14 +363,3 @@ class StoredTrainingContext:
                 )
             else:
                 existing.path, existing.sha256, existing.epoch = relative, digest, checkpoint.epoch
-
-    def remember_remote_id(self, remote_id: str) -> None:
-        self.remote_started = True
-        with self.project.db.session() as session:
-            session.get_one(TrainingRun, self.run_id).remote_id = remote_id
-        if self.job is not None:
-            self.job.remember_external_id(f"training_run:{self.run_id}", remote_id)
-
-    def known_remote_id(self) -> str | None:
-        with self.project.db.session() as session:
-            return session.get_one(TrainingRun, self.run_id).remote_id

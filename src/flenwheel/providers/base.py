@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
+from flenwheel.store.run import RunContext
 
 
 class Capability(StrEnum):
@@ -126,43 +127,14 @@ class GenerationResult(Frozen):
         return self
 
 
-class ProviderContext(Protocol):
-    """What a provider reports through while it works."""
-
-    def progress(self, done: int, total: int) -> None: ...
-
-    def cancelled(self) -> bool: ...
-
-    def remember_remote_id(self, remote_id: str) -> None:
-        """Persist the engine's job id *before* waiting on it, so a restart resumes instead of paying twice."""
-
-    def known_remote_id(self) -> str | None:
-        """The id remembered by an earlier, interrupted attempt of this same job, if any."""
+# The one run context (store/run.py) is what every engine reports through: `progress(done, total)`,
+# `cancelled()`, `remember_remote_id(id)` before waiting, `known_remote_id()` to resume.
+ProviderContext = RunContext
 
 
-class LocalContext:
-    """A context for direct calls (CLI, tests): progress goes to a callback, ids are kept in memory."""
-
-    def __init__(self, on_progress: object = None) -> None:
-        self._on_progress = on_progress
-        self._remote_id: str | None = None
-        self._cancelled = False
-
-    def progress(self, done: int, total: int) -> None:
-        if callable(self._on_progress):
-            self._on_progress(done, total)
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def remember_remote_id(self, remote_id: str) -> None:
-        self._remote_id = remote_id
-
-    def known_remote_id(self) -> str | None:
-        return self._remote_id
+def LocalContext(on_progress: object = None) -> RunContext:
+    """A run with no database, for calling one engine directly (scripts, engine tests)."""
+    return RunContext.detached(on_progress if callable(on_progress) else None)
 
 
 @runtime_checkable
@@ -200,6 +172,10 @@ class ProviderError(FlenwheelError):
 
 
 class Cancelled(FlenwheelError):
-    def __init__(self, provider: str) -> None:
+    """The engine stopped because the run was cancelled, after sending its own remote cancel.
+    `billed_usd`: what the remote side billed for the cancelled work, when the engine knows it."""
+
+    def __init__(self, provider: str, billed_usd: float | None = None) -> None:
         super().__init__(f"{provider}: cancelled by the user")
         self.provider = provider
+        self.billed_usd = billed_usd

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 from flenwheel.config import Settings
@@ -46,3 +47,29 @@ class ProviderRegistry:
         rank = {name: index for index, name in enumerate(order)}
         # The user's order first (FLENWHEEL_PROVIDERS); engines it does not name keep their place after it.
         return cls(sorted(found, key=lambda provider: rank.get(provider.id, len(order))))
+
+    @classmethod
+    def shared(cls, settings: Settings) -> ProviderRegistry:
+        """The engines for these settings, resolved once per process: an engine keeps its loaded pipelines
+        (one per model and device) and its HTTP clients across every request of every run."""
+        key = _settings_key(settings)
+        with _SHARED_LOCK:
+            registry = _SHARED.get(key)
+            if registry is None:
+                registry = _SHARED[key] = cls.from_settings(settings)
+            return registry
+
+
+_SHARED: dict[str, ProviderRegistry] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _settings_key(settings: Settings) -> str:
+    """A fingerprint of every setting, secrets included (their masked form would make two keys collide)."""
+    import hashlib
+
+    parts = []
+    for name, value in settings:
+        secret = getattr(value, "get_secret_value", None)
+        parts.append((name, repr(secret() if callable(secret) else value)))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()

@@ -12,31 +12,21 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from flenwheel.errors import FlenwheelError
 from flenwheel.providers.base import (
+    Cancelled,
     GenerationRequest,
     GenerationResult,
     ImageProvider,
-    ProviderContext,
     ProviderError,
     required_capabilities,
 )
+from flenwheel.store.run import CallStillBilling, PolicyRefused, RunCancelled, RunContext, is_paid
 
 
 class NoProvider(FlenwheelError):
     """No configured provider may take this request; the message lists why each was passed over."""
-
-
-class Budget(Protocol):
-    """Money for one character: reserved before a submission, settled with the real cost or released."""
-
-    def reserve(self, amount: float, what: str) -> Any: ...
-
-    def settle(self, reservation: Any, actual: float) -> None: ...
-
-    def release(self, reservation: Any) -> None: ...
 
 
 def is_nsfw(request: GenerationRequest, character_nsfw: bool) -> bool:
@@ -88,7 +78,25 @@ def _healthy(provider: ImageProvider) -> bool:
     return bool(check()) if callable(check) else True
 
 
+@dataclass(frozen=True)
+class Routed:
+    """What the router returns: the engine's result and the call scope to settle it in the step's transaction."""
+
+    result: GenerationResult
+    call: RunContext
+
+
 class Router:
+    """Runs one request on the first engine of its route that succeeds.
+
+    Policies, all in this one path: NSFW work only on engines with `allows_nsfw`; a paid engine reserves
+    its worst-case estimate before the call (`RunContext.call`); transient errors are retried with
+    exponential backoff and jitter (tenacity-free: the attempt loop must see the run's cancel between
+    tries), then the next engine is tried — unless the engine had accepted the work (it may still run and
+    bill), in which case the reservation is kept (a retry on the same engine resumes the remote job by its
+    remembered id, it never submits a second one) and `CallStillBilling` asks for a retry of the same run,
+    which resumes the same remote job."""
+
     def __init__(
         self,
         providers: Sequence[ImageProvider],
@@ -109,44 +117,62 @@ class Router:
     def run(
         self,
         request: GenerationRequest,
-        context_for: Callable[[str], ProviderContext],
+        ctx: RunContext,
         nsfw: bool,
-        budget: Budget | None = None,
+        key: str,
         preferred: str | None = None,
         on_attempt: Callable[[str, int, str | None], None] | None = None,
-    ) -> GenerationResult:
+    ) -> Routed:
+        """Route `request` (fingerprinted by `key`) within `ctx`'s budget and cancellation.
+
+        Raises NoProvider (nothing may take it / every engine failed before accepting), BudgetExceeded,
+        CallStillBilling (an engine accepted and then failed: retry the run to resume it), RunCancelled, or
+        the engine's permanent ProviderError."""
         route = plan_route(self.providers, request, nsfw, preferred)
         failures: list[str] = []
         for provider in route.providers:
-            assert not (nsfw and not provider.allows_nsfw)  # the invariant, checked where it matters
-            reservation = (
-                budget.reserve(provider.estimate_cost(request), f"{provider.id} {request.kind}")
-                if budget
-                else None
+            if nsfw and not provider.allows_nsfw:  # the invariant, checked where it matters
+                raise PolicyRefused(f"{provider.id}: NSFW work never leaves self-hosted engines")
+            ctx.check_cancelled()
+            call = ctx.call(
+                provider.id,
+                key,
+                estimate=provider.estimate_cost(request),
+                paid=is_paid(provider),
+                what=f"{provider.id} {request.kind}",
             )
             try:
-                result = self._with_retries(provider, request, context_for(provider.id), on_attempt)
+                result = self._with_retries(provider, request, call, on_attempt)
             except ProviderError as exc:
-                if budget is not None:
-                    budget.release(reservation)
+                call.release()
+                if call.may_still_bill():
+                    raise CallStillBilling(
+                        f"{provider.id} accepted the {request.kind} request and then failed ({exc}); it may "
+                        f"still run and bill, so its reservation is kept and no other paid engine is tried. "
+                        f"Retry the job to resume it."
+                    ) from exc
                 if not exc.transient:
                     raise
                 failures.append(str(exc))
                 continue
+            except Cancelled as exc:
+                billed = getattr(exc, "billed_usd", None)
+                if billed is not None:
+                    call.settle(billed)
+                else:
+                    call.release()
+                raise RunCancelled(str(exc)) from exc
             except BaseException:
-                if budget is not None:
-                    budget.release(reservation)
+                call.release()
                 raise
-            if budget is not None:
-                budget.settle(reservation, result.cost_usd)
-            return result
+            return Routed(result, call)
         raise NoProvider("every provider failed: " + " | ".join(failures))
 
     def _with_retries(
         self,
         provider: ImageProvider,
         request: GenerationRequest,
-        ctx: ProviderContext,
+        ctx: RunContext,
         on_attempt: Callable[[str, int, str | None], None] | None,
     ) -> GenerationResult:
         for attempt in range(self.max_attempts):
@@ -160,4 +186,5 @@ class Router:
                 if on_attempt:
                     on_attempt(provider.id, attempt, str(exc))
                 self.sleep(self.backoff(attempt))
+                ctx.check_cancelled()
         raise AssertionError("unreachable")

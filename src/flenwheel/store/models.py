@@ -191,20 +191,31 @@ class DatasetItem(Base):
     quality: Mapped[str] = mapped_column(String(8))
 
 
-class RemoteJob(Base):
-    """An engine's job id, stored before waiting on it, so an interrupted request resumes instead of paying twice.
+class RunCall(Base):
+    """One call of a run to an engine or trainer: its budget reservation and its remote id, in one row.
 
-    `fingerprint` is a hash of the provider and the full request; re-running the same request finds it.
+    `key` is the engine plus a fingerprint of the request (or of the training run): a retry of the same
+    request finds the row, resumes the remote job by `remote_id` instead of paying twice, and keeps the
+    reservation. Status: reserved → submitted (accepted; may bill) → done (settled) | released (never
+    accepted; money back) | abandoned (accepted, then failed or cancelled: the reservation stays).
     """
 
-    __tablename__ = "remote_job"
+    __tablename__ = "run_call"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    provider: Mapped[str] = mapped_column(String(64))
-    remote_id: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    key: Mapped[str] = mapped_column(String(160), unique=True)
+    engine: Mapped[str] = mapped_column(String(64))
+    character_id: Mapped[int | None] = mapped_column(
+        ForeignKey("character.id", ondelete="CASCADE"), default=None, index=True
+    )
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    status: Mapped[str] = mapped_column(String(16), default="reserved")
+    remote_id: Mapped[str | None] = mapped_column(Text, default=None)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    billed_usd: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class TrainingRun(Base):

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
+from flenwheel.store.run import RunContext
 
 ModelFamily = Literal["sd", "sdxl", "flux"]
 Optimizer = Literal["adamw", "adamw8bit", "prodigy", "sgd"]
@@ -87,20 +88,9 @@ class TrainingResult(Frozen):
     cost_usd: float = 0.0
 
 
-class TrainingContext(Protocol):
-    """What a trainer reports through while it works."""
-
-    def progress(self, step: int, total: int, loss: float | None = None) -> None: ...
-
-    def cancelled(self) -> bool: ...
-
-    def checkpoint_saved(self, checkpoint: CheckpointFile) -> None:
-        """Record a checkpoint the moment it is on disk, so evaluation can start and a crash loses nothing."""
-
-    def remember_remote_id(self, remote_id: str) -> None:
-        """Persist a remote training id *before* waiting on it, so a restart resumes instead of paying twice."""
-
-    def known_remote_id(self) -> str | None: ...
+# The one run context (store/run.py) is what every trainer reports through: `progress(step, total, loss)`,
+# `cancelled()`, `checkpoint_saved(checkpoint)`, `remember_remote_id(id)` before waiting, `known_remote_id()`.
+TrainingContext = RunContext
 
 
 class TrainingCancelled(FlenwheelError):
@@ -130,32 +120,7 @@ class Trainer(Protocol):
     def run(self, spec: TrainingSpec, data: TrainingInput, ctx: TrainingContext) -> TrainingResult: ...
 
 
-class LocalTrainingContext:
-    """A context for direct calls (tests, scripts): progress to a callback, state in memory."""
-
-    def __init__(self, on_progress: object = None, cancel_after_step: int | None = None) -> None:
-        self._on_progress = on_progress
-        self._cancel_after_step = cancel_after_step
-        self._step = 0
-        self._remote_id: str | None = None
-        self.checkpoints: list[CheckpointFile] = []
-        self.losses: list[tuple[int, float]] = []
-
-    def progress(self, step: int, total: int, loss: float | None = None) -> None:
-        self._step = step
-        if loss is not None:
-            self.losses.append((step, loss))
-        if callable(self._on_progress):
-            self._on_progress(step, total, loss)
-
-    def cancelled(self) -> bool:
-        return self._cancel_after_step is not None and self._step >= self._cancel_after_step
-
-    def checkpoint_saved(self, checkpoint: CheckpointFile) -> None:
-        self.checkpoints.append(checkpoint)
-
-    def remember_remote_id(self, remote_id: str) -> None:
-        self._remote_id = remote_id
-
-    def known_remote_id(self) -> str | None:
-        return self._remote_id
+def LocalTrainingContext(on_progress: object = None, cancel_after_step: int | None = None) -> RunContext:
+    """A run with no database, for calling one trainer directly: progress to a callback, the checkpoints and
+    losses it reports kept in `.checkpoints` / `.losses`; `cancel_after_step` stops it cooperatively."""
+    return RunContext.detached(on_progress if callable(on_progress) else None, cancel_after_step)
