@@ -9,33 +9,19 @@ from sqlalchemy import select
 
 from flenwheel.errors import InvalidInput
 from flenwheel.images import decode_image
-from flenwheel.jobs.base import JobCancelled, LocalJobContext
+from flenwheel.jobs.base import JobCancelled
 from flenwheel.pipeline.generation import run_generation
 from flenwheel.pipeline.training import latest_run, train_character
 from flenwheel.providers.base import LoraRef, TextToImage
 from flenwheel.store.models import Checkpoint, TrainingRun
 from flenwheel.store.project import Project
+from flenwheel.store.run import RunContext
 from flenwheel.trainers.base import TrainingCancelled
 from flenwheel.trainers.local_lora import LocalLoraTrainer
 
 from checkpoint_runs import character_with_dataset
 
 SMALL = {"resolution": 64, "rank": 4, "epochs": 2, "repeats": 1, "seed": 7}
-
-
-class CancelAfter(LocalJobContext):
-    """A job context whose user presses cancel once the run has reached `step`."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-        self.seen = 0
-
-    def progress(self, done: int, total: int, message: str = "") -> None:
-        self.seen = done
-
-    def cancelled(self) -> bool:
-        return self.seen >= self.step
 
 
 @pytest.fixture
@@ -60,7 +46,7 @@ def test_a_cancelled_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     trained_project: Project,
 ) -> None:
     with pytest.raises((TrainingCancelled, JobCancelled)):
-        train_character(trained_project, "lisa", LocalLoraTrainer(), ctx=CancelAfter(3), **SMALL)
+        train_character(trained_project, "lisa", LocalLoraTrainer(), ctx=RunContext.detached(cancel_after_step=3), **SMALL)
     with trained_project.db.session() as session:
         stopped = session.scalars(select(TrainingRun)).one()
         assert stopped.status == "cancelled" and 3 <= stopped.step < 8

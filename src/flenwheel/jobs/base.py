@@ -14,7 +14,7 @@ from pydantic import Field
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
-from flenwheel.store.run import RunCancelled, RunContext
+from flenwheel.store.run import RunCancelled, RunContext, adapt_progress
 
 if TYPE_CHECKING:
     from flenwheel.jobs.store import JobInfo, JobStore
@@ -58,9 +58,12 @@ JobContext = RunContext
 JobCancelled = RunCancelled  # raised by a stage that saw `cancelled()`; the job ends as cancelled, not failed
 
 
-def LocalJobContext(on_progress: object = None) -> RunContext:
-    """A run with no database (direct calls in tests and scripts): progress to a callback."""
-    return RunContext.detached(on_progress if callable(on_progress) else None)
+class LocalJobContext(RunContext):
+    """A run with no job row (direct calls of a stage in tests and scripts): progress to a callback taking
+    (done, total, message); bound to the project's database by the first stage that stores something."""
+
+    def __init__(self, on_progress: object = None) -> None:
+        super().__init__(on_progress=adapt_progress(on_progress if callable(on_progress) else None))
 
 
 class TransientJobError(FlenwheelError):

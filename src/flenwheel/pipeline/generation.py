@@ -21,7 +21,7 @@ from flenwheel.providers.base import GenerationRequest, GenerationResult, ImageP
 from flenwheel.providers.registry import ProviderRegistry
 from flenwheel.providers.router import Router, is_nsfw
 from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
-from flenwheel.store.models import Asset
+from flenwheel.store.models import Asset, RunCall
 from flenwheel.store.project import Project, get_character
 from flenwheel.store.run import RunContext
 
@@ -95,14 +95,70 @@ def run_generation(
 
         request = request.model_copy(update={"seed": random.SystemRandom().randrange(2**32)})
     nsfw = is_nsfw(request, character_nsfw)
+    fingerprint = request_fingerprint(request)
+    reused = _finished_call(project, character_id, fingerprint, ctx, attributes or {}, nsfw)
+    if reused is not None:
+        return reused
     router = Router(providers if providers is not None else ProviderRegistry.shared(project.settings).all())
-    routed = router.run(request, ctx, nsfw, key=request_fingerprint(request), preferred=preferred)
+    routed = router.run(request, ctx, nsfw, key=fingerprint, preferred=preferred)
     result = routed.result
     outputs = _store_outputs(
         project, character_id, request, result, kind, parents, routed.call, attributes or {}
     )
     note = TINY_NOTE if result.model == TINY_MODEL_ID else None
     return GenerationOutcome(outputs, result.provider, result.model, result.cost_usd, nsfw, note)
+
+
+def _finished_call(
+    project: Project,
+    character_id: int,
+    fingerprint: str,
+    ctx: RunContext,
+    attributes: dict[str, Any],
+    nsfw: bool,
+) -> GenerationOutcome | None:
+    """The outputs of this exact request (same fingerprint: prompt, seed, inputs…) when an earlier call of it
+    finished and stored them — e.g. a worker killed after the outputs' commit — so a retry pays nothing."""
+    with ctx.transaction() as session:
+        call = session.scalar(
+            select(RunCall)
+            .where(
+                RunCall.character_id == character_id,
+                RunCall.status == "done",
+                RunCall.key.like(f"%:{fingerprint}"),
+            )
+            .order_by(RunCall.id.desc())
+            .limit(1)
+        )
+        if call is None or not call.outputs:
+            return None
+        assets = [session.get(Asset, asset_id) for asset_id in call.outputs]
+        if any(asset is None for asset in assets):
+            return None  # the user deleted an output since: draw again
+        outputs = []
+        for asset in assets:
+            assert asset is not None
+            if attributes:
+                asset.attributes = {**(asset.attributes or {}), **attributes}
+            if ctx.job_id is not None:
+                asset.job_id = ctx.job_id
+            outputs.append(
+                StoredOutput(
+                    asset.id,
+                    project.blobs.path(asset.sha256),
+                    asset.sha256,
+                    asset.width,
+                    asset.height,
+                    asset.seed,
+                    asset.provider or call.engine,
+                    asset.model or "",
+                    0.0,
+                    asset.nsfw_score,
+                )
+            )
+    model = outputs[0].model
+    note = TINY_NOTE if model == TINY_MODEL_ID else None
+    return GenerationOutcome(outputs, outputs[0].provider, model, 0.0, nsfw, note)
 
 
 def _two_args(callback: Callable[[int, int], None] | None) -> Callable[[int, int, str], None] | None:
@@ -198,5 +254,5 @@ def _store_outputs(
                     asset.nsfw_score,
                 )
             )
-        call.settle(result.cost_usd, session=session)
+        call.settle(result.cost_usd, session=session, outputs=[output.asset_id for output in outputs])
     return outputs

@@ -68,6 +68,8 @@ class LocalDiffusersProvider:
         self.device = device
         self.cache_root = cache_root
         self._pipelines: dict[str, Any] = {}
+        self._load_lock = threading.Lock()
+        self.loads = 0  # pipelines loaded from disk so far (one per model: the registry shares this engine)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalDiffusersProvider:
@@ -88,8 +90,14 @@ class LocalDiffusersProvider:
         return path
 
     def _base_pipeline(self, model: str) -> Any:
-        if model in self._pipelines:
+        """The model's pipeline, loaded once per model and device for the engine's (the process's) life."""
+        with self._load_lock:
+            if model not in self._pipelines:
+                self._pipelines[model] = self._load(model)
+                self.loads += 1
             return self._pipelines[model]
+
+    def _load(self, model: str) -> Any:
         torch = _import_torch()
         from diffusers import StableDiffusionPipeline
 
@@ -107,7 +115,6 @@ class LocalDiffusersProvider:
             raise ProviderError(self.id, f"cannot load model {model!r}: {exc}", transient=False) from exc
         pipeline = pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
-        self._pipelines[model] = pipeline
         return pipeline
 
     def _pipeline_for(self, request: GenerationRequest, base: Any) -> Any:

@@ -213,6 +213,7 @@ class RunCall(Base):
     remote_id: Mapped[str | None] = mapped_column(Text, default=None)
     reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
     billed_usd: Mapped[float | None] = mapped_column(Float, default=None)
+    outputs: Mapped[list[Any]] = mapped_column(default=list)  # asset ids stored by the call, when done
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -142,14 +142,14 @@ class RunContext:
     ) -> RunContext:
         """A run with no database: for calling one engine or trainer directly (scripts, engine tests).
         `cancel_after_step` cancels the run once a trainer reports that step (tests of cooperative stops)."""
-        ctx = cls(on_progress=_adapt_progress(on_progress))
+        ctx = cls(on_progress=adapt_progress(on_progress))
         ctx._cancel_after_step = cancel_after_step
         return ctx
 
     _cancel_after_step: int | None = None
 
     def _scope(self) -> RunContext:
-        scoped = RunContext.__new__(RunContext)
+        scoped = type(self).__new__(type(self))  # a subclass (a test's scripted run) keeps its overrides
         scoped.__dict__.update(self.__dict__)
         return scoped
 
@@ -428,11 +428,14 @@ class RunContext:
                 return None
             return {"status": row.status, "remote_id": row.remote_id, "reserved": row.reserved_usd}
 
-    def settle(self, billed_usd: float, session: Session | None = None) -> float:
+    def settle(
+        self, billed_usd: float, session: Session | None = None, outputs: list[int] | None = None
+    ) -> float:
         """Close the call with what the engine billed (USD): the reservation is replaced by `billed_usd`.
         Never takes the character above its cap: an engine that billed more than its reservation (a wrong
         price table) is charged up to the cap, and the call row keeps the true bill and says `overrun`.
-        Pass the step's `session` so outputs and the settlement commit together. Returns the amount charged."""
+        Pass the step's `session` so outputs and the settlement commit together, and their asset ids as
+        `outputs` so a retry of the finished call reuses them. Returns the amount charged."""
         state, key = self._state, self._call_key
         if key is None:
             return 0.0
@@ -442,7 +445,7 @@ class RunContext:
             return billed_usd
         if session is None:
             with state.db.session() as own:
-                return self.settle(billed_usd, own)
+                return self.settle(billed_usd, own, outputs)
         from flenwheel.store.models import Character, RunCall
 
         row = session.scalar(select(RunCall).where(RunCall.key == key))
@@ -450,8 +453,8 @@ class RunContext:
         if row is not None and row.status in (RESERVED, SUBMITTED, ABANDONED):
             reserved = row.reserved_usd
         if row is None:
-            if billed_usd <= 0:
-                return 0.0
+            if billed_usd <= 0 and not outputs:
+                return 0.0  # a free call that never went remote leaves no row
             row = RunCall(
                 key=key,
                 engine=self._engine or "",
@@ -494,6 +497,8 @@ class RunContext:
                     )
                     row.error = f"overrun: billed ${billed_usd:.4f}, reserved ${reserved:.4f}"
         row.status, row.billed_usd, row.updated_at = DONE, billed_usd, _now()
+        if outputs is not None:
+            row.outputs = list(outputs)
         return charged
 
     def release(self) -> None:
@@ -558,7 +563,7 @@ class RunContext:
             yield session
 
 
-def _adapt_progress(callback: Callable[..., None] | None) -> Callable[[int, int, str], None] | None:
+def adapt_progress(callback: Callable[..., None] | None) -> Callable[[int, int, str], None] | None:
     """Callbacks of direct callers take (done, total) or (done, total, message)."""
     if callback is None:
         return None

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
-from flenwheel.store.run import RunContext
+from flenwheel.store.run import RunContext, adapt_progress
 
 ModelFamily = Literal["sd", "sdxl", "flux"]
 Optimizer = Literal["adamw", "adamw8bit", "prodigy", "sgd"]
@@ -120,7 +120,10 @@ class Trainer(Protocol):
     def run(self, spec: TrainingSpec, data: TrainingInput, ctx: TrainingContext) -> TrainingResult: ...
 
 
-def LocalTrainingContext(on_progress: object = None, cancel_after_step: int | None = None) -> RunContext:
+class LocalTrainingContext(RunContext):
     """A run with no database, for calling one trainer directly: progress to a callback, the checkpoints and
     losses it reports kept in `.checkpoints` / `.losses`; `cancel_after_step` stops it cooperatively."""
-    return RunContext.detached(on_progress if callable(on_progress) else None, cancel_after_step)
+
+    def __init__(self, on_progress: object = None, cancel_after_step: int | None = None) -> None:
+        super().__init__(on_progress=adapt_progress(on_progress if callable(on_progress) else None))
+        self._cancel_after_step = cancel_after_step

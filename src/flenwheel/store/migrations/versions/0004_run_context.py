@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('remote_id', sa.Text(), nullable=True),
     sa.Column('reserved_usd', sa.Float(), nullable=False),
     sa.Column('billed_usd', sa.Float(), nullable=True),
+    sa.Column('outputs', sa.JSON(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
@@ -37,9 +38,9 @@ def upgrade() -> None:
     op.create_index(op.f('ix_run_call_job_id'), 'run_call', ['job_id'], unique=False)
     # Remote jobs still running when the project is upgraded keep their ids: a retry resumes them.
     op.execute(
-        "INSERT INTO run_call (key, engine, status, remote_id, reserved_usd, created_at, updated_at) "
+        "INSERT INTO run_call (key, engine, status, remote_id, reserved_usd, outputs, created_at, updated_at) "
         "SELECT fingerprint, provider, CASE WHEN status = 'running' THEN 'submitted' ELSE status END, "
-        "remote_id, 0.0, created_at, created_at FROM remote_job"
+        "remote_id, 0.0, '[]', created_at, created_at FROM remote_job"
     )
     op.drop_table('remote_job')
 
