@@ -92,12 +92,10 @@ def generate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> 
     """Text-to-image for a character: `{"character", "request": {TextToImage fields}, "preferred"}`.
     The seed is fixed on the first attempt and kept in the job's external ids, so a retry draws the same
     images (and the same assets) instead of new ones."""
-    from sqlalchemy import update
 
     from flenwheel.pipeline.generation import run_generation
     from flenwheel.pipeline.jobs import GeneratePayload, parse, resolve_file
     from flenwheel.providers.base import LoraRef, TextToImage
-    from flenwheel.store.models import Asset
 
     p = parse(GeneratePayload, payload, "generate")
     fields = p.request.model_dump(exclude={"kind", "loras", "model"})
@@ -118,16 +116,10 @@ def generate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> 
             ctx.remember_external_id("seed", known)
         request = request.model_copy(update={"seed": int(known)})
 
-    def on_progress(done: int, total: int) -> None:
-        ctx.progress(done, total, f"step {done} of {total}")
-        if ctx.cancelled():
-            raise JobCancelled("generation cancelled")
-
-    outcome = run_generation(project, p.character, request, preferred=p.preferred, on_progress=on_progress)
+    # The job's own run context goes down to the engine: its cancel reaches the engine's remote cancel, and
+    # the outputs are tagged with this job in the transaction that stores them.
+    outcome = run_generation(project, p.character, request, preferred=p.preferred, ctx=ctx)
     asset_ids = [output.asset_id for output in outcome.outputs]
-    if ctx.job_id is not None and asset_ids:
-        with project.db.session() as session:
-            session.execute(update(Asset).where(Asset.id.in_(asset_ids)).values(job_id=ctx.job_id))
     return {
         "asset_ids": asset_ids,
         "sha256": [output.sha256 for output in outcome.outputs],

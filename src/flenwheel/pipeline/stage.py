@@ -172,7 +172,7 @@ def generate_asset(
         parents=parents,
         preferred=preferred,
         providers=engines.providers,
-        ctx=ctx,
+        ctx=ctx.counting_images(),
         attributes=attributes,
     )
     output = outcome.outputs[0]

@@ -482,7 +482,7 @@ def _run(
         parents=parents,
         preferred=provider,
         providers=engines.providers,
-        ctx=ctx,
+        ctx=ctx.counting_images(),
         attributes={"stage": "studio", "mode": mode, "recipe": recipe},
     )
 

@@ -132,6 +132,7 @@ class RunContext:
         self._engine: str | None = None
         self._on_checkpoint: Callable[[Any], None] | None = None
         self._on_step: Callable[[int, int, float | None], None] | None = None
+        self._engine_progress = True
         self.checkpoints: list[Any] = []  # detached runs keep what a trainer reported
         self.losses: list[tuple[int, float]] = []
 
@@ -196,6 +197,8 @@ class RunContext:
             self.losses.append((done, float(loss)))
         if self._cancel_after_step is not None and done >= self._cancel_after_step:
             self._state.cancelled = True
+        if self._call_key is not None and not self._engine_progress:
+            return  # the stage counts images itself; an engine's steps would make its totals jump
         if self._call_key is not None and not message:
             message = f"{self._engine}: {done}/{total}"
         state = self._state
@@ -233,6 +236,13 @@ class RunContext:
         with state.db.session() as session:
             session.execute(statement.values(**values))
         state.last_write = time.monotonic()
+
+    def counting_images(self) -> RunContext:
+        """This run, for a stage that reports progress per image: the engines' own step progress is not
+        written to the job (its done/total would jump between images and steps); cancel still reaches them."""
+        scoped = self._scope()
+        scoped._engine_progress = False
+        return scoped
 
     # -- cancellation ------------------------------------------------------------------------------------
     def cancel(self) -> None:
