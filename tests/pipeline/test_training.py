@@ -46,7 +46,9 @@ def test_a_cancelled_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     trained_project: Project,
 ) -> None:
     with pytest.raises((TrainingCancelled, JobCancelled)):
-        train_character(trained_project, "lisa", LocalLoraTrainer(), ctx=RunContext.detached(cancel_after_step=3), **SMALL)
+        train_character(
+            trained_project, "lisa", LocalLoraTrainer(), ctx=RunContext.detached(cancel_after_step=3), **SMALL
+        )
     with trained_project.db.session() as session:
         stopped = session.scalars(select(TrainingRun)).one()
         assert stopped.status == "cancelled" and 3 <= stopped.step < 8

@@ -99,7 +99,7 @@ def test_a_permanent_failure_surfaces_at_once_with_the_providers_message() -> No
     with pytest.raises(Exception, match="fal: HTTP 422: prompt is required"):
         Router([broken, spare], sleep=lambda _s: None).run(
             TextToImage(prompt="x"), RunContext.detached(), nsfw=False, key="k"
-        ).result
+        )
     assert len(broken.calls) == 1 and spare.calls == []
 
 

@@ -55,7 +55,9 @@ def test_settle_and_release_correct_the_reservation(any_project: Project) -> Non
         run.call("fal", "too much", estimate=0.81, paid=True)
 
 
-def test_an_accepted_call_keeps_its_reservation_and_a_retry_does_not_reserve_again(any_project: Project) -> None:
+def test_an_accepted_call_keeps_its_reservation_and_a_retry_does_not_reserve_again(
+    any_project: Project,
+) -> None:
     run = _run(any_project, 1.00)
     call = run.call("fal", "req", estimate=0.40, paid=True)
     call.remember_remote_id("fal-123")  # the engine accepted: it may bill
