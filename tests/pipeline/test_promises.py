@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flenwheel.characters import create_character
+from flenwheel.config import secret
 from flenwheel.pipeline.generation import run_generation
 from flenwheel.pipeline.training import train_character
 from flenwheel.providers.base import TextToImage
@@ -106,8 +107,8 @@ def test_a_worker_killed_at_any_commit_neither_stores_twice_nor_pays_twice(
     create_character(any_project, "lisa", "ohwx", "woman", budget_usd=1.0)
     script = tmp_path / "worker.py"
     script.write_text(CRASHING_WORKER)
-    request = TINY.model_copy(update={"model": "fal-ai/flux/schnell", "width": 512, "height": 512})
-    database_url = any_project.settings.database_url or ""
+    request = TINY.model_copy(update={"model": "fal-ai/flux/dev", "width": 512, "height": 512})
+    database_url = secret(any_project.settings.database_url) or ""
     root = str(any_project.root)
     finished, commit = False, 0
     while not finished:
@@ -134,7 +135,10 @@ def test_a_worker_killed_at_any_commit_neither_stores_twice_nor_pays_twice(
         assert len(fal.requests) == 1, f"killed at commit {commit}: submitted {len(fal.requests)} times"
         assert [c.status for c in calls] == ["done"]
         billed = calls[0].billed_usd
-        assert billed is not None and spent == pytest.approx(billed)  # recorded = what the engine billed
+        [request_id] = list(fal.requests)
+        assert billed is not None and billed > 0
+        assert billed == pytest.approx(fal.billed_usd(request_id))  # recorded = what fal billed
+        assert spent == pytest.approx(billed)
         json.dumps(assets[0].attributes)
         # a fresh project state for the next kill point: forget the image and the call, keep the server's
         # request so that a resubmission would show as a second request

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
-from flenwheel.store.run import RunContext
+from flenwheel.store.run import RunContext, adapt_progress
 
 
 class Capability(StrEnum):
@@ -132,9 +132,12 @@ class GenerationResult(Frozen):
 ProviderContext = RunContext
 
 
-def LocalContext(on_progress: object = None) -> RunContext:
-    """A run with no database, for calling one engine directly (scripts, engine tests)."""
-    return RunContext.detached(on_progress if callable(on_progress) else None)
+class LocalContext(RunContext):
+    """A run with no database, for calling one engine directly (scripts, engine tests): progress to a
+    callback taking (done, total), remote ids in memory."""
+
+    def __init__(self, on_progress: object = None) -> None:
+        super().__init__(on_progress=adapt_progress(on_progress if callable(on_progress) else None))
 
 
 @runtime_checkable

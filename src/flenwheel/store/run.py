@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # then failed or cancelled: the reservation stays until a retry resumes and settles it).
 RESERVED, SUBMITTED, DONE, RELEASED, ABANDONED = "reserved", "submitted", "done", "released", "abandoned"
 MAY_BILL = (SUBMITTED, ABANDONED)
+DIRECT_CALL = "direct"  # the call of an engine or trainer given a detached context directly
 EPSILON_USD = 1e-9
 
 
@@ -387,6 +388,8 @@ class RunContext:
         """Persist the engine's job id *before* waiting on it: from here on the call may bill, and a restart
         resumes it instead of submitting again."""
         state, key = self._state, self._call_key
+        if key is None and state.db is None:
+            key = DIRECT_CALL  # an engine called directly, outside any router: one call per context
         if key is None:
             raise FlenwheelError("remember_remote_id needs a call scope (RunContext.call)")
         if state.db is None:
@@ -426,6 +429,8 @@ class RunContext:
 
     def _row(self) -> dict[str, Any] | None:
         state, key = self._state, self._call_key
+        if key is None and state.db is None:
+            key = DIRECT_CALL
         if key is None:
             return None
         if state.db is None:
