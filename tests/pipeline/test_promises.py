@@ -150,3 +150,192 @@ def test_a_worker_killed_at_any_commit_neither_stores_twice_nor_pays_twice(
             session.scalar(select(Character)).spent_usd = 0.0
         fal.requests.clear()
     assert commit > 2  # it was killed at every commit of the step before the one that finished
+
+
+def _paid_requests(count: int) -> list:
+    """`count` distinct paid requests of every kind fal takes (distinct seeds: distinct fingerprints)."""
+    from flenwheel.providers.base import IdentityReference, ImageToImage, Upscale
+
+    from engines import png
+
+    source = png((200, 120, 40))
+    made: list = []
+    for n in range(count):
+        kind = n % 4
+        if kind == 0:
+            made.append(
+                TextToImage(prompt=f"photo {n}", seed=n, width=512, height=512, model="fal-ai/flux/dev")
+            )
+        elif kind == 1:
+            made.append(ImageToImage(prompt=f"edit {n}", seed=n, image=source, width=512, height=512))
+        elif kind == 2:
+            made.append(Upscale(image=png((n % 255, 10, 10)), factor=2))
+        else:
+            made.append(IdentityReference(prompt=f"portrait {n}", seed=n, references=(source,)))
+    return made
+
+
+class UnreachableStatusFal(FalServer):
+    """fal where every fifth request, once accepted, cannot be checked on (503) until `reachable()`: it keeps
+    running — and billing — on fal while flenwheel's engine gives up on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unreachable: set[str] = set()
+
+    def _submit(self, endpoint, arguments, headers):  # type: ignore[no-untyped-def]
+        status, body, extra = super()._submit(endpoint, arguments, headers)
+        if status == 200 and len(self.requests) % 5 == 0:
+            self.unreachable.add(body["request_id"])
+        return status, body, extra
+
+    def _status(self, request, with_logs):  # type: ignore[no-untyped-def]
+        if request.id in self.unreachable:
+            return 503, {"detail": "upstream request timeout"}, {}
+        return super()._status(request, with_logs)
+
+    def reachable(self) -> None:
+        self.unreachable.clear()
+
+
+@pytest.fixture
+def flaky_fal() -> Iterator[UnreachableStatusFal]:
+    running = UnreachableStatusFal()
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_a_hundred_concurrent_paid_requests_stay_under_the_cap_and_record_what_fal_billed(
+    project: Project, flaky_fal: UnreachableStatusFal
+) -> None:
+    fal = flaky_fal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flenwheel.store.run import BudgetExceeded, CallStillBilling
+
+    create_character(project, "lisa", "ohwx", "woman", budget_usd=1.00)
+    engine = FalProvider(fal.key, queue_url=fal.url, rest_url=fal.url, poll_interval=0.01)
+    requests = _paid_requests(100)
+
+    def send(request) -> str:
+        try:
+            run_generation(project, "lisa", request, providers=[engine])
+            return "stored"
+        except BudgetExceeded:
+            return "refused"
+        except CallStillBilling:
+            return "still billing"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(send, requests))
+
+    def spent() -> float:
+        with project.db.session() as session:
+            return float(session.scalar(select(Character.spent_usd)))
+
+    assert spent() <= 1.00 + 1e-9  # the cap holds while some remote jobs may still bill
+    assert {"refused", "stored", "still billing"} <= set(outcomes), outcomes
+    # fal answers again; the retries of the abandoned ones resume the same fal requests and settle them
+    fal.reachable()
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if outcome == "still billing":
+            run_generation(project, "lisa", request, providers=[engine])
+    submitted = outcomes.count("stored") + outcomes.count("still billing")
+    assert len(fal.requests) == submitted  # nothing was submitted twice
+    billed = sum(fal.billed_usd(request_id) for request_id in fal.requests)
+    # what flenwheel records is what fal billed (costs are kept to 6 decimals: a few micro-dollars of rounding)
+    assert spent() == pytest.approx(billed, abs=1e-4)
+    assert spent() <= 1.00 + 1e-9
+    with project.db.session() as session:
+        calls = session.scalars(select(RunCall)).all()
+        assert {call.status for call in calls} == {"done"}
+        assert sum(call.billed_usd or 0.0 for call in calls) == pytest.approx(billed, abs=1e-4)
+
+
+def test_a_cancel_reaches_fal_and_the_reservation_settles_to_what_was_billed(
+    project: Project, fal: FalServer
+) -> None:
+    from flenwheel.store.run import RunCancelled, RunContext
+
+    create_character(project, "lisa", "ohwx", "woman", budget_usd=1.00)
+    engine = FalProvider(fal.key, queue_url=fal.url, rest_url=fal.url, poll_interval=0.01)
+    fal.pending_polls = 10_000  # it keeps running until cancelled
+    run = RunContext(project.db)
+    fal.on_first_status = lambda _request_id: run.cancel()  # the user presses cancel while it runs
+    request = TextToImage(prompt="x", seed=3, width=512, height=512, model="fal-ai/flux/dev")
+    with pytest.raises(RunCancelled):
+        run_generation(project, "lisa", request, providers=[engine], ctx=run)
+    [request_id] = list(fal.requests)
+    assert fal.cancels == [request_id]  # fal heard the cancel
+    with project.db.session() as session:
+        [call] = session.scalars(select(RunCall)).all()
+        spent = session.scalar(select(Character.spent_usd))
+    assert call.status == "done" and call.billed_usd == fal.billed_usd(request_id) == 0.0
+    assert spent == 0.0  # the reservation settled to what fal billed for a cancelled per-image request
+
+
+def test_no_nsfw_input_ever_reaches_an_external_server(
+    project: Project, fal: FalServer, fal_training
+) -> None:
+    """A property over random sequences of stages (generate, edit, upscale, identity reference, train) on
+    characters with and without the NSFW flag, and NSFW-flagged requests: the fal protocol servers record
+    every request and upload they receive, and not one comes from NSFW work."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from flenwheel.providers.base import IdentityReference, ImageToImage, Upscale
+
+    from engines import ScriptedEngine, png
+
+    external = FalProvider(fal.key, queue_url=fal.url, rest_url=fal.url, poll_interval=0.01)
+    self_hosted = ScriptedEngine("comfyui", allows_nsfw=True)
+    trainer = FalTrainer(
+        fal_training.key, queue_url=fal_training.url, rest_url=fal_training.url, poll_interval=0.01
+    )
+    character_with_dataset(project, "dataset")
+    counter = iter(range(10_000))
+
+    def request_of(kind: str, n: int, nsfw: bool):
+        common = {"prompt": f"portrait {n}", "seed": n, "nsfw": nsfw}
+        if kind == "generate":
+            return TextToImage(**common, width=512, height=512, model="fal-ai/flux/dev")
+        if kind == "edit":
+            return ImageToImage(**common, image=png((n % 250, 1, 2)), width=512, height=512)
+        if kind == "upscale":
+            return Upscale(image=png((3, n % 250, 4)), factor=2, nsfw=nsfw)
+        return IdentityReference(**common, references=(png((5, 6, n % 250)),))
+
+    steps = st.lists(
+        st.tuples(st.sampled_from(["generate", "edit", "upscale", "identity", "train"]), st.booleans()),
+        min_size=1,
+        max_size=4,
+    )
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(character_nsfw=st.booleans(), engines_order=st.booleans(), sequence=steps)
+    def property_(character_nsfw: bool, engines_order: bool, sequence: list[tuple[str, bool]]) -> None:
+        name = f"c{next(counter)}"
+        create_character(project, name, "ohwx", "woman", nsfw=character_nsfw, budget_usd=100.0)
+        engines = [external, self_hosted] if engines_order else [self_hosted, external]
+        for kind, request_nsfw in sequence:
+            n = next(counter)
+            sent_before = (len(fal.submissions), len(fal.uploads))
+            trained_before = (len(fal_training.submissions), len(fal_training.uploads))
+            nsfw = character_nsfw or request_nsfw
+            if kind == "train":
+                with project.db.session() as session:
+                    session.scalar(select(Character).where(Character.name == "dataset")).nsfw = nsfw
+                try:
+                    train_character(project, "dataset", trainer, family="flux", max_steps=10, epochs=1)
+                except PolicyRefused:
+                    assert nsfw
+                if nsfw:
+                    assert (len(fal_training.submissions), len(fal_training.uploads)) == trained_before
+                continue
+            outcome = run_generation(project, name, request_of(kind, n, request_nsfw), providers=engines)
+            if nsfw:
+                assert outcome.provider == "comfyui"
+                assert (len(fal.submissions), len(fal.uploads)) == sent_before  # not one byte went out
+
+    property_()

@@ -156,7 +156,7 @@ class FalProvider:
             request_id = self._resume(endpoint, ctx)
             if request_id is None:
                 if ctx.cancelled():
-                    raise Cancelled(self.id)
+                    raise Cancelled(self.id, billed_usd=0.0)  # nothing was sent
                 request_id = self.client.submit(endpoint, self._arguments(request))
                 ctx.remember_remote_id(request_id)  # before any waiting: a restart resumes, never re-pays
             completed = self._wait(endpoint, request_id, price, ctx)
@@ -213,7 +213,9 @@ class FalProvider:
                 limit_hint=hint,
             )
         except RemoteCancelled as exc:
-            raise Cancelled(self.id) from exc
+            # Billed per output: a cancelled job made none and costs nothing. Billed per GPU-second: the
+            # bill is unknown here, so the worst-case reservation stays (the call is kept as abandoned).
+            raise Cancelled(self.id, billed_usd=None if price.per_second else 0.0) from exc
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:

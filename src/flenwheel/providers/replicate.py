@@ -152,7 +152,7 @@ class ReplicateProvider:
             prediction = self._resume(ctx)
             if prediction is None:
                 if ctx.cancelled():
-                    raise Cancelled(self.id)
+                    raise Cancelled(self.id, billed_usd=0.0)  # nothing was sent
                 prediction = self.client.create_prediction(model, self._input(request))
                 ctx.remember_remote_id(prediction.id)  # before any waiting: a restart resumes, never re-pays
             prediction = self._wait(prediction, price, ctx)
@@ -225,7 +225,9 @@ class ReplicateProvider:
                 limit_hint=hint,
             )
         except RemoteCancelled as exc:
-            raise Cancelled(self.id) from exc
+            # Billed per output: a cancelled job made none and costs nothing. Billed per GPU-second: the
+            # bill is unknown here, so the worst-case reservation stays (the call is kept as abandoned).
+            raise Cancelled(self.id, billed_usd=None if price.per_second else 0.0) from exc
 
     # -- inputs ----------------------------------------------------------------------------------------------
     def _input(self, request: GenerationRequest) -> dict[str, Any]:
