@@ -14,6 +14,8 @@ from webapi import Api
 from flenwheel.characters import create_character
 from flenwheel.store.project import Project
 
+from patience import HANG_S
+
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
 BAD_PAYLOADS = [  # kind, payload, the field the 422 must name
     ("base_images", {"count": 1000}, "count"),
@@ -158,7 +160,7 @@ def test_the_cli_checks_payloads_with_the_same_models(project: Project) -> None:
             [str(FLENWHEEL), "--project", str(project.root), "jobs", "submit", *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_S,
         )
 
     bad = cli("base_images", "--payload", json.dumps({"character": "lisa", "count": 1000}))

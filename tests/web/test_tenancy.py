@@ -19,6 +19,7 @@ from flenwheel.jobs.store import JobStore
 from flenwheel.pipeline.chain import chain_dataset
 from flenwheel.store.project import Project
 
+from patience import HANG_S
 from photos import LISA
 
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
@@ -156,7 +157,7 @@ def test_a_revoked_user_gets_401_and_ls_shows_it(sqlite_api: Api) -> None:
             [str(FLENWHEEL), "--project", str(api.project.root), "user", *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_S,
         )
 
     revoked = cli("revoke", "bob")
