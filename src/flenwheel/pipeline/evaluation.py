@@ -154,6 +154,7 @@ def evaluate_run(
                 analyzer,
                 provider,
                 providers,
+                ctx.counting_images() if ctx is not None else None,
             )
             generated += 1
             finished = len(grid) - len(todo) + generated
@@ -272,10 +273,17 @@ def _draw_and_score(
     analyzer: FaceAnalyzer,
     provider: str | None,
     providers: list[ImageProvider] | None,
+    ctx: JobContext | None,
 ) -> None:
     request = cell_request(cell, settings)
     outcome = run_generation(
-        project, character_name, request, kind=AssetKind.EVALUATION, preferred=provider, providers=providers
+        project,
+        character_name,
+        request,
+        kind=AssetKind.EVALUATION,
+        preferred=provider,
+        providers=providers,
+        ctx=ctx,  # the job's run: its cancel reaches the engine, its budget pays a paid engine
     )
     output = outcome.outputs[0]
     image = open_stored(output.file.read_bytes())
