@@ -40,7 +40,7 @@ def test_spec_character_sheet_and_enrichment(tmp_path: Path) -> None:
     bad = cli("--project", root, "character", "create", "x", "--spec", tmp_path / "missing.yaml")
     assert bad.returncode != 0 and "cannot read spec" in bad.stderr and "Traceback" not in bad.stderr
 
-    sheet_file = root / "characters" / "mara" / "sheet.yaml"
+    sheet_file = root / "characters" / "1" / "sheet.yaml"  # by character id (mara is the first)
     sheet_file.parent.mkdir(parents=True)
     sheet_file.write_text(
         yaml.safe_dump(

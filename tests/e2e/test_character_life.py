@@ -104,7 +104,9 @@ def live_chain(
         if train is not None and train["status"] == "running":
             break
         failed = [j for j in jobs.values() if j["status"] in ("failed", "cancelled", "interrupted")]
-        assert not failed and time.monotonic() < deadline, jobs
+        assert not failed and time.monotonic() < deadline, {
+            s: (j["status"], j["error"]) for s, j in jobs.items()
+        }
         time.sleep(0.05)
     running = store.get(train["id"])
     pid = int((running.worker or "").split(":")[1])
@@ -120,7 +122,9 @@ def live_chain(
         if jobs.get("activate", {}).get("status") in ("succeeded", "failed"):
             return jobs
         failed = [j for j in jobs.values() if j["status"] in ("failed", "cancelled", "interrupted")]
-        assert not failed and time.monotonic() < deadline, jobs
+        assert not failed and time.monotonic() < deadline, {
+            s: (j["status"], j["error"]) for s, j in jobs.items()
+        }
         wait_job(client, headers, max(j["id"] for j in jobs.values()))
 
 
@@ -152,7 +156,7 @@ def test_a_characters_whole_life_survives_a_killed_worker(
         # base images: three in parallel, progress streamed as each lands
         base_job = submit(client, alice, cid, "base_images", {"count": 3, "size": TINY})
         base = wait_job(client, alice, base_job)
-        assert base["status"] == "succeeded", base
+        assert base["status"] == "succeeded", (base["status"], base["error"])
         assert base["progress_total"] >= 3 and base["progress_done"] == base["progress_total"]
         assert len(base["result"]["asset_ids"]) == 3
         assert "no faces" in (base["result"]["note"] or "")  # the tiny model says it draws no faces

@@ -7,16 +7,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flenwheel.errors import FlenwheelError, InvalidInput
+from flenwheel.errors import FlenwheelError
 from flenwheel.jobs.base import JobCancelled, JobContext, TransientJobError
 from flenwheel.store.project import Project
-
-
-def _character(payload: dict[str, Any]) -> str:
-    name = payload.get("character")
-    if not isinstance(name, str) or not name:
-        raise InvalidInput('this job needs the character name in its payload: {"character": "NAME"}')
-    return name
 
 
 def noop(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -76,9 +69,11 @@ def curate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> di
 def dataset_build_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Snapshot the good images into a dataset version (an unchanged set returns the latest one)."""
     from flenwheel.datasets.versions import build_dataset_version
+    from flenwheel.pipeline.jobs import DatasetBuildPayload, parse
 
+    p = parse(DatasetBuildPayload, payload, "dataset_build")
     ctx.progress(0, 1, "building the dataset version")
-    built = build_dataset_version(project, _character(payload))
+    built = build_dataset_version(project, p.character)
     ctx.progress(1, 1, f"version {built.version.number}")
     return {
         "dataset_version_id": built.version.id,
