@@ -339,3 +339,78 @@ def test_no_nsfw_input_ever_reaches_an_external_server(
                 assert (len(fal.submissions), len(fal.uploads)) == sent_before  # not one byte went out
 
     property_()
+
+
+def test_paid_work_from_cli_processes_and_trainings_at_once_stays_under_the_cap(
+    project: Project, fal: FalServer, fal_training: FalTrainingServer
+) -> None:
+    """`flenwheel generate` processes and fal trainings spend one character's budget at the same time as
+    in-process requests: the cap holds, and what flenwheel records equals what the two servers billed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flenwheel.store.run import BudgetExceeded
+
+    character_with_dataset(project, "lisa")
+    with project.db.session() as session:
+        session.scalar(select(Character).where(Character.name == "lisa")).budget_usd = 0.60
+    engine = FalProvider(fal.key, queue_url=fal.url, rest_url=fal.url, poll_interval=0.01)
+    trainer = FalTrainer(
+        fal_training.key, queue_url=fal_training.url, rest_url=fal_training.url, poll_interval=0.01
+    )
+    flenwheel = Path(sys.executable).parent / "flenwheel"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLENWHEEL_")},
+        "FAL_KEY": fal.key,
+        "FLENWHEEL_FAL_QUEUE_URL": fal.url,
+        "FLENWHEEL_FAL_REST_URL": fal.url,
+        "FLENWHEEL_PROVIDERS": "fal",
+    }
+    cli = [
+        subprocess.Popen(
+            [
+                *(str(flenwheel), "--project", str(project.root), "generate", "lisa", f"cli photo {n}"),
+                *("--provider", "fal", "--model", "fal-ai/flux/dev", "--seed", str(n), "--json"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(6)
+    ]
+
+    def generate(n: int) -> str:
+        request = TextToImage(prompt=f"thread {n}", seed=n, width=512, height=512, model="fal-ai/flux/dev")
+        try:
+            run_generation(project, "lisa", request, providers=[engine])
+            return "stored"
+        except BudgetExceeded:
+            return "refused"
+
+    def train(steps: int) -> str:
+        try:
+            train_character(project, "lisa", trainer, family="flux", max_steps=steps, epochs=1)
+            return "trained"
+        except BudgetExceeded:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        threads = list(pool.map(generate, range(100, 112)))
+        trainings = list(pool.map(train, (40, 60)))
+    cli_outcomes = []
+    for process in cli:
+        out, err = process.communicate()
+        cli_outcomes.append("stored" if process.returncode == 0 else "refused")
+        assert process.returncode == 0 or "budget" in out + err, out + err
+    assert "stored" in threads + cli_outcomes
+    with project.db.session() as session:
+        spent = float(session.scalar(select(Character.spent_usd).where(Character.name == "lisa")))
+        calls = session.scalars(select(RunCall)).all()
+    billed = sum(fal.billed_usd(r) for r in fal.requests) + sum(
+        fal_training.billed_usd(r) for r in fal_training.requests
+    )
+    assert spent <= 0.60 + 1e-9
+    assert spent == pytest.approx(billed, abs=1e-4)
+    assert {call.status for call in calls} <= {"done"}
+    assert len(fal.requests) == threads.count("stored") + cli_outcomes.count("stored")
+    assert len(fal_training.requests) == trainings.count("trained")

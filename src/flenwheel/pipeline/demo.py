@@ -132,11 +132,17 @@ def run_demo(
             kind=AssetKind.UPSCALED,
             parents=(source.asset_id,),
         )
+        from flenwheel.pipeline.activation import activate, deactivate
+        from flenwheel.pipeline.studio import decide_mode, studio_generate
+
+        if decide_mode(project, DEMO_CHARACTER).mode == "lora":
+            on_stage(
+                "Turning off the LoRA an earlier demo run activated as the user, so this run tells the same story"
+            )
+            deactivate(project, DEMO_CHARACTER)
         on_stage("Background chain as jobs: identity gate → dataset → train (tiny) → evaluate → activate")
         chain = run_chain_in_process(project, on_stage)
         on_stage("Studio: drawing in the mode the chain left")
-        from flenwheel.pipeline.activation import activate
-        from flenwheel.pipeline.studio import decide_mode, studio_generate
 
         prompt = f"photo of {DEMO_TOKEN} {DEMO_CLASS} in a park"
         studio = studio_generate(project, DEMO_CHARACTER, prompt, seed=77, size=_demo_size())
