@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from webapi import Api, follow, make_api
 
-from flenwheel.jobs.base import JobRequest, LocalJobContext
+from flenwheel.jobs.base import JobRequest
 from flenwheel.jobs.store import JobStore
 from flenwheel.pipeline.chain import chain_dataset
 from flenwheel.store.project import Project
+from flenwheel.store.run import RunContext
 
 from patience import HANG_S
 from photos import LISA
@@ -53,8 +54,7 @@ def test_chain_stages_cannot_be_submitted_or_grafted_onto_another_users_chain(ap
     forged = store.submit(
         JobRequest(kind="chain_dataset", character_id=bobs, payload={"character": "bobs", "root": root_id})
     )
-    ctx = LocalJobContext()
-    ctx.job_id = forged
+    ctx = RunContext(api.project.db, job_id=forged, character_id=bobs)
     with pytest.raises(Exception, match="not a stage of a background chain"):
         chain_dataset(api.project, {"character": f"#{bobs}", "root": root_id}, ctx)
     assert store.list_jobs(kind="chain_gate") == [] and store.list_jobs(kind="chain_train") == []
