@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import UTC, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobRequest, JobStatus, Queue
-from flenwheel.jobs.store import JobNotFound, JobStore
+from flenwheel.jobs.store import JobNotFound, JobStore, utcnow
+from flenwheel.store.models import Job
 from flenwheel.store.project import Project
 
 
@@ -95,6 +98,25 @@ def test_a_transient_failure_waits_out_its_backoff_before_another_claim(any_proj
     store.claim("w1")
     assert store.fail(job_id, "w1", "timeout", transient=True) == JobStatus.QUEUED
     assert store.claim("w1") is None  # not before its backoff has passed
+
+
+def test_the_backoff_grows_with_each_attempt_up_to_five_minutes(any_project: Project) -> None:
+    store = JobStore(any_project.db, retry_backoff_s=2.0)
+    job_id = store.submit(JobRequest(kind="noop", max_attempts=20))
+    for attempt, wait_s in [(1, 2), (2, 8), (3, 32), (4, 128), (5, 300), (9, 300)]:
+        with any_project.db.session() as session:  # as if attempt - 1 attempts had run and waited
+            session.execute(
+                update(Job).where(Job.id == job_id).values(attempts=attempt - 1, heartbeat_at=None)
+            )
+        claimed = store.claim("w1", job_id=job_id)
+        assert claimed is not None and claimed.attempts == attempt
+        before = utcnow()
+        assert store.fail(job_id, "w1", "timeout", transient=True) == JobStatus.QUEUED
+        after = utcnow()
+        retry_at = store.get(job_id).heartbeat_at
+        assert retry_at is not None
+        retry_at = retry_at if retry_at.tzinfo else retry_at.replace(tzinfo=UTC)  # SQLite keeps no zone
+        assert before + timedelta(seconds=wait_s) <= retry_at <= after + timedelta(seconds=wait_s), attempt
 
 
 def test_permanent_failure_fails_at_once_and_retry_queues_it_again(any_project: Project) -> None:

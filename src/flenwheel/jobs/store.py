@@ -14,7 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError, InvalidInput
@@ -24,6 +25,7 @@ from flenwheel.store.models import Job
 
 # A queued row whose `heartbeat_at` lies in the future is a retry waiting out its backoff: not claimable yet.
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
+UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 MAX_BACKOFF_S = 300.0
 
 
@@ -265,30 +267,54 @@ class JobStore:
             result=dict(result or {}),
             cost_usd=float(cost_usd),
             message="done",
+            progress_done=case(
+                (Job.progress_total > Job.progress_done, Job.progress_total), else_=Job.progress_done
+            ),
         )
 
     def fail(self, job_id: int, worker: str, error: str, transient: bool = False) -> JobStatus | None:
-        """Record a failure: a transient one with attempts left goes back to the queue after a backoff."""
+        """Record a failure of `worker`'s attempt: a transient one with attempts left (and no cancel asked for)
+        goes back to the queue after a backoff, anything else fails the job. None when the worker no longer owns
+        the row. Each branch is one guarded UPDATE, so a row that changed hands meanwhile is left alone."""
+        now = utcnow()
+        requeue = (
+            update(Job)
+            .where(*_owned(job_id, worker), Job.attempts < Job.max_attempts, Job.cancel_requested.is_(False))
+            .values(
+                status=JobStatus.QUEUED.value,
+                worker=None,
+                heartbeat_at=self._retry_at(now),
+                message=f"retrying after: {error}"[:2000],
+                error=error,
+            )
+        )
+        give_up = (
+            update(Job)
+            .where(*_owned(job_id, worker))
+            .values(status=JobStatus.FAILED.value, error=error, finished_at=now)
+        )
         with self.db.session() as session:
-            row = session.get(Job, job_id, with_for_update=self._postgres)
-            if row is None or row.status != JobStatus.RUNNING.value or row.worker != worker:
-                return None
-            if transient and row.attempts < row.max_attempts and not row.cancel_requested:
-                row.status = JobStatus.QUEUED.value
-                row.heartbeat_at = utcnow() + timedelta(
-                    seconds=backoff_seconds(row.attempts, self.retry_backoff_s)
-                )
-                row.message = f"retrying after: {error}"[:2000]
-                row.error = error
-                row.worker = None
-                status = JobStatus.QUEUED
-            else:
-                row.status = JobStatus.FAILED.value
-                row.error = error
-                row.finished_at = utcnow()
+            if transient and _applied(session.execute(requeue)):
+                status: JobStatus | None = JobStatus.QUEUED
+            elif _applied(session.execute(give_up)):
                 status = JobStatus.FAILED
+            else:
+                status = None
         self._notify()
         return status
+
+    def _retry_at(self, now: datetime) -> Any:
+        """`now + backoff_seconds(attempts)` as SQL over the row's own attempt count: one CASE branch per
+        attempt until the backoff reaches its cap (a handful of them), the cap after that."""
+        if self.retry_backoff_s <= 0:
+            return now
+        branches = []
+        attempts = 1
+        while (delay := backoff_seconds(attempts, self.retry_backoff_s)) < MAX_BACKOFF_S and attempts < 64:
+            branches.append((Job.attempts <= attempts, now + timedelta(seconds=delay)))
+            attempts += 1
+        capped = now + timedelta(seconds=backoff_seconds(attempts, self.retry_backoff_s))
+        return case(*branches, else_=capped) if branches else capped
 
     def cancelled_by_stage(self, job_id: int, worker: str) -> bool:
         """The stage saw the cancel request and stopped."""
@@ -298,25 +324,18 @@ class JobStore:
         with self.db.session() as session:
             done = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+                .where(*_owned(job_id, worker))
                 .values(status=status.value, finished_at=utcnow(), **values)
             )
-            applied = _rowcount(done) == 1
-            if applied and status == JobStatus.SUCCEEDED:
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.progress_total > Job.progress_done)
-                    .values(progress_done=Job.progress_total)
-                )
         self._notify()
-        return applied
+        return _applied(done)
 
     def release(self, job_id: int, worker: str) -> bool:
         """Hand a running row back to the queue without counting the attempt (a worker shutting down)."""
         with self.db.session() as session:
             done = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
+                .where(*_owned(job_id, worker))
                 .values(
                     status=JobStatus.QUEUED.value,
                     worker=None,
@@ -325,85 +344,133 @@ class JobStore:
                     message="handed back by a worker shutting down",
                 )
             )
-        return _rowcount(done) == 1
+        return _applied(done)
 
     # -- the user side ----------------------------------------------------------------------------------
 
     def cancel(self, job_id: int) -> JobStatus:
-        """A queued job is cancelled at once; a running one is asked to stop at its next check."""
+        """A queued job is cancelled at once; a running one is asked to stop at its next check; a finished one
+        is left as it is. Returns the job's status afterwards."""
+        queued = Job.status == JobStatus.QUEUED.value
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(UNFINISHED))
+            .values(
+                status=case((queued, JobStatus.CANCELLED.value), else_=Job.status),
+                finished_at=case((queued, utcnow()), else_=Job.finished_at),
+                message=case((queued, "cancelled before it started"), else_="cancel requested"),
+                cancel_requested=True,
+            )
+            .returning(Job.status)
+            .execution_options(synchronize_session=False)
+        )
         with self.db.session() as session:
-            row = session.get(Job, job_id, with_for_update=self._postgres)
-            if row is None:
-                raise JobNotFound(job_id)
-            if row.status == JobStatus.QUEUED.value:
-                row.status = JobStatus.CANCELLED.value
-                row.cancel_requested = True
-                row.finished_at = utcnow()
-                row.message = "cancelled before it started"
-            elif row.status == JobStatus.RUNNING.value:
-                row.cancel_requested = True
-                row.message = "cancel requested"
-            status = JobStatus(row.status)
+            status = session.execute(statement).scalar() or self._status(session, job_id)
         self._notify()
-        return status
+        return JobStatus(status)
 
     def retry(self, job_id: int) -> JobInfo:
         """Queue a failed, cancelled or interrupted job again with fresh attempts; its external ids stay."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_([status.value for status in RETRYABLE]))
+            .values(
+                status=JobStatus.QUEUED.value,
+                max_attempts=case(
+                    (Job.max_attempts > Job.attempts, Job.max_attempts), else_=Job.attempts + 1
+                ),
+                cancel_requested=False,
+                error=None,
+                worker=None,
+                heartbeat_at=None,
+                finished_at=None,
+                message="queued again",
+            )
+        )
         with self.db.session() as session:
-            row = session.get(Job, job_id, with_for_update=self._postgres)
-            if row is None:
-                raise JobNotFound(job_id)
-            if JobStatus(row.status) not in RETRYABLE:
-                raise InvalidInput(
-                    f"job {job_id} is {row.status}: only failed, cancelled or interrupted jobs can be retried"
-                )
-            row.status = JobStatus.QUEUED.value
-            row.max_attempts = max(row.max_attempts, row.attempts + 1)
-            row.cancel_requested = False
-            row.error = None
-            row.worker = None
-            row.heartbeat_at = None
-            row.finished_at = None
-            row.message = "queued again"
+            while not _applied(session.execute(statement)):
+                status = self._status(session, job_id)
+                if JobStatus(status) not in RETRYABLE:  # else it became retryable just now: try again
+                    raise InvalidInput(
+                        f"job {job_id} is {status}: only failed, cancelled or interrupted jobs can be retried"
+                    )
         return self.get(job_id)
 
     def recover(
         self, timeout_s: float, alive: Callable[[str | None], bool] | None = None
     ) -> tuple[list[int], list[int]]:
         """Running rows whose worker is gone (stale heartbeat, or a dead local pid) go back to the queue, or
-        become `interrupted` when no attempts are left. Returns (requeued ids, interrupted ids)."""
+        become `interrupted` when no attempts are left (`cancelled` when a cancel was asked for). Returns
+        (requeued ids, interrupted or cancelled ids)."""
         stale_before = utcnow() - timedelta(seconds=timeout_s)
-        requeued: list[int] = []
-        interrupted: list[int] = []
         with self.db.session() as session:
             candidates = session.execute(
-                select(Job.id, Job.worker, Job.heartbeat_at).where(Job.status == JobStatus.RUNNING.value)
+                select(Job.id, Job.worker, Job.heartbeat_at, Job.attempts).where(
+                    Job.status == JobStatus.RUNNING.value
+                )
             ).all()
-            for job_id, worker, beat in candidates:
-                stale = beat is None or _aware(beat) < stale_before
-                dead = _local_worker_dead(worker) or (alive is not None and not alive(worker))
-                if not (stale or dead):
-                    continue
-                row = session.get(Job, job_id, with_for_update=self._postgres)
-                if row is None or row.status != JobStatus.RUNNING.value or row.worker != worker:
-                    continue
-                lost = f"worker {worker} stopped while running attempt {row.attempts}"
-                if row.cancel_requested:
-                    row.status, row.finished_at, row.message = JobStatus.CANCELLED.value, utcnow(), lost
-                    interrupted.append(job_id)
-                elif row.attempts < row.max_attempts:
-                    row.status, row.worker, row.heartbeat_at = JobStatus.QUEUED.value, None, None
-                    row.message = f"{lost}; queued again"
-                    requeued.append(job_id)
-                else:
-                    row.status, row.finished_at = JobStatus.INTERRUPTED.value, utcnow()
-                    row.error = f"{lost}, and it has no attempts left: `flenwheel jobs retry {job_id}`"
-                    row.message = "interrupted"
-                    interrupted.append(job_id)
-                session.flush()
+        requeued: list[int] = []
+        interrupted: list[int] = []
+        for job_id, worker, beat, attempts in candidates:
+            stale = beat is None or _aware(beat) < stale_before
+            dead = _local_worker_dead(worker) or (alive is not None and not alive(worker))
+            if not (stale or dead):
+                continue
+            # Judged by its heartbeat alone, the worker may have beaten since: the UPDATE asks again.
+            status = self._recover_one(job_id, worker, attempts, None if dead else stale_before)
+            if status == JobStatus.QUEUED:
+                requeued.append(job_id)
+            elif status is not None:
+                interrupted.append(job_id)
         if requeued or interrupted:
             self._notify()
         return requeued, interrupted
+
+    def _recover_one(
+        self, job_id: int, worker: str | None, attempts: int, stale_before: datetime | None
+    ) -> JobStatus | None:
+        """End `worker`'s attempt `attempts` of the job in one guarded UPDATE; None when the row is no longer
+        that attempt (finished, recovered by another caller, claimed again) or, given `stale_before`, beat since."""
+        guard = [Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.attempts == attempts]
+        guard.append(Job.worker.is_(None) if worker is None else Job.worker == worker)
+        if stale_before is not None:
+            guard.append(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))
+        now = utcnow()
+        lost = f"worker {worker} stopped while running attempt {attempts}"
+        cancelled = Job.cancel_requested.is_(True)
+        again = Job.attempts < Job.max_attempts
+
+        def branch(if_cancelled: Any, if_again: Any, if_out_of_attempts: Any) -> Any:
+            return case((cancelled, if_cancelled), (again, if_again), else_=if_out_of_attempts)
+
+        statement = (
+            update(Job)
+            .where(*guard)
+            .values(
+                status=branch(JobStatus.CANCELLED.value, JobStatus.QUEUED.value, JobStatus.INTERRUPTED.value),
+                worker=branch(Job.worker, None, Job.worker),
+                heartbeat_at=branch(Job.heartbeat_at, None, Job.heartbeat_at),
+                finished_at=branch(now, None, now),
+                message=branch(lost, f"{lost}; queued again", "interrupted"),
+                error=branch(
+                    Job.error,
+                    Job.error,
+                    f"{lost}, and it has no attempts left: `flenwheel jobs retry {job_id}`",
+                ),
+            )
+            .returning(Job.status)
+            .execution_options(synchronize_session=False)
+        )
+        with self.db.session() as session:
+            status = session.execute(statement).scalar()
+        return None if status is None else JobStatus(status)
+
+    @staticmethod
+    def _status(session: Session, job_id: int) -> str:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        if status is None:
+            raise JobNotFound(job_id)
+        return status
 
     # -- waiting ----------------------------------------------------------------------------------------
 
@@ -425,6 +492,16 @@ class JobStore:
 
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _applied(result: Any) -> bool:
+    """Whether a guarded UPDATE of one row found it as it expected (and so changed it)."""
+    return _rowcount(result) == 1
+
+
+def _owned(job_id: int, worker: str) -> tuple[ColumnElement[bool], ...]:
+    """The guard of every worker-side transition: the row is running, and it is this worker's attempt."""
+    return (Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.worker == worker)
 
 
 def _aware(moment: datetime) -> datetime:
