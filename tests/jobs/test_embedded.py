@@ -3,11 +3,14 @@ cooperative cancellation, retries of transient failures, and failures surfaced a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from flenwheel.characters import create_character
+from flenwheel.errors import FlenwheelError
 from flenwheel.jobs import kinds
 from flenwheel.jobs.base import JobRequest, JobStatus, Queue
 from flenwheel.jobs.embedded import EmbeddedBackend
@@ -86,6 +89,37 @@ def test_registered_kinds_run_and_duplicates_are_refused(backend: EmbeddedBacken
         assert finished(backend, job_id).result == {"value": 42}
     finally:
         kinds.unregister("test_double")
+
+
+def test_a_kind_named_by_module_and_function_loads_when_it_first_runs(backend: EmbeddedBackend) -> None:
+    kinds.register("test_echo", "flenwheel.jobs.builtin_kinds:noop")
+    try:
+        kinds.register("test_echo", "flenwheel.jobs.builtin_kinds:noop")  # an entry point registering again
+        with pytest.raises(kinds.DuplicateJobKind):
+            kinds.register("test_echo", "flenwheel.jobs.builtin_kinds:sleep")
+        with pytest.raises(FlenwheelError, match='"module:name"'):
+            kinds.register("test_no_function", "flenwheel.jobs.builtin_kinds")
+        job_id = backend.submit(JobRequest(kind="test_echo", payload={"note": "hi"}))
+        assert finished(backend, job_id).result == {"echo": {"note": "hi"}}
+    finally:
+        kinds.unregister("test_echo")
+
+
+def test_the_job_layer_knows_the_pipeline_kinds_only_once_the_app_registers_them() -> None:
+    """jobs/ never imports the pipeline: a process that only runs jobs knows no pipeline kind, and registering
+    them (what `flenwheel worker` and the web app do) imports no stage either."""
+    script = """
+import sys
+from flenwheel.jobs import embedded, kinds, procrastinate_backend, runner, worker
+assert "generate" not in kinds.known_kinds() and "chain" not in kinds.known_kinds(), kinds.known_kinds()
+assert not [m for m in sys.modules if m.startswith("flenwheel.pipeline")]
+from flenwheel.pipeline.kinds import PIPELINE_KINDS, register_pipeline_kinds
+register_pipeline_kinds()
+assert set(PIPELINE_KINDS) <= set(kinds.known_kinds())
+assert {m for m in sys.modules if m.startswith("flenwheel.pipeline")} == {"flenwheel.pipeline", "flenwheel.pipeline.kinds"}
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_shutdown_hands_a_running_job_back_to_the_queue(any_project: Project) -> None:

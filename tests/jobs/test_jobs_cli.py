@@ -52,6 +52,7 @@ def test_submit_list_cancel_retry_and_a_worker_that_stops_cleanly(project: Proje
 def test_clear_errors_for_unknown_kinds_queues_and_jobs(project: Project) -> None:
     unknown = cli(project, "jobs", "submit", "paint")
     assert unknown.returncode != 0 and "No job kind 'paint'" in unknown.stderr
+    assert "generate" in unknown.stderr and "chain_train" in unknown.stderr  # the pipeline's kinds count
     bad_queue = cli(project, "worker", "--queue", "tpu")
     assert bad_queue.returncode != 0 and "use one of api, cpu, gpu" in bad_queue.stderr
     missing = cli(project, "jobs", "show", "42")

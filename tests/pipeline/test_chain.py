@@ -14,6 +14,7 @@ from flenwheel.config import Settings
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.embedded import EmbeddedBackend
 from flenwheel.pipeline.chain import chain_status, start_chain
+from flenwheel.pipeline.kinds import register_pipeline_kinds
 from flenwheel.pipeline.studio import decide_mode
 from flenwheel.store.models import Asset, Character, Job, TrainingRun
 from flenwheel.store.project import Project
@@ -29,6 +30,7 @@ OPTIONS = {
 
 
 def run_chain(project: Project, options: dict) -> list[dict]:
+    register_pipeline_kinds()  # this pool runs the chain's stages, as `flenwheel serve` does
     backend = EmbeddedBackend(project, workers=2).start()
     try:
         root = start_chain(project, backend, "lisa", options)

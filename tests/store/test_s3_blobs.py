@@ -13,6 +13,7 @@ from flenwheel.config import Settings
 from flenwheel.datasets.ingest import ingest
 from flenwheel.jobs.base import JobRequest, JobStatus
 from flenwheel.jobs.embedded import EmbeddedBackend
+from flenwheel.pipeline.kinds import register_pipeline_kinds
 from flenwheel.store.blobs import FsspecBlobStore
 from flenwheel.store.models import Analysis, Asset
 from flenwheel.store.project import Project
@@ -47,6 +48,7 @@ def test_photos_ingested_on_one_host_are_curated_on_another(
 
     second = Project.init(Settings(project=tmp_path / "host-b", database_url=url, blob_url=s3_blob_url))
     assert not any(second.blobs.root.rglob("*")), "host B starts with no local copy of any blob"
+    register_pipeline_kinds()  # host B's pool runs `curate`, as `flenwheel worker` would
     with EmbeddedBackend(second, workers=1) as pool:
         job_id = pool.submit(JobRequest(kind="curate", payload={"character": "lisa"}))
         done = finished(pool, job_id)

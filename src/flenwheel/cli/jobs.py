@@ -104,8 +104,10 @@ def submit(
     from flenwheel.jobs import kinds
     from flenwheel.jobs.base import JobRequest, Queue
     from flenwheel.pipeline.jobs import parse
+    from flenwheel.pipeline.kinds import register_pipeline_kinds
     from flenwheel.store.project import get_character
 
+    register_pipeline_kinds()  # the pipeline's stages are kinds too
     if queue is not None and queue not in {q.value for q in Queue}:
         raise InvalidInput(f"--queue {queue!r}: use one of gpu, cpu, api")
     try:
@@ -212,7 +214,9 @@ def worker(
     from flenwheel.errors import InvalidInput
     from flenwheel.jobs.base import Queue
     from flenwheel.jobs.worker import run_worker
+    from flenwheel.pipeline.kinds import register_pipeline_kinds
 
+    register_pipeline_kinds()  # this process runs the pipeline's stages
     known = {q.value for q in Queue}
     for name in queue or []:
         if name not in known:

@@ -9,8 +9,9 @@ queued row reaches a worker.
     backend.cancel(job_id); backend.retry(job_id)
     backend.store.list_jobs(character_id=7, status="running")   # JobStore: the table operations
 
-A kind is a plain function `fn(project, payload: dict, ctx: JobContext) -> dict` listed in
-`jobs/kinds.py` BUILT_IN ("kind": "module:function") or added with `kinds.register`. Stages report with
+A kind is a plain function `fn(project, payload: dict, ctx: JobContext) -> dict` with a typed payload: the
+job layer's own test kinds in `jobs/builtin_kinds.py`, the pipeline's in `pipeline/kinds.py` (registered by
+the entry points with `register_pipeline_kinds()`), others added with `kinds.register`. Stages report with
 `ctx.progress(done, total, message)`, stop when `ctx.cancelled()` by raising `JobCancelled`, keep remote ids
 with `ctx.remember_external_id(key, value)` (a retry sees them via `known_external_id`), and raise an
 error with `transient = True` (e.g. `TransientJobError`) to be retried with backoff. A `cost_usd` key in

@@ -1,10 +1,11 @@
 """The registry of job kinds: a kind names a plain function `fn(project, payload, ctx) -> result dict`, the
 typed payload model that function takes, the queue it runs on, and who may submit it.
 
-Built-in and pipeline kinds are listed in `BUILT_IN` as "module:function" (and their payload models in
-`PAYLOADS` as "module:Model"), imported on first use, so a worker only loads what it runs and pipeline
-modules may import `flenwheel.jobs` without a cycle. Adding a kind is a line in each table, or
-`register("kind", fn, payload=Model)` at run time (tests, plugins). Names are unique.
+The job layer registers only its own kinds: `noop` and `sleep` (builtin_kinds.py). The pipeline's stages are
+kinds too, but this layer must not import the one above it: the entry points that run or accept jobs
+(`flenwheel worker`, `flenwheel jobs submit`, the web app, the demo) register them with
+`flenwheel.pipeline.kinds.register_pipeline_kinds()`. A kind's function and payload model may be given as
+"module:name", imported on first use, so a worker only loads what it runs. Names are unique.
 
 Who may submit a kind (`access`):
 - `public`: users, over the API and the CLI; the payload is validated against its model at submit.
@@ -22,11 +23,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from flenwheel.errors import FlenwheelError
+from flenwheel.errors import FlenwheelError, InvalidInput
 from flenwheel.jobs.base import Queue
 
 if TYPE_CHECKING:
@@ -34,70 +35,7 @@ if TYPE_CHECKING:
     from flenwheel.store.project import Project
 
 JobFunction = Callable[["Project", dict[str, Any], "JobContext"], dict[str, Any]]
-# The background chain's stages (pipeline/chain.py STAGES), each its own internal kind `chain_<stage>`.
-STAGE_NAMES = ("sheet", "gate", "dataset", "train", "evaluate", "activate")
-
-BUILT_IN: dict[str, str] = {
-    "noop": "flenwheel.jobs.builtin_kinds:noop",
-    "sleep": "flenwheel.jobs.builtin_kinds:sleep",
-    "curate": "flenwheel.jobs.builtin_kinds:curate_job",
-    "dataset_build": "flenwheel.jobs.builtin_kinds:dataset_build_job",
-    "generate": "flenwheel.jobs.builtin_kinds:generate_job",
-    # The background chain (pipeline/chain.py): a root job and one job per stage.
-    "chain": "flenwheel.pipeline.chain:chain_job",
-    "chain_sheet": "flenwheel.pipeline.chain:chain_sheet",
-    "chain_gate": "flenwheel.pipeline.chain:chain_gate",
-    "chain_dataset": "flenwheel.pipeline.chain:chain_dataset",
-    "chain_train": "flenwheel.pipeline.chain:chain_train",
-    "chain_evaluate": "flenwheel.pipeline.chain:chain_evaluate",
-    "chain_activate": "flenwheel.pipeline.chain:chain_activate",
-    # Wizard, sheet, studio, training and evaluation stages (pipeline/jobs.py).
-    "base_images": "flenwheel.pipeline.jobs:base_images_job",
-    "pick_base": "flenwheel.pipeline.jobs:pick_base_job",
-    "skin_pass": "flenwheel.pipeline.jobs:skin_pass_job",
-    "profile_set": "flenwheel.pipeline.jobs:profile_set_job",
-    "regenerate_position": "flenwheel.pipeline.jobs:regenerate_position_job",
-    "sheet": "flenwheel.pipeline.jobs:sheet_job",
-    "enrich": "flenwheel.pipeline.jobs:enrich_job",
-    "studio_generate": "flenwheel.pipeline.jobs:studio_generate_job",
-    "train": "flenwheel.pipeline.jobs:train_job",
-    "evaluate": "flenwheel.pipeline.jobs:evaluate_job",
-}
-
-_P = "flenwheel.pipeline.jobs"
-# The typed payload of each built-in kind (pipeline/jobs.py): validated at submit and by the worker.
-PAYLOADS: dict[str, str] = {
-    "noop": f"{_P}:NoopPayload",
-    "sleep": f"{_P}:SleepPayload",
-    "curate": f"{_P}:CuratePayload",
-    "dataset_build": f"{_P}:DatasetBuildPayload",
-    "generate": f"{_P}:GeneratePayload",
-    "chain": f"{_P}:ChainPayload",
-    **{f"chain_{stage}": f"{_P}:ChainStagePayload" for stage in STAGE_NAMES},
-    "base_images": f"{_P}:BaseImagesPayload",
-    "pick_base": f"{_P}:PickBasePayload",
-    "skin_pass": f"{_P}:SkinPassPayload",
-    "profile_set": f"{_P}:ProfileSetPayload",
-    "regenerate_position": f"{_P}:RegeneratePayload",
-    "sheet": f"{_P}:SheetPayload",
-    "enrich": f"{_P}:EnrichPayload",
-    "studio_generate": f"{_P}:StudioPayload",
-    "train": f"{_P}:TrainPayload",
-    "evaluate": f"{_P}:EvaluatePayload",
-}
-# The queue each kind runs on (not chosen by whoever submits it); CPU when not listed.
-QUEUES: dict[str, Queue] = {
-    "generate": Queue.GPU,
-    "base_images": Queue.GPU,
-    "skin_pass": Queue.GPU,
-    "profile_set": Queue.GPU,
-    "regenerate_position": Queue.GPU,
-    "sheet": Queue.GPU,
-    "enrich": Queue.GPU,
-    "studio_generate": Queue.GPU,
-    "train": Queue.GPU,
-    "evaluate": Queue.GPU,
-}
+M = TypeVar("M", bound=BaseModel)
 
 
 class Access(StrEnum):
@@ -106,13 +44,6 @@ class Access(StrEnum):
     PUBLIC = "public"
     INTERNAL = "internal"
     TEST = "test"
-
-
-ACCESS: dict[str, Access] = {
-    "noop": Access.TEST,
-    "sleep": Access.TEST,
-    **{f"chain_{stage}": Access.INTERNAL for stage in STAGE_NAMES},
-}
 
 
 @dataclass(frozen=True)
@@ -125,11 +56,21 @@ class KindInfo:
     access: Access
 
 
+@dataclass(frozen=True)
+class _Kind:
+    function: JobFunction | str  # or "module:function"
+    payload: type[BaseModel] | str | None  # or "module:Model"
+    queue: Queue
+    access: Access
+
+
 class UnknownJobKind(FlenwheelError):
     def __init__(self, kind: str, known: list[str]) -> None:
         super().__init__(
-            f"No job kind {kind!r}. Known kinds: {', '.join(known)}. A new kind is one line in "
-            "flenwheel/jobs/kinds.py BUILT_IN, or `flenwheel.jobs.kinds.register(name, fn)`."
+            f"No job kind {kind!r}. Known kinds: {', '.join(known)}. The pipeline's kinds are known once "
+            "`flenwheel.pipeline.kinds.register_pipeline_kinds()` has run (`flenwheel worker` and the web "
+            "app call it); a new kind is one line in its PIPELINE_KINDS, or "
+            "`flenwheel.jobs.kinds.register(name, fn, payload=Model)`."
         )
 
 
@@ -138,54 +79,61 @@ class DuplicateJobKind(FlenwheelError):
         super().__init__(f"job kind {kind!r} is already registered: pick another name")
 
 
-_registered: dict[str, JobFunction] = {}
-_registered_info: dict[str, KindInfo] = {}
+_kinds: dict[str, _Kind] = {}
 _lock = threading.Lock()
 
 
 def register(
     kind: str,
-    fn: JobFunction,
-    payload: type[BaseModel] | None = None,
+    fn: JobFunction | str,
+    payload: type[BaseModel] | str | None = None,
     queue: Queue = Queue.CPU,
     access: Access = Access.PUBLIC,
 ) -> None:
-    """Add a kind at run time; a name already in use (built-in or registered) is refused. A kind registered
-    without a `payload` model is internal: users cannot submit what nothing validates."""
+    """Add a kind: its function (or "module:function") and payload model (or "module:Model"), both imported
+    when first needed. A kind without a `payload` model is internal: users cannot submit what nothing
+    validates. A name in use is refused, except for the very same kind given by name again, so an entry
+    point may register its kinds twice."""
     if not kind or len(kind) > 48:
         raise FlenwheelError(f"job kind {kind!r}: give a name of 1–48 characters")
+    for target in (fn, payload):
+        if isinstance(target, str) and not all(target.partition(":")[::2]):
+            raise FlenwheelError(f'job kind {kind!r}: give {target!r} as "module:name"')
+    entry = _Kind(fn, payload, queue, access if payload is not None else Access.INTERNAL)
     with _lock:
-        if kind in _registered or kind in BUILT_IN:
+        known = _kinds.get(kind)
+        if known is not None:
+            if isinstance(fn, str) and known == entry:
+                return
             raise DuplicateJobKind(kind)
-        _registered[kind] = fn
-        _registered_info[kind] = KindInfo(
-            kind, payload, queue, access if payload is not None else Access.INTERNAL
-        )
+        _kinds[kind] = entry
 
 
 def unregister(kind: str) -> None:
     """Remove a kind added with `register` (tests)."""
     with _lock:
-        _registered.pop(kind, None)
-        _registered_info.pop(kind, None)
+        _kinds.pop(kind, None)
 
 
 def known_kinds() -> list[str]:
     """Every kind a worker can run, public or not."""
-    return sorted({*BUILT_IN, *_registered})
+    with _lock:
+        return sorted(_kinds)
+
+
+def _entry(kind: str) -> _Kind:
+    with _lock:
+        entry = _kinds.get(kind)
+    if entry is None:
+        raise UnknownJobKind(kind, known_kinds())
+    return entry
 
 
 def info(kind: str) -> KindInfo:
     """The payload model, queue and access of `kind`; an unknown kind is a clear error."""
-    with _lock:
-        found = _registered_info.get(kind)
-    if found is not None:
-        return found
-    if kind not in BUILT_IN:
-        raise UnknownJobKind(kind, known_kinds())
-    return KindInfo(
-        kind, _import(PAYLOADS[kind]), QUEUES.get(kind, Queue.CPU), ACCESS.get(kind, Access.PUBLIC)
-    )
+    entry = _entry(kind)
+    payload = _import(entry.payload) if isinstance(entry.payload, str) else entry.payload
+    return KindInfo(kind, payload, entry.queue, entry.access)
 
 
 def submittable(test_kinds: bool = False) -> list[KindInfo]:
@@ -216,12 +164,33 @@ def _import(target: str) -> Any:
 
 def get(kind: str) -> JobFunction:
     """The function of `kind`; an unknown kind is a clear error."""
-    with _lock:
-        fn = _registered.get(kind)
-    if fn is not None:
-        return fn
-    target = BUILT_IN.get(kind)
-    if target is None:
-        raise UnknownJobKind(kind, known_kinds())
-    function: JobFunction = _import(target)
+    entry = _entry(kind)
+    if not isinstance(entry.function, str):
+        return entry.function
+    function: JobFunction = _import(entry.function)
     return function
+
+
+def parse(model: type[M], payload: dict[str, Any], kind: str) -> M:
+    """The payload as `model`, or an InvalidInput saying which field is wrong and why."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'payload'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidInput(f"{kind} job payload is not valid: {problems}") from None
+
+
+def _register_own_kinds() -> None:
+    """The job layer's own kinds; the pipeline's are registered by the entry points (pipeline/kinds.py)."""
+    for kind, model in (("noop", "NoopPayload"), ("sleep", "SleepPayload")):
+        register(
+            kind,
+            f"flenwheel.jobs.builtin_kinds:{kind}",
+            payload=f"flenwheel.jobs.builtin_kinds:{model}",
+            access=Access.TEST,
+        )
+
+
+_register_own_kinds()

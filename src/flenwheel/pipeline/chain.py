@@ -205,13 +205,13 @@ def _sheet(project: Project, name: str, options: dict[str, Any], ctx: JobContext
 
 
 def _gate(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from flenwheel.jobs.builtin_kinds import curate_job
+    from flenwheel.pipeline.jobs import curate_job
 
     return curate_job(project, {"character": name}, ctx)
 
 
 def _dataset(project: Project, name: str, options: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from flenwheel.jobs.builtin_kinds import dataset_build_job
+    from flenwheel.pipeline.jobs import dataset_build_job
 
     return dataset_build_job(project, {"character": name}, ctx)
 

@@ -209,7 +209,9 @@ def run_chain_in_process(project: Project, on_stage: Callable[[str], None]) -> l
     """Start the embedded worker pool in this process, submit the chain, and wait for its last stage."""
     from flenwheel.jobs.embedded import EmbeddedBackend
     from flenwheel.pipeline.chain import chain_status, start_chain
+    from flenwheel.pipeline.kinds import register_pipeline_kinds
 
+    register_pipeline_kinds()  # the pool below runs the chain's stages
     backend = EmbeddedBackend(project, workers=min(2, os.cpu_count() or 1)).start()
     try:
         root = start_chain(project, backend, DEMO_CHARACTER, DEMO_CHAIN_OPTIONS)

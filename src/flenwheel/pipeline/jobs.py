@@ -1,12 +1,12 @@
-"""The wizard, sheet, enrichment, studio, training and evaluation stages as job kinds (jobs/kinds.py), and
-the typed payload of every job kind.
+"""The pipeline's stages as job kinds (registered by pipeline/kinds.py): curation, dataset versions,
+generation, the wizard, sheet, enrichment, studio, training and evaluation — and the typed payload of each.
 
 Each kind takes `{"character": NAME, ...settings}`, checks the settings against a frozen model (a bad
 value is an InvalidInput naming the field), runs the stage with the job's context (progress, cancellation)
 and returns the stage's result as JSON: asset ids, costs, and the stage's own notes (e.g. that the tiny
 model draws no faces, so identity is not measurable). Stored images are reused where the stage allows it.
 
-The payload models are registered with their kinds (jobs/kinds.py PAYLOADS); the API and `flenwheel jobs
+The payload models are registered with their kinds (pipeline/kinds.py); the API and `flenwheel jobs
 submit` validate a payload with the same model before it is queued, and the worker again when it runs.
 Every field is bounded. A field that names a file is a `FileRef`: over the API it may only be an https
 URL, the built-in `tiny` model or `checkpoint:ID` of one of the caller's checkpoints (web/routes/jobs.py
@@ -16,17 +16,16 @@ checks it); the CLI, run by whoever owns the machine, may also give local paths.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import InvalidInput
-from flenwheel.jobs.base import JobContext
+from flenwheel.jobs.base import JobCancelled, JobContext
+from flenwheel.jobs.kinds import parse
 from flenwheel.pipeline.stage import RenderSize
 from flenwheel.store.project import Project
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class FileMarker:
@@ -48,7 +47,6 @@ FileRef = Annotated[
     FILE,
 ]
 CHECKPOINT_PREFIX = "checkpoint:"
-MAX_SLEEP_S = 3600.0
 BUILT_IN_MODELS = frozenset({"tiny"})
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 
@@ -210,32 +208,6 @@ class ChainStagePayload(_Character):
     root: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
-class NoopPayload(_Character):
-    """The test kind `noop`: echoes its payload."""
-
-    character: str | None = Field(default=None, max_length=64)  # type: ignore[assignment]
-    note: str = Field(default="", max_length=200)
-
-
-class SleepPayload(_Character):
-    """The test kind `sleep`: `steps` × `step_s` seconds (bounded: a worker must not be parked for hours)."""
-
-    character: str | None = Field(default=None, max_length=64)  # type: ignore[assignment]
-
-    steps: int = Field(default=3, ge=0, le=100_000)
-    step_s: float = Field(default=0.05, ge=0.0, le=1.0)
-    fail: str | None = Field(default=None, max_length=500)
-    transient_failures: int = Field(default=0, ge=0, le=10)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> SleepPayload:
-        if self.steps * self.step_s > MAX_SLEEP_S:
-            raise ValueError(
-                f"steps × step_s is at most {MAX_SLEEP_S:g} s: a test job must not park a worker"
-            )
-        return self
-
-
 class CuratePayload(_Character):
     identity_threshold: float | None = Field(default=None, gt=0.0, lt=2.0)
 
@@ -298,17 +270,6 @@ def file_refs(
                     yield from file_refs(item, (*loc, name, index))
 
 
-def parse(model: type[M], payload: dict[str, Any], kind: str) -> M:
-    """The payload as `model`, or an InvalidInput saying which field is wrong and why."""
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'payload'}: {error['msg']}" for error in exc.errors()
-        )
-        raise InvalidInput(f"{kind} job payload is not valid: {problems}") from None
-
-
 def resolve_file(project: Project, ref: str) -> str:
     """A `FileRef` as the engine or trainer takes it: `checkpoint:ID` becomes that checkpoint's file."""
     if not ref.startswith(CHECKPOINT_PREFIX):
@@ -327,6 +288,86 @@ def resolve_file(project: Project, ref: str) -> str:
 
 def _json(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
+
+
+def curate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """`flenwheel curate` as a job: analyse new assets (progress per asset) and label every asset."""
+    from flenwheel.datasets.curate import curate
+    from flenwheel.domain import ReviewLabel
+
+    p = parse(CuratePayload, payload, "curate")
+
+    def on_progress(done: int, total: int) -> None:
+        ctx.progress(done, total, f"analysed {done} of {total}")
+        if ctx.cancelled():
+            raise JobCancelled("curation cancelled; analyses stored so far are kept")
+
+    report = curate(project, p.character, on_progress=on_progress, identity_threshold=p.identity_threshold)
+    return {
+        "character": report.character,
+        "identity_source": report.identity_source,
+        "analysed_now": report.analysed_now,
+        "assets": len(report.decisions),
+        "labels": {label.value: report.count(label) for label in ReviewLabel},
+    }
+
+
+def dataset_build_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Snapshot the good images into a dataset version (an unchanged set returns the latest one)."""
+    from flenwheel.datasets.versions import build_dataset_version
+
+    p = parse(DatasetBuildPayload, payload, "dataset_build")
+    ctx.progress(0, 1, "building the dataset version")
+    built = build_dataset_version(project, p.character)
+    ctx.progress(1, 1, f"version {built.version.number}")
+    return {
+        "dataset_version_id": built.version.id,
+        "number": built.version.number,
+        "created": built.created,
+        "items": len(built.version.items),
+    }
+
+
+def generate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Text-to-image for a character: `{"character", "request": {TextToImage fields}, "preferred"}`.
+    The seed is fixed on the first attempt and kept in the job's external ids, so a retry draws the same
+    images (and the same assets) instead of new ones."""
+
+    from flenwheel.pipeline.generation import run_generation
+    from flenwheel.providers.base import LoraRef, TextToImage
+
+    p = parse(GeneratePayload, payload, "generate")
+    fields = p.request.model_dump(exclude={"kind", "loras", "model"})
+    request = TextToImage(
+        **fields,
+        model=resolve_file(project, p.request.model) if p.request.model else None,
+        loras=tuple(
+            LoraRef(path=resolve_file(project, lora.path), strength=lora.strength) for lora in p.request.loras
+        ),
+    )
+    if request.seed is None:
+        known = ctx.known_external_id("seed")
+        if known is None:
+            import random
+
+            # below 2**31: asset.seed is a 32-bit INTEGER column on PostgreSQL
+            known = str(random.SystemRandom().randrange(2**31))
+            ctx.remember_external_id("seed", known)
+        request = request.model_copy(update={"seed": int(known)})
+
+    # The job's own run context goes down to the engine: its cancel reaches the engine's remote cancel, and
+    # the outputs are tagged with this job in the transaction that stores them.
+    outcome = run_generation(project, p.character, request, preferred=p.preferred, ctx=ctx)
+    asset_ids = [output.asset_id for output in outcome.outputs]
+    return {
+        "asset_ids": asset_ids,
+        "sha256": [output.sha256 for output in outcome.outputs],
+        "seed": request.seed,
+        "provider": outcome.provider,
+        "model": outcome.model,
+        "cost_usd": outcome.cost_usd,
+        "note": outcome.note,
+    }
 
 
 def base_images_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from flenwheel import __version__
 from flenwheel.config import Settings
 from flenwheel.jobs.base import JobBackend
+from flenwheel.pipeline.kinds import register_pipeline_kinds
 from flenwheel.store.project import Project
 from flenwheel.web.errors import add_error_handlers
 from flenwheel.web.limits import MAX_FILES_PER_UPLOAD, BodyLimit
@@ -57,6 +58,7 @@ def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s:
     """The API over the project in `settings`. With `job_workers > 0` (and the embedded job backend) the
     app runs that many worker threads on the job table from start-up to shutdown; at shutdown, jobs still
     running after `job_shutdown_timeout_s` go back to the queue for the next start (or another worker)."""
+    register_pipeline_kinds()  # the pipeline's stages are job kinds this app accepts and may run
     project = Project.open(settings)
     upload_limit = int(settings.upload_max_mb * 2**20)
 
