@@ -3,6 +3,7 @@ which add theirs with an entry point in the `flenwheel` group."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -26,14 +27,14 @@ class FlenwheelSpecs:
         raise NotImplementedError
 
 
-def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+def plugin_manager(*builtins: ModuleType, load_entry_points: bool = True) -> pluggy.PluginManager:
+    """flenwheel's hooks with `builtins` (the caller's own hook modules, e.g. providers/builtin.py) registered
+    the way a plugin is, then the installed plugins. The registries pass their built-ins, so this module
+    imports none of them (they import `hookimpl` from here)."""
     manager = pluggy.PluginManager("flenwheel")
     manager.add_hookspecs(FlenwheelSpecs)
-    from flenwheel.providers import builtin
-    from flenwheel.trainers import builtin as builtin_trainers
-
-    manager.register(builtin, name="flenwheel.builtin")
-    manager.register(builtin_trainers, name="flenwheel.builtin_trainers")
+    for module in builtins:
+        manager.register(module, name=module.__name__)
     if load_entry_points:
         manager.load_setuptools_entrypoints("flenwheel")
     return manager

@@ -39,9 +39,10 @@ class ProviderRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
         from flenwheel.plugins import plugin_manager
+        from flenwheel.providers import builtin
 
         found: list[ImageProvider] = []
-        for batch in plugin_manager().hook.register_providers(settings=settings):
+        for batch in plugin_manager(builtin).hook.register_providers(settings=settings):
             found.extend(batch)
         order = [name.strip() for name in settings.providers.split(",") if name.strip()]
         rank = {name: index for index, name in enumerate(order)}

@@ -16,7 +16,7 @@ from flenwheel.trainers.base import (
     TrainingSpec,
 )
 from flenwheel.trainers.latent_cache import CacheStats, PreparedItem, TrainingCache
-from flenwheel.trainers.local_lora import (
+from flenwheel.trainers.lora_plan import (
     STATE_FILE,
     TEXT_TARGETS,
     UNET_TARGETS,

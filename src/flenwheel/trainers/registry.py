@@ -40,8 +40,9 @@ class TrainerRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainerRegistry:
         from flenwheel.plugins import plugin_manager
+        from flenwheel.trainers import builtin
 
         found: list[Trainer] = []
-        for batch in plugin_manager().hook.register_trainers(settings=settings):
+        for batch in plugin_manager(builtin).hook.register_trainers(settings=settings):
             found.extend(batch)
         return cls(found)
