@@ -21,6 +21,7 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 bench: setup comfyui-env
 	.venv/bin/python bench/curate_vs_face_recognition.py
