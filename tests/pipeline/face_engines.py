@@ -43,6 +43,11 @@ class PhotoEngine:
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def paid(self) -> bool:
+        """Bills only when the test gives it a price (a stand-in named "fal" is not a real paid engine)."""
+        return self.price > 0
+
     def estimate_cost(self, request: GenerationRequest) -> float:
         return self.price * request.count
 

@@ -28,6 +28,7 @@ from flenwheel.providers.base import (
 from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
 from flenwheel.store.models import Analysis, Asset
 from flenwheel.store.project import Project, get_character
+from flenwheel.store.run import is_paid
 
 T = TypeVar("T")
 REMOTE_CONCURRENCY = 4  # fal / Replicate / ComfyUI take several at once; 3 base images must run together
@@ -84,6 +85,7 @@ class ThrottledProvider:
         self.id = inner.id
         self.capabilities = inner.capabilities
         self.allows_nsfw = inner.allows_nsfw
+        self.paid = is_paid(inner)  # the budget must see what the engine itself declares
         self.limit = limit
         with _SEMAPHORES_LOCK:
             self._semaphore = _SEMAPHORES.setdefault((inner.id, limit), threading.BoundedSemaphore(limit))
