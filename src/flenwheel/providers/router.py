@@ -144,6 +144,9 @@ class Router:
             try:
                 result = self._with_retries(provider, request, call, on_attempt)
             except ProviderError as exc:
+                if not exc.transient:
+                    call.settle(0.0)  # a definitive failure: the remote job is over and made nothing
+                    raise
                 call.release()
                 if call.may_still_bill():
                     raise CallStillBilling(
