@@ -8,6 +8,7 @@ needs to continue (optimizer state, a remote job id) through the context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -15,7 +16,7 @@ from pydantic import Field, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
-from flenwheel.store.run import RunContext, adapt_progress
+from flenwheel.store.run import RunContext
 
 ModelFamily = Literal["sd", "sdxl", "flux"]
 Optimizer = Literal["adamw", "adamw8bit", "prodigy", "sgd"]
@@ -121,9 +122,23 @@ class Trainer(Protocol):
 
 
 class LocalTrainingContext(RunContext):
-    """A run with no database, for calling one trainer directly: progress to a callback, the checkpoints and
-    losses it reports kept in `.checkpoints` / `.losses`; `cancel_after_step` stops it cooperatively."""
+    """A run with no database, for calling one trainer directly: each step goes to `on_progress(step, total,
+    loss)` (loss: float or None, never a message string), the checkpoints and losses it reports are kept in
+    `.checkpoints` / `.losses`; `cancel_after_step` stops it cooperatively."""
 
-    def __init__(self, on_progress: object = None, cancel_after_step: int | None = None) -> None:
-        super().__init__(on_progress=adapt_progress(on_progress if callable(on_progress) else None))
+    def __init__(
+        self,
+        on_progress: Callable[[int, int, float | None], None] | None = None,
+        cancel_after_step: int | None = None,
+    ) -> None:
+        super().__init__()
         self._cancel_after_step = cancel_after_step
+        user = on_progress
+
+        def step(done: int, total: int, loss: float | None) -> None:
+            if loss is not None:
+                self.losses.append((done, float(loss)))
+            if user is not None:
+                user(done, total, loss)
+
+        self._on_step = step
