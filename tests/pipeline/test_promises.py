@@ -22,7 +22,7 @@ from flenwheel.pipeline.training import train_character
 from flenwheel.providers.base import TextToImage
 from flenwheel.providers.fal import FalProvider
 from flenwheel.providers.registry import ProviderRegistry
-from flenwheel.store.models import Asset, Character, RunCall, TrainingRun
+from flenwheel.store.models import Asset, Character, RunCall, TrainingRun, User
 from flenwheel.store.project import Project
 from flenwheel.store.run import PolicyRefused
 from flenwheel.trainers.fal import FalTrainer
@@ -31,8 +31,10 @@ from checkpoint_runs import character_with_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "web"))
 from fal_server import FalServer
 from fal_training_server import FalTrainingServer
+from replicate_server import ReplicateServer
 
 TINY = TextToImage(prompt="photo of ohwx woman, studio light", seed=11, steps=1, width=64, height=64)
 
@@ -40,6 +42,13 @@ TINY = TextToImage(prompt="photo of ohwx woman, studio light", seed=11, steps=1,
 @pytest.fixture
 def fal_training() -> Iterator[FalTrainingServer]:
     running = FalTrainingServer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def replicate() -> Iterator[ReplicateServer]:
+    running = ReplicateServer().start()
     yield running
     running.stop()
 
@@ -341,19 +350,38 @@ def test_no_nsfw_input_ever_reaches_an_external_server(
     property_()
 
 
-def test_paid_work_from_cli_processes_and_trainings_at_once_stays_under_the_cap(
-    project: Project, fal: FalServer, fal_training: FalTrainingServer
+def test_paid_work_from_api_cli_processes_and_trainings_at_once_stays_under_the_cap(
+    project: Project, fal: FalServer, fal_training: FalTrainingServer, replicate: ReplicateServer
 ) -> None:
-    """`flenwheel generate` processes and fal trainings spend one character's budget at the same time as
-    in-process requests: the cap holds, and what flenwheel records equals what the two servers billed."""
+    """`POST /jobs` over the API (its job workers), `flenwheel generate` processes, fal trainings and
+    in-process requests on fal and Replicate spend one character's budget at the same time: the cap holds,
+    and what flenwheel records equals what the three servers billed."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from pydantic import SecretStr
+    from webapi import make_api
+
+    from flenwheel.providers.replicate import ReplicateProvider
     from flenwheel.store.run import BudgetExceeded
 
     character_with_dataset(project, "lisa")
     with project.db.session() as session:
         session.scalar(select(Character).where(Character.name == "lisa")).budget_usd = 0.60
     engine = FalProvider(fal.key, queue_url=fal.url, rest_url=fal.url, poll_interval=0.01)
+    on_replicate = ReplicateProvider(replicate.token, base_url=f"{replicate.url}/v1", poll_interval=0.01)
+    api_context = make_api(
+        project,
+        job_workers=2,
+        fal_key=SecretStr(fal.key),
+        fal_queue_url=fal.url,
+        fal_rest_url=fal.url,
+        providers="fal",
+    )
+    api = next(api_context)
+    with project.db.session() as session:
+        alice_id = int(session.scalar(select(User.id).where(User.name == "alice")))
+        session.scalar(select(Character).where(Character.name == "lisa")).owner_id = alice_id
+        lisa_id = int(session.scalar(select(Character.id).where(Character.name == "lisa")))
     trainer = FalTrainer(
         fal_training.key, queue_url=fal_training.url, rest_url=fal_training.url, poll_interval=0.01
     )
@@ -379,11 +407,26 @@ def test_paid_work_from_cli_processes_and_trainings_at_once_stays_under_the_cap(
         for n in range(6)
     ]
 
+    api_jobs = [
+        api.client.post(
+            "/jobs",
+            json={
+                "kind": "generate",
+                "character_id": lisa_id,
+                "payload": {"request": {"prompt": f"api photo {n}", "seed": n, "width": 512, "height": 512}},
+            },
+            headers=api.alice,
+        ).json()["id"]
+        for n in range(200, 206)
+    ]
+
     def generate(n: int) -> str:
-        request = TextToImage(prompt=f"thread {n}", seed=n, width=512, height=512, model="fal-ai/flux/dev")
+        on_fal = n % 3 != 0
+        model = "fal-ai/flux/dev" if on_fal else "black-forest-labs/flux-dev"
+        request = TextToImage(prompt=f"thread {n}", seed=n, width=512, height=512, model=model)
         try:
-            run_generation(project, "lisa", request, providers=[engine])
-            return "stored"
+            run_generation(project, "lisa", request, providers=[engine if on_fal else on_replicate])
+            return "stored on fal" if on_fal else "stored on replicate"
         except BudgetExceeded:
             return "refused"
 
@@ -402,15 +445,36 @@ def test_paid_work_from_cli_processes_and_trainings_at_once_stays_under_the_cap(
         out, err = process.communicate()
         cli_outcomes.append("stored" if process.returncode == 0 else "refused")
         assert process.returncode == 0 or "budget" in out + err, out + err
-    assert "stored" in threads + cli_outcomes
+    api_outcomes = []
+    for job_id in api_jobs:
+        job = wait_for_job(api, job_id)
+        assert job["status"] == "succeeded" or "budget" in (job["error"] or ""), job
+        api_outcomes.append("stored" if job["status"] == "succeeded" else "refused")
+    api_context.close()  # the app and its job workers stop
+    stored = [*threads, *cli_outcomes, *api_outcomes]
+    assert "stored" in cli_outcomes + api_outcomes and "stored on replicate" in threads, stored
     with project.db.session() as session:
         spent = float(session.scalar(select(Character.spent_usd).where(Character.name == "lisa")))
         calls = session.scalars(select(RunCall)).all()
-    billed = sum(fal.billed_usd(r) for r in fal.requests) + sum(
-        fal_training.billed_usd(r) for r in fal_training.requests
+    billed = (
+        sum(fal.billed_usd(r) for r in fal.requests)
+        + sum(fal_training.billed_usd(r) for r in fal_training.requests)
+        + sum(replicate.billed_usd(p) for p in replicate.predictions)
     )
     assert spent <= 0.60 + 1e-9
     assert spent == pytest.approx(billed, abs=1e-4)
     assert {call.status for call in calls} <= {"done"}
-    assert len(fal.requests) == threads.count("stored") + cli_outcomes.count("stored")
+    assert len(fal.requests) == stored.count("stored on fal") + stored.count("stored")
+    assert len(replicate.predictions) == stored.count("stored on replicate")
     assert len(fal_training.requests) == trainings.count("trained")
+
+
+def wait_for_job(api, job_id: int) -> dict:  # type: ignore[no-untyped-def]
+    """The job's row once it has finished (polled: the outcome, not the time, decides the test)."""
+    import time
+
+    while True:
+        job = api.client.get(f"/jobs/{job_id}", headers=api.alice).json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            return dict(job)
+        time.sleep(0.1)
