@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobRequest, JobStatus, Queue
-from flenwheel.jobs.store import JobNotFound, JobStore, utcnow
+from flenwheel.jobs.store import MAX_BACKOFF_S, JobNotFound, JobStore, utcnow
 from flenwheel.store.models import Job
 from flenwheel.store.project import Project
 
@@ -100,22 +100,51 @@ def test_a_transient_failure_waits_out_its_backoff_before_another_claim(any_proj
     assert store.claim("w1") is None  # not before its backoff has passed
 
 
+def test_a_retry_waits_for_its_run_after_and_heartbeat_at_is_only_the_heartbeat(any_project: Project) -> None:
+    """The backoff has its own column: a queued retry is not claimed before `run_after` and is claimed once it
+    has passed (time driven by moving `run_after`, no sleeping), and `heartbeat_at` keeps meaning "the worker
+    was alive then" — a queued row whose last heartbeat lies ahead (a worker host's clock running fast) is not
+    held back by it."""
+    store = JobStore(any_project.db, retry_backoff_s=3600.0)
+    job_id = store.submit(JobRequest(kind="noop"))
+    claimed = store.claim("w1")
+    assert claimed is not None and claimed.run_after is None
+    before = utcnow()
+    assert store.fail(job_id, "w1", "timeout", transient=True) == JobStatus.QUEUED
+    waiting = store.get(job_id)
+    assert waiting.run_after is not None and waiting.heartbeat_at is None
+    assert _aware(waiting.run_after) >= before + timedelta(seconds=MAX_BACKOFF_S)  # 3600 s, capped
+    assert store.claim("w1") is None and store.claim("w1", job_id=job_id) is None  # not before run_after
+    with any_project.db.session() as session:  # time passes: run_after is now in the past
+        session.execute(update(Job).where(Job.id == job_id).values(run_after=utcnow() - timedelta(seconds=1)))
+    again = store.claim("w2")
+    assert again is not None and (again.id, again.attempts, again.run_after) == (job_id, 2, None)
+
+    other = store.submit(JobRequest(kind="noop"))
+    with any_project.db.session() as session:  # a fast clock's heartbeat, then handed back to the queue
+        session.execute(update(Job).where(Job.id == other).values(heartbeat_at=utcnow() + timedelta(hours=1)))
+    taken = store.claim("w3")
+    assert taken is not None and taken.id == other
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite keeps no zone
+
+
 def test_the_backoff_grows_with_each_attempt_up_to_five_minutes(any_project: Project) -> None:
     store = JobStore(any_project.db, retry_backoff_s=2.0)
     job_id = store.submit(JobRequest(kind="noop", max_attempts=20))
     for attempt, wait_s in [(1, 2), (2, 8), (3, 32), (4, 128), (5, 300), (9, 300)]:
         with any_project.db.session() as session:  # as if attempt - 1 attempts had run and waited
-            session.execute(
-                update(Job).where(Job.id == job_id).values(attempts=attempt - 1, heartbeat_at=None)
-            )
+            session.execute(update(Job).where(Job.id == job_id).values(attempts=attempt - 1, run_after=None))
         claimed = store.claim("w1", job_id=job_id)
         assert claimed is not None and claimed.attempts == attempt
         before = utcnow()
         assert store.fail(job_id, "w1", "timeout", transient=True) == JobStatus.QUEUED
         after = utcnow()
-        retry_at = store.get(job_id).heartbeat_at
+        retry_at = store.get(job_id).run_after
         assert retry_at is not None
-        retry_at = retry_at if retry_at.tzinfo else retry_at.replace(tzinfo=UTC)  # SQLite keeps no zone
+        retry_at = _aware(retry_at)
         assert before + timedelta(seconds=wait_s) <= retry_at <= after + timedelta(seconds=wait_s), attempt
 
 

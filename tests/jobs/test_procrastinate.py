@@ -88,6 +88,38 @@ def test_failures_are_failed_at_once_and_transient_ones_retried(
 
 
 @on_postgres
+def test_a_task_delivered_before_run_after_leaves_the_row_waiting(pg: Project) -> None:
+    """Procrastinate schedules the retry itself (`schedule_in`); the row's `run_after` still decides: a task
+    delivered early does not run the job, and the sweep for undelivered rows skips it until it is due."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from flenwheel.jobs.procrastinate_backend import _delay_of, _WorkerState
+    from flenwheel.jobs.store import utcnow
+    from flenwheel.store.models import Job
+
+    ensure_schema(pg)
+    store = JobStore(pg.db, retry_backoff_s=3600.0)
+    job_id = store.submit(JobRequest(kind="noop"))
+    store.claim("w1")
+    assert store.fail(job_id, "w1", "timeout", transient=True) == JobStatus.QUEUED
+    assert 0 < _delay_of(store.get(job_id)) <= 300  # deferred with the row's own wait
+    state = _WorkerState(pg, ["cpu", "gpu", "api"])
+    old = utcnow() - timedelta(minutes=1)
+    with pg.db.session() as session:  # not a row its client is deferring right now
+        session.execute(update(Job).where(Job.id == job_id).values(created_at=old))
+    assert state.run(job_id) is None and store.get(job_id).status == JobStatus.QUEUED
+    assert job_id not in [job.id for job in state.undelivered()]
+    with pg.db.session() as session:  # its backoff has passed
+        session.execute(update(Job).where(Job.id == job_id).values(run_after=old))
+    assert _delay_of(store.get(job_id)) == 0.0
+    assert job_id in [job.id for job in state.undelivered()]
+    done = state.run(job_id)
+    assert done is not None and (done.status, done.attempts) == (JobStatus.SUCCEEDED, 2)
+
+
+@on_postgres
 def test_cancel_a_running_job_and_retry_it(pg: Project, worker_thread: threading.Event) -> None:
     with ProcrastinateBackend(pg) as backend:
         job_id = backend.submit(JobRequest(kind="sleep", payload={"steps": 10_000, "step_s": 0.01}))

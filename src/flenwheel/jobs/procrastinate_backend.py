@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from flenwheel.jobs.base import JobRequest, JobStatus, Queue
 from flenwheel.jobs.runner import run_claimed
-from flenwheel.jobs.store import JobInfo, JobStore, backoff_seconds, worker_name
+from flenwheel.jobs.store import JobInfo, JobStore, worker_name
 from flenwheel.store.models import Job
 from flenwheel.store.project import Project
 
@@ -75,10 +75,10 @@ def _deferrer(app: Any, job: JobInfo | Job, delay_s: float = 0.0) -> Any:
 
 
 def _delay_of(job: JobInfo | Job) -> float:
-    """A requeued transient failure keeps its not-before time in `heartbeat_at`."""
-    if job.status != JobStatus.QUEUED.value or job.heartbeat_at is None:
+    """Seconds until a queued row's `run_after` (a requeued transient failure's backoff); 0 when due."""
+    if job.status != JobStatus.QUEUED.value or job.run_after is None:
         return 0.0
-    moment = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=UTC)
+    moment = job.run_after if job.run_after.tzinfo else job.run_after.replace(tzinfo=UTC)
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
@@ -206,7 +206,7 @@ class _WorkerState:
             rows = session.scalars(
                 select(Job)
                 .where(Job.status == JobStatus.QUEUED.value, Job.queue.in_(self.queues))
-                .where((Job.heartbeat_at.is_(None)) | (Job.heartbeat_at <= now))
+                .where((Job.run_after.is_(None)) | (Job.run_after <= now))
                 .where(
                     waiting, Job.created_at <= now - timedelta(seconds=2)
                 )  # its client may be deferring now
@@ -274,7 +274,7 @@ async def _serve(
         if (
             finished is not None and finished.status == JobStatus.QUEUED
         ):  # a transient failure: try again later
-            delay = backoff_seconds(finished.attempts, settings.job_retry_backoff_s)
+            delay = _delay_of(finished)  # the row's run_after, which claims also honour
             with contextlib.suppress(AlreadyEnqueued):
                 await _deferrer(app, finished, delay).defer_async(job_id=job_id)
 

@@ -23,7 +23,7 @@ from flenwheel.jobs.base import JobRequest, JobStatus
 from flenwheel.store.database import Database
 from flenwheel.store.models import Job
 
-# A queued row whose `heartbeat_at` lies in the future is a retry waiting out its backoff: not claimable yet.
+# A queued row whose `run_after` lies in the future is a retry waiting out its backoff: not claimable yet.
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
 UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 MAX_BACKOFF_S = 300.0
@@ -56,6 +56,7 @@ class JobInfo(Frozen):
     cancel_requested: bool
     worker: str | None
     heartbeat_at: datetime | None
+    run_after: datetime | None
     external_ids: dict[str, Any]
     cost_usd: float
     created_at: datetime
@@ -186,7 +187,7 @@ class JobStore:
         pick = (
             select(Job.id)
             .where(Job.status == JobStatus.QUEUED.value)
-            .where(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= now))
+            .where(or_(Job.run_after.is_(None), Job.run_after <= now))
             .order_by(Job.priority.desc(), Job.id)
             .limit(1)
         )
@@ -205,6 +206,7 @@ class JobStore:
                 attempts=Job.attempts + 1,
                 started_at=now,
                 heartbeat_at=now,
+                run_after=None,
                 finished_at=None,
                 error=None,
             )
@@ -283,7 +285,8 @@ class JobStore:
             .values(
                 status=JobStatus.QUEUED.value,
                 worker=None,
-                heartbeat_at=self._retry_at(now),
+                heartbeat_at=None,
+                run_after=self._retry_at(now),
                 message=f"retrying after: {error}"[:2000],
                 error=error,
             )
@@ -383,6 +386,7 @@ class JobStore:
                 error=None,
                 worker=None,
                 heartbeat_at=None,
+                run_after=None,
                 finished_at=None,
                 message="queued again",
             )

@@ -344,7 +344,10 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(128), default=None)
+    # The running worker's last sign of life; nothing else.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # A queued row is not claimed before this moment (a transient failure's backoff); None = at once.
+    run_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     external_ids: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
