@@ -40,8 +40,14 @@ def test_spec_character_sheet_and_enrichment(tmp_path: Path) -> None:
     bad = cli("--project", root, "character", "create", "x", "--spec", tmp_path / "missing.yaml")
     assert bad.returncode != 0 and "cannot read spec" in bad.stderr and "Traceback" not in bad.stderr
 
-    sheet_file = root / "characters" / "1" / "sheet.yaml"  # by character id (mara is the first)
-    sheet_file.parent.mkdir(parents=True)
+    printed = cli("--project", root, "sheet-config", "mara")  # the defaults, as YAML to edit
+    assert printed.returncode == 0 and yaml.safe_load(printed.stdout)["candidates"] == 4, printed.stderr
+    sheet_file = tmp_path / "sheet.yaml"
+    sheet_file.write_text("anchors: [{id: front}]")
+    refused = cli("--project", root, "sheet-config", "mara", sheet_file)
+    assert (
+        refused.returncode != 0 and "anchors.0.prompt" in refused.stderr and "Traceback" not in refused.stderr
+    )
     sheet_file.write_text(
         yaml.safe_dump(
             {
@@ -52,6 +58,9 @@ def test_spec_character_sheet_and_enrichment(tmp_path: Path) -> None:
             }
         )
     )
+    stored = ok_json("--project", root, "sheet-config", "mara", sheet_file)
+    assert stored["candidates"] == 2 and [a["id"] for a in stored["anchors"]] == ["front"]
+    assert not (root / "characters").exists()  # in the store, where a worker on any host reads it
     waiting = ok_json("--project", root, "sheet", "mara")
     assert waiting["variations"]["skipped"] == 1 and len(waiting["anchors"]["candidates"]) == 2
     chosen = waiting["anchors"]["candidates"][1]["image"]["asset_id"]

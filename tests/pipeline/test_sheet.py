@@ -13,11 +13,12 @@ from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import LocalJobContext
 from flenwheel.pipeline.enrich import enrich
 from flenwheel.pipeline.sheet import (
+    SheetConfig,
     generate_variations,
     load_sheet_config,
     pick_anchor,
     run_sheet,
-    sheet_path,
+    save_sheet_config,
 )
 from flenwheel.pipeline.spec import CharacterSpec, create_character_from_spec
 from flenwheel.pipeline.stage import RenderSize, derive_seed
@@ -47,9 +48,7 @@ def assets(project: Project, **match: object) -> list[Asset]:
 
 
 def write_sheet(project: Project, **config: object) -> None:
-    path = sheet_path(project, "mara")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config))
+    save_sheet_config(project, "mara", SheetConfig.model_validate(config))
 
 
 def picked_base_of(project: Project, engine: object) -> int:
@@ -59,7 +58,7 @@ def picked_base_of(project: Project, engine: object) -> int:
     return pick_base(project, "mara", result.candidates[0].image.asset_id).asset_id
 
 
-def test_the_default_sheet_is_written_and_a_broken_one_is_a_clear_error(project: Project) -> None:
+def test_the_default_sheet_until_edited_and_a_broken_legacy_file_is_a_clear_error(project: Project) -> None:
     create_character_from_spec(project, SPEC)
     config = load_sheet_config(project, "mara")
     assert [a.id for a in config.anchors] == [
@@ -72,14 +71,20 @@ def test_the_default_sheet_is_written_and_a_broken_one_is_a_clear_error(project:
         "seated",
         "hanging",
     ]
-    assert sheet_path(project, "mara").read_text().startswith("# The character sheet")
-    write_sheet(
-        project,
-        anchors=[{"id": "front", "prompt": "standing"}],
-        variations=[{"id": "v", "anchor": "nope", "prompt": "x"}],
+    assert not (project.root / "characters").exists()  # the sheet is in the store: no file is written
+    legacy = project.root / "characters" / "1" / "sheet.yaml"  # where an earlier release kept it
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(
+        yaml.safe_dump(
+            {
+                "anchors": [{"id": "front", "prompt": "standing"}],
+                "variations": [{"id": "v", "anchor": "nope", "prompt": "x"}],
+            }
+        )
     )
     with pytest.raises(InvalidInput, match="names anchor 'nope'"):
         load_sheet_config(project, "mara")
+    assert legacy.exists()  # not imported, not renamed: the user fixes it
 
 
 def test_sheet_on_the_tiny_model_waits_for_picks_and_never_pretends_identity_passed(

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from sqlalchemy import select
 
 from flenwheel.jobs.base import LocalJobContext
-from flenwheel.pipeline.sheet import generate_anchors, sheet_path
+from flenwheel.pipeline.sheet import Anchor, SheetConfig, generate_anchors, save_sheet_config
 from flenwheel.pipeline.spec import CharacterSpec, create_character_from_spec
 from flenwheel.pipeline.stage import RenderSize
 from flenwheel.pipeline.studio import regenerate, studio_generate, studio_inpaint, studio_upscale
@@ -153,19 +152,17 @@ def test_without_an_identity_adapter_the_nearest_anchor_is_edited_and_it_says_so
     base = generate_base_images(project, "mara", LocalJobContext(), size=TINY, providers=[tiny], count=1)
     base_id = base.candidates[0].image.asset_id
     pick_base(project, "mara", base_id)
-    path = sheet_path(project, "mara")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "candidates": 1,
-                "anchors": [
-                    {"id": "front", "prompt": "standing", "keywords": ["standing"]},
-                    {"id": "seated", "prompt": "seated on a chair", "keywords": ["sitting", "bench"]},
-                ],
-                "variations": [],
-            }
-        )
+    save_sheet_config(
+        project,
+        "mara",
+        SheetConfig(
+            candidates=1,
+            anchors=(
+                Anchor(id="front", prompt="standing", keywords=("standing",)),
+                Anchor(id="seated", prompt="seated on a chair", keywords=("sitting", "bench")),
+            ),
+            variations=(),
+        ),
     )
     anchors = generate_anchors(project, "mara", LocalJobContext(), size=TINY, providers=[tiny])
     seated = next(p.asset_id for p in anchors.picks if p.anchor == "seated")

@@ -131,7 +131,9 @@ def test_deleting_a_character_removes_its_files_and_nothing_passes_to_the_next_o
     assert api.client.put(f"/characters/{lisa}/sheet", json=sheet, headers=api.alice).status_code == 200
     assets = api.client.get(f"/characters/{lisa}/assets", headers=api.alice).json()["items"]
     blobs = {a["source_name"]: project.blobs.path(a["sha256"]) for a in assets}
-    sheet_file = project.root / "characters" / str(lisa) / "sheet.yaml"
+    sheet_file = project.root / "characters" / str(lisa) / "sheet.yaml.imported"  # a legacy sheet, imported
+    sheet_file.parent.mkdir(parents=True)
+    sheet_file.write_text("candidates: 3\n")
     run_folder = project.root / "training" / str(lisa) / "run1"  # where a run of lisa's trains
     run_folder.mkdir(parents=True)
     (run_folder / "lisa-000001.safetensors").write_bytes(b"private")
@@ -144,6 +146,8 @@ def test_deleting_a_character_removes_its_files_and_nothing_passes_to_the_next_o
     assert blobs[LISA[1].name].exists()  # marie still uses it
     again = api.character("lisa", api.bob)
     assert again > lisa  # never the deleted character's id: no folder of it can be reused
+    fresh = api.client.get(f"/characters/{again}/sheet", headers=api.bob).json()
+    assert fresh["candidates"] == 4  # the defaults, not alice's sheet
     assert not (project.root / "characters" / str(again)).exists()
 
 

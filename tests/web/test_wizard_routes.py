@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import yaml
 from webapi import Api, make_api
 
-from flenwheel.pipeline.sheet import sheet_path
+from flenwheel.pipeline.sheet import load_sheet_config
 from flenwheel.store.models import DatasetVersion
 from flenwheel.store.project import Project, get_character
 
@@ -42,7 +41,9 @@ def test_picks_sheet_and_mode(api: Api) -> None:
     sheet = {"candidates": 2, "image": {"width": 64, "height": 64, "steps": 2}}
     saved = client.put(f"/characters/{character_id}/sheet", json={"config": sheet}, headers=alice)
     assert saved.status_code == 200 and saved.json()["candidates"] == 2
-    assert yaml.safe_load(sheet_path(api.project, "lisa").read_text())["image"]["width"] == 64
+    assert load_sheet_config(api.project, f"#{character_id}").image.width == 64
+    got = client.get(f"/characters/{character_id}/sheet", headers=alice)
+    assert got.status_code == 200 and got.json() == saved.json()
 
     mode = client.get(f"/characters/{character_id}/mode", headers=alice).json()
     assert mode["mode"] == "identity_reference" and mode["checkpoint_id"] is None
@@ -52,6 +53,7 @@ def test_picks_sheet_and_mode(api: Api) -> None:
         ("POST", "pick-base", {"asset_id": photo}),
         ("POST", "anchors/pick", {"anchor": "front", "asset_id": photo}),
         ("PUT", "sheet", {"config": sheet}),
+        ("GET", "sheet", None),
         ("GET", "mode", None),
         ("POST", "activate", {"checkpoint_id": 1}),
         ("DELETE", "activate", None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from flenwheel.cli.common import (
 
 def register(app: typer.Typer) -> None:
     app.command("sheet")(sheet)
+    app.command("sheet-config")(sheet_config)
     app.command("enrich")(enrich)
 
 
@@ -42,7 +44,7 @@ def sheet(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Draw the character sheet from <project>/characters/NAME/sheet.yaml (written with defaults if missing).
+    """Draw the character sheet (poses and variations: `flenwheel sheet-config NAME` shows and edits them).
 
     Without --pick-auto the variations wait for your picks: run again with --pick ANCHOR=ASSET_ID.
     """
@@ -88,11 +90,46 @@ def sheet(
     v = result.variations
     console.print(
         f"{v.passed} passed, {v.drifted} drifted, {v.not_measurable} not measurable, {v.skipped} waiting for a pick; "
-        f"edit {safe(result.config_file)} to change poses"
+        f"change poses with `flenwheel sheet-config {safe(name)} FILE`"
     )
     note = result.anchors.note or v.note
     if note:
         err_console.print(f"[yellow]note:[/] {safe(note)}")
+
+
+def sheet_config(
+    name: Annotated[str, typer.Argument(help="Character name (or #ID)")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="A sheet YAML file to store (edit the printed one); without it, print the sheet"),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Print the character's sheet as YAML, or store FILE as its new sheet (checked first).
+
+    The sheet lives in the project's database, so workers on other hosts read the same one.
+    """
+    from flenwheel.errors import InvalidInput
+    from flenwheel.pipeline.sheet import load_sheet_config, parse_sheet_yaml, save_sheet_config, sheet_yaml
+
+    project = open_project()
+    if file is None:
+        config = load_sheet_config(project, name)
+    else:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read {file}: {exc}") from None
+        config = save_sheet_config(project, name, parse_sheet_yaml(text, str(file)))
+        if not json_output:
+            err_console.print(
+                f"stored the sheet of {safe(name)}: {len(config.anchors)} anchors, "
+                f"{len(config.variations)} variations"
+            )
+    if json_output:
+        print_json(config.model_dump(mode="json"))
+    elif file is None:
+        typer.echo(sheet_yaml(config), nl=False)
 
 
 def enrich(

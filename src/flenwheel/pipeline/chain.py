@@ -200,7 +200,6 @@ def _sheet(project: Project, name: str, options: dict[str, Any], ctx: JobContext
         },
         "cost_usd": result.anchors.cost_usd + variations.cost_usd,
         "note": result.anchors.note or variations.note,
-        "config_file": result.config_file,
     }
 
 

@@ -3,12 +3,14 @@
 Phase 1 draws K candidates per anchor (image-to-image from the picked base, else text-to-image); the pick
 is the user's (`pick_anchor`) or automatic by identity (face distance to the base) and quality. Phase 2
 edits each variation from its anchor at its strength; a face that drifted from the character is redrawn
-with a new seed up to a limit, then reported. The poses and variations live in an editable YAML file,
-`<project>/characters/<name>/sheet.yaml`, written with the defaults below when missing.
+with a new seed up to a limit, then reported. The poses and variations are the character's sheet, kept in
+the store (`character.sheet`, so a worker on any host reads it): the defaults below until the user edits it
+(`PUT /characters/{id}/sheet`, `flenwheel sheet-config NAME FILE`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
+from sqlalchemy import select, update
 
 from flenwheel.domain import AssetKind, Frozen
 from flenwheel.errors import InvalidInput
@@ -41,10 +44,10 @@ from flenwheel.pipeline.stage import (
     update_attributes,
 )
 from flenwheel.providers.base import Capability, GenerationRequest, ImageProvider, ImageToImage, TextToImage
-from flenwheel.store.models import Asset
+from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project, get_character
 
-SHEET_FILE = "sheet.yaml"
+SHEET_FILE = "sheet.yaml"  # where releases before migration 0007 kept the sheet: imported on first read
 Identifier = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -138,38 +141,102 @@ class SheetConfig(Frozen):
         )
 
 
-def sheet_path(project: Project, character_name: str) -> Path:
-    """The character's sheet.yaml, in its folder named by id: a later character of the same name (another
-    user's, or after a delete) never reads it."""
-    from flenwheel.store.project import character_dir
-
-    with project.db.session() as session:
-        character_id = get_character(session, character_name).id
-    return character_dir(project, character_id) / SHEET_FILE
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+    )
 
 
-def load_sheet_config(project: Project, character_name: str) -> SheetConfig:
-    """The character's sheet.yaml, written with the defaults first when it does not exist yet."""
+def sheet_yaml(config: SheetConfig) -> str:
+    """The sheet as the YAML a user edits and gives back to `flenwheel sheet-config NAME FILE`."""
     import yaml
 
-    with project.db.session() as session:
-        get_character(session, character_name)  # a clear error for an unknown character
-    path = sheet_path(project, character_name)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = (
-            "# The character sheet (seed 004): edit poses, variations and strengths, then run it again.\n"
-        )
-        path.write_text(header + yaml.safe_dump(SheetConfig().model_dump(mode="json"), sort_keys=False))
+    header = "# The character sheet (seed 004): edit poses, variations and strengths, then store it again.\n"
+    return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_sheet_yaml(text: str, source: str) -> SheetConfig:
+    """A sheet from YAML text; InvalidInput naming `source` and every bad field."""
+    import yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from None
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{source} is not YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise InvalidInput(f"{source}: a sheet is a mapping (candidates, image, anchors, variations …)")
     try:
         return SheetConfig.model_validate(data or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"{path}: {problems} — fix the file or delete it to get the defaults") from None
+        raise InvalidInput(f"{source}: {_problems(exc)}") from None
+
+
+def load_sheet_config(project: Project, character_name: str) -> SheetConfig:
+    """The character's sheet from the store — the defaults when it was never edited.
+
+    A `characters/<id>/sheet.yaml` an earlier release wrote is imported into the store on the first read by
+    the host that has it, and renamed `sheet.yaml.imported` (nothing is lost; editing it no longer does
+    anything). Raises CharacterNotFound, or InvalidInput when that file (or a stored sheet an older release
+    accepted) breaks today's rules — saying what to fix.
+    """
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        character_id, stored = character.id, character.sheet
+    if stored is None:
+        _import_sheet_file(project, character_id)
+        with project.db.session() as session:
+            stored = session.scalar(select(Character.sheet).where(Character.id == character_id))
+        if stored is None:
+            return SheetConfig()
+    try:
+        return SheetConfig.model_validate(stored)
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"the stored sheet of {character_name!r}: {_problems(exc)} — store a fixed one with "
+            f"`flenwheel sheet-config {character_name} FILE` or PUT /characters/{character_id}/sheet"
+        ) from None
+
+
+def save_sheet_config(project: Project, character_name: str, config: SheetConfig) -> SheetConfig:
+    """Store the character's sheet (replacing the stored one, or a legacy sheet.yaml not yet imported)."""
+    config = SheetConfig.model_validate(config.model_dump())  # a subclass (the API's) stores as the base
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        character.sheet = config.model_dump(mode="json")
+        character_id = character.id
+    _retire_sheet_file(project, character_id)
+    return config
+
+
+def _legacy_sheet_file(project: Project, character_id: int) -> Path:
+    from flenwheel.store.project import character_dir
+
+    return character_dir(project, character_id) / SHEET_FILE
+
+
+def _import_sheet_file(project: Project, character_id: int) -> None:
+    """Move a legacy sheet.yaml into the store, unless a sheet was stored meanwhile (that one wins)."""
+    path = _legacy_sheet_file(project, character_id)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
+    config = parse_sheet_yaml(text, f"{path} (imported into the store on first read)")
+    with project.db.session() as session:
+        session.execute(
+            update(Character)
+            .where(Character.id == character_id, Character.sheet.is_(None))
+            .values(sheet=config.model_dump(mode="json"))
+        )
+    _retire_sheet_file(project, character_id)
+
+
+def _retire_sheet_file(project: Project, character_id: int) -> None:
+    path = _legacy_sheet_file(project, character_id)
+    with contextlib.suppress(FileNotFoundError):  # another reader retired it first
+        path.replace(path.with_name(SHEET_FILE + ".imported"))
 
 
 # -- phase 1: anchors --------------------------------------------------------------------------------------
@@ -508,7 +575,6 @@ def _outcome(variation: Variation, edit: GatedEdit) -> VariationOutcome:
 class SheetResult(Frozen):
     anchors: AnchorsResult
     variations: VariationsResult
-    config_file: str
 
 
 def run_sheet(
@@ -524,6 +590,4 @@ def run_sheet(
     config = load_sheet_config(project, character_name)
     anchors = generate_anchors(project, character_name, ctx, pick_auto, config, size, providers)
     variations = generate_variations(project, character_name, ctx, config, size, providers)
-    return SheetResult(
-        anchors=anchors, variations=variations, config_file=str(sheet_path(project, character_name))
-    )
+    return SheetResult(anchors=anchors, variations=variations)

@@ -156,13 +156,9 @@ def decide_mode(project: Project, character_name: str, mode: Mode = "auto") -> M
 
 def nearest_anchor(project: Project, character_name: str, prompt: str) -> tuple[Asset | None, str]:
     """The picked anchor whose pose words best match the prompt, else the picked base; and why."""
-    from flenwheel.pipeline.sheet import DEFAULT_ANCHORS, load_sheet_config, sheet_path
+    from flenwheel.pipeline.sheet import load_sheet_config
 
-    anchors = (
-        load_sheet_config(project, character_name).anchors
-        if sheet_path(project, character_name).exists()
-        else DEFAULT_ANCHORS
-    )
+    anchors = load_sheet_config(project, character_name).anchors
     picked = {a.attributes["anchor"]: a for a in stage_assets(project, character_name, "anchor", picked=True)}
     text = prompt.lower()
     scored = [

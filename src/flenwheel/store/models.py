@@ -65,6 +65,9 @@ class Character(Base):
     # Money committed so far: reserved atomically before each paid submission, settled after.
     spent_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     caption_template: Mapped[str | None] = mapped_column(Text, default=None)
+    # The character sheet (pipeline/sheet.py SheetConfig as JSON); NULL = never edited, the defaults apply.
+    # In the store, not a file, so a worker on any host reads the same sheet.
+    sheet: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     assets: Mapped[list[Asset]] = relationship(back_populates="character")

@@ -37,7 +37,7 @@ class SheetEdit(SheetConfig):
 
 
 class SheetBody(Frozen):
-    config: SheetEdit  # the sheet.yaml fields
+    config: SheetEdit  # the sheet's fields
 
 
 class ModePublic(Frozen):
@@ -77,18 +77,22 @@ async def pick_anchor(ref: OwnedCharacter, body: AnchorPickBody, project: Projec
     return picked.model_dump(mode="json")
 
 
+@router.get("/sheet", summary="The character sheet")
+async def get_sheet(ref: OwnedCharacter, project: ProjectDep) -> dict[str, Any]:
+    """The character's sheet as stored (the defaults until it is edited)."""
+    from flenwheel.pipeline.sheet import load_sheet_config
+
+    config = await run_in_threadpool(load_sheet_config, project, ref.key)
+    return config.model_dump(mode="json")
+
+
 @router.put("/sheet", summary="Edit the character sheet")
 async def put_sheet(ref: OwnedCharacter, body: SheetBody, project: ProjectDep) -> dict[str, Any]:
     """Replace the character's sheet (anchors, variations, strengths, image size); checked before saving
-    (a bad field is a 422 naming it)."""
-    import yaml
+    (a bad field is a 422 naming it). Stored in the database, so every worker reads it."""
+    from flenwheel.pipeline.sheet import save_sheet_config
 
-    from flenwheel.pipeline.sheet import sheet_path
-
-    config = SheetConfig.model_validate(body.config.model_dump())
-    path = sheet_path(project, ref.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    config = await run_in_threadpool(save_sheet_config, project, ref.key, body.config)
     return config.model_dump(mode="json")
 
 
