@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import curation, dataset, demo, evaluate, jobs, project, serve, sheet, studio, training
+from flenwheel.cli import (
+    curation,
+    dataset,
+    demo,
+    evaluate,
+    jobs,
+    project,
+    serve,
+    sheet,
+    stats,
+    studio,
+    training,
+)
 from flenwheel.cli.common import state
 
 app = typer.Typer(
@@ -41,3 +53,4 @@ app.add_typer(dataset.app, name="dataset")
 demo.register(app)
 jobs.register(app)
 serve.register(app)
+stats.register(app)

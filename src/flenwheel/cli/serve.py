@@ -59,6 +59,9 @@ def serve(
 @user_app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="User name, e.g. alice")],
+    operator: Annotated[
+        bool, typer.Option("--operator", help="May read every user's metrics (GET /stats, GET /metrics).")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Create an API user and print its token — once: only a hash of it is stored."""
@@ -66,13 +69,14 @@ def add(
 
     project = open_project()
     try:
-        user, token = add_user(project, name)
+        user, token = add_user(project, name, operator=operator)
     finally:
         project.close()
     if json_output:
-        print_json({"id": user.id, "name": user.name, "token": token})
+        print_json({"id": user.id, "name": user.name, "operator": user.operator, "token": token})
         return
-    err_console.print(f"API user [bold]{safe(user.name)}[/] created. Its token (shown only now):")
+    role = " (operator: reads every user's metrics)" if user.operator else ""
+    err_console.print(f"API user [bold]{safe(user.name)}[/] created{role}. Its token (shown only now):")
     print(token)
     err_console.print("Send it as `Authorization: Bearer <token>`; `flenwheel user token NAME` replaces it.")
 
@@ -96,6 +100,28 @@ def token(
     print(fresh)
 
 
+@user_app.command("operator")
+def operator(
+    name: Annotated[str, typer.Argument(help="User name")],
+    off: Annotated[bool, typer.Option("--off", help="No longer an operator.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Make a user an operator: GET /stats shows them every character's figures, and GET /metrics (the
+    Prometheus endpoint) answers their token. `--off` takes it back."""
+    from flenwheel.web.auth import set_operator
+
+    project = open_project()
+    try:
+        user = set_operator(project, name, not off)
+    finally:
+        project.close()
+    if json_output:
+        print_json(user.model_dump(mode="json"))
+        return
+    now = "is now an operator" if user.operator else "is no longer an operator"
+    err_console.print(f"API user [bold]{safe(user.name)}[/] {now}.")
+
+
 @user_app.command("ls")
 def list_users(json_output: JsonOption = False) -> None:
     """List API users (never their tokens)."""
@@ -112,10 +138,11 @@ def list_users(json_output: JsonOption = False) -> None:
     if not users:
         err_console.print("No API users: add one with `flenwheel user add NAME`.")
         return
-    table = Table("id", "name", "created", "revoked")
+    table = Table("id", "name", "created", "revoked", "operator")
     for user in users:
         revoked = user.revoked_at.strftime("%Y-%m-%d %H:%M") if user.revoked_at else ""
-        table.add_row(str(user.id), safe(user.name), user.created_at.strftime("%Y-%m-%d %H:%M"), revoked)
+        created = user.created_at.strftime("%Y-%m-%d %H:%M")
+        table.add_row(str(user.id), safe(user.name), created, revoked, "yes" if user.operator else "")
     console.print(table)
 
 

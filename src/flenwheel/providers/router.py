@@ -145,9 +145,11 @@ class Router:
                 result = self._with_retries(provider, request, call, on_attempt)
             except ProviderError as exc:
                 if not exc.transient:
-                    call.settle(0.0)  # a definitive failure: the remote job is over and made nothing
+                    # a definitive failure: the remote job is over and made nothing; the row keeps why
+                    call.fail(f"{request.kind}: {exc}")
                     raise
                 call.release()
+                call.note_error(f"{request.kind}: {exc}")
                 if call.may_still_bill():
                     raise CallStillBilling(
                         f"{provider.id} accepted the {request.kind} request and then failed ({exc}); it may "

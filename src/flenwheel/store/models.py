@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -39,6 +40,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Set by `flenwheel user revoke NAME`: the token answers 401 from then on; the user's data stays.
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # An operator reads every user's metrics (GET /stats, GET /metrics); their own data stays theirs alone.
+    operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Character(Base):
@@ -200,7 +203,9 @@ class RunCall(Base):
     `key` is the engine plus a fingerprint of the request (or of the training run): a retry of the same
     request finds the row, resumes the remote job by `remote_id` instead of paying twice, and keeps the
     reservation. Status: reserved → submitted (accepted; may bill) → done (settled) | released (never
-    accepted; money back) | abandoned (accepted, then failed or cancelled: the reservation stays).
+    accepted; money back) | abandoned (accepted, then failed or cancelled: the reservation stays) | failed
+    (the engine failed it for good; billed $0). `created_at` is when the call (its latest attempt) began,
+    `updated_at` when it last changed (settled, failed); `error` keeps an engine's failure for the metrics.
     """
 
     __tablename__ = "run_call"

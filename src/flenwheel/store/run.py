@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 # Call states: reserved (money held, nothing sent yet) → submitted (the engine accepted: it may bill) →
 # done (settled with the real cost) | released (never accepted: money handed back) | abandoned (accepted,
 # then failed or cancelled: the reservation stays until a retry resumes and settles it).
+# failed (the engine failed it for good: nothing billed, its error kept on the row for the metrics).
 RESERVED, SUBMITTED, DONE, RELEASED, ABANDONED = "reserved", "submitted", "done", "released", "abandoned"
+FAILED = "failed"
 MAY_BILL = (SUBMITTED, ABANDONED)
 DIRECT_CALL = "direct"  # the call of an engine or trainer given a detached context directly
 EPSILON_USD = 1e-9
@@ -131,6 +133,7 @@ class RunContext:
         )
         self._call_key: str | None = None
         self._engine: str | None = None
+        self._call_started: datetime | None = None  # when this call scope began: its row's created_at
         self._on_checkpoint: Callable[[Any], None] | None = None
         self._on_step: Callable[[int, int, float | None], None] | None = None
         self._engine_progress = True
@@ -333,6 +336,7 @@ class RunContext:
         scoped = self._scope()
         scoped._call_key = f"{engine}:{key}"[:160]
         scoped._engine = engine
+        scoped._call_started = _now()
         if paid:
             scoped._reserve(estimate, what or key)
         return scoped
@@ -378,11 +382,13 @@ class RunContext:
                         job_id=state.job_id,
                         status=RESERVED,
                         reserved_usd=amount,
+                        created_at=self._started(),
                     )
                 )
             else:  # an earlier call with this key finished or was released: a new attempt
                 row.status, row.reserved_usd, row.billed_usd = RESERVED, amount, None
                 row.remote_id, row.job_id = None, state.job_id
+                row.error, row.created_at = None, self._started()
 
     def remember_remote_id(self, remote_id: str) -> None:
         """Persist the engine's job id *before* waiting on it: from here on the call may bill, and a restart
@@ -410,6 +416,7 @@ class RunContext:
                         status=SUBMITTED,
                         reserved_usd=0.0,
                         remote_id=remote_id,
+                        created_at=self._started(),
                     )
                 )
             else:
@@ -477,8 +484,12 @@ class RunContext:
                 job_id=state.job_id,
                 status=RESERVED,
                 reserved_usd=0.0,
+                created_at=self._started(),
             )
             session.add(row)
+        elif row.status in (DONE, FAILED, RELEASED):  # a new attempt of a call that ended before
+            row.created_at = self._started()
+        row.error = None  # settled: a failure an earlier attempt noted is over (an overrun is noted below)
         charged = billed_usd
         delta = billed_usd - reserved
         if state.character_id is not None and abs(delta) > EPSILON_USD:
@@ -515,6 +526,61 @@ class RunContext:
         if outputs is not None:
             row.outputs = list(outputs)
         return charged
+
+    def fail(self, error: str) -> None:
+        """Close a call the engine failed for good: it settles at $0 (a definitive failure made nothing and
+        bills nothing) and its row keeps `error` — one is made for a free call too — so the failure counts
+        against the engine in the metrics (flenwheel.metrics). A later attempt of the same call clears it."""
+        state, key = self._state, self._call_key
+        if key is None:
+            return
+        if state.db is None:
+            entry = state.memory_calls.setdefault(key, {"reserved": 0.0, "remote_id": None})
+            entry.update(status=FAILED, billed=0.0, error=error)
+            return
+        from flenwheel.store.models import RunCall
+
+        with state.db.session() as session:
+            self.settle(0.0, session)
+            row = session.scalar(select(RunCall).where(RunCall.key == key))
+            if row is None:
+                row = RunCall(
+                    key=key,
+                    engine=self._engine or "",
+                    character_id=state.character_id,
+                    job_id=state.job_id,
+                    reserved_usd=0.0,
+                    billed_usd=0.0,
+                    created_at=self._started(),
+                )
+                session.add(row)
+            row.status, row.error, row.updated_at = FAILED, error[:2000], _now()
+
+    def note_error(self, error: str) -> None:
+        """Keep a transient failure's message on the call's row after `release()` (made for a free call
+        too), so an engine that kept failing shows in the metrics even when another engine took over."""
+        state, key = self._state, self._call_key
+        if key is None or state.db is None:
+            return
+        from flenwheel.store.models import RunCall
+
+        with state.db.session() as session:
+            row = session.scalar(select(RunCall).where(RunCall.key == key))
+            if row is None:
+                row = RunCall(
+                    key=key,
+                    engine=self._engine or "",
+                    character_id=state.character_id,
+                    job_id=state.job_id,
+                    status=RELEASED,
+                    reserved_usd=0.0,
+                    created_at=self._started(),
+                )
+                session.add(row)
+            row.error, row.updated_at = error[:2000], _now()
+
+    def _started(self) -> datetime:
+        return self._call_started or _now()
 
     def release(self) -> None:
         """Hand the reservation back — only when the engine never accepted the call. A call that may still

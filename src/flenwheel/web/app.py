@@ -18,7 +18,7 @@ from flenwheel.pipeline.kinds import register_pipeline_kinds
 from flenwheel.store.project import Project
 from flenwheel.web.errors import add_error_handlers
 from flenwheel.web.limits import MAX_FILES_PER_UPLOAD, BodyLimit
-from flenwheel.web.routes import assets, characters, datasets, jobs, reviews, wizard
+from flenwheel.web.routes import assets, characters, datasets, jobs, reviews, stats, wizard
 from flenwheel.web.schemas import HealthPublic
 
 log = logging.getLogger("uvicorn.error")  # shown with the server's own messages
@@ -50,6 +50,10 @@ TAGS = [
     },
     {"name": "datasets", "description": "Immutable dataset versions with their composition; exports as zip."},
     {"name": "jobs", "description": "Background work: submit, list, cancel, retry; live progress as SSE."},
+    {
+        "name": "stats",
+        "description": "Seed 003's success metrics: your figures (GET /stats); Prometheus for operators (GET /metrics).",
+    },
     {"name": "system", "description": "Liveness."},
 ]
 
@@ -93,7 +97,7 @@ def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s:
     app.state.job_workers = 0
     app.state.stream_slots = jobs.StreamSlots(settings.event_streams_per_user)
     app.include_router(jobs.submit_router(settings))
-    for module in (characters, assets, reviews, datasets, jobs, wizard):
+    for module in (characters, assets, reviews, datasets, jobs, wizard, stats):
         app.include_router(module.router)
 
     @app.get("/health", tags=["system"], response_model=HealthPublic)

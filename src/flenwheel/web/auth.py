@@ -36,10 +36,17 @@ class UserInfo(Frozen):
     name: str
     created_at: datetime
     revoked_at: datetime | None = None
+    operator: bool = False  # reads every user's metrics (GET /stats, GET /metrics)
 
     @classmethod
     def of(cls, user: User) -> UserInfo:
-        return cls(id=user.id, name=user.name, created_at=user.created_at, revoked_at=user.revoked_at)
+        return cls(
+            id=user.id,
+            name=user.name,
+            created_at=user.created_at,
+            revoked_at=user.revoked_at,
+            operator=bool(user.operator),
+        )
 
 
 def new_token() -> str:
@@ -51,8 +58,9 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def add_user(project: Project, name: str) -> tuple[UserInfo, str]:
-    """Create a user and return it with its token; the token cannot be shown again."""
+def add_user(project: Project, name: str, operator: bool = False) -> tuple[UserInfo, str]:
+    """Create a user and return it with its token; the token cannot be shown again. An `operator` reads every
+    user's metrics (GET /stats, GET /metrics) — nothing else of theirs."""
     if not USER_NAME.match(name):
         raise InvalidInput(
             f"user name {name!r} is not allowed: use letters, digits, '_', '-', '.', '@' (≤ 64, no spaces)"
@@ -61,7 +69,7 @@ def add_user(project: Project, name: str) -> tuple[UserInfo, str]:
     with project.db.session() as session:
         if session.scalar(select(User.id).where(User.name == name)) is not None:
             raise UserExists(name)
-        user = User(name=name, token_sha256=token_sha256(token))
+        user = User(name=name, token_sha256=token_sha256(token), operator=operator)
         session.add(user)
         try:
             session.flush()
@@ -93,6 +101,18 @@ def revoke_user(project: Project, name: str) -> UserInfo:
             raise UserNotFound(name)
         if user.revoked_at is None:
             user.revoked_at = datetime.now(UTC)
+        session.flush()
+        return UserInfo.of(user)
+
+
+def set_operator(project: Project, name: str, operator: bool) -> UserInfo:
+    """Make a user an operator (or no longer one): it decides whether GET /stats shows them every
+    character's figures and whether GET /metrics answers them."""
+    with project.db.session() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise UserNotFound(name)
+        user.operator = operator
         session.flush()
         return UserInfo.of(user)
 
