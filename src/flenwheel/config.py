@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     comfyui_models_dir: Path | None = None
     comfyui_checkpoint: str | None = None  # checkpoint name on the server for text-to-image and edits
     comfyui_upscale_model: str | None = None  # upscale model name on the server
+    # The model family a request without a `model` runs on (families.py: z-image-turbo, flux-dev, …);
+    # unset: the sd15 checkpoint path (FLENWHEEL_COMFYUI_CHECKPOINT or the server's first checkpoint).
+    comfyui_family: str | None = None
+    # The user's own API-format workflows, <dir>/<family>/<kind>.json (default: <project>/workflows).
+    comfyui_workflows_dir: Path | None = None
     fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
     fal_queue_url: str = "https://queue.fal.run"
     fal_rest_url: str = "https://rest.fal.ai"

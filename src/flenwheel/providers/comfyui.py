@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flenwheel.errors import ImageRejected
+from flenwheel.families import FAMILIES, ModelFamily, family_of_file, get_family
 from flenwheel.images import decode_image, encode_png
 from flenwheel.providers.base import (
     Capability,
@@ -42,6 +43,7 @@ from flenwheel.providers.base import (
     ImageToImage,
     Inpaint,
     ProviderContext,
+    ProviderError,
     TextToImage,
     Upscale,
 )
@@ -51,6 +53,7 @@ from flenwheel.providers.comfyui_client import (
     ComfyUIClient,
     comfy_error,
 )
+from flenwheel.providers.comfyui_graphs import GraphError, GraphInputs, build_graph, validate_graph
 from flenwheel.providers.pricing import PriceTable
 
 if TYPE_CHECKING:
@@ -75,7 +78,12 @@ class _Workflow:
         node["inputs"][field] = value
 
     def add_loras(self, names: list[tuple[str, float]]) -> None:
-        """Chain LoraLoader nodes after the checkpoint and point its MODEL/CLIP consumers at the last one."""
+        """Chain LoraLoader nodes after the checkpoint and point its MODEL/CLIP consumers at the last one,
+        in the order given (seed 002: a style LoRA first, then the character's). A split-loader workflow
+        (a `model` UNETLoader node) gets LoraLoaderModelOnly nodes after `model` instead."""
+        if names and "checkpoint" not in self.nodes and "model" in self.nodes:
+            self._add_model_loras(names)
+            return
         if names and "checkpoint" not in self.nodes:
             raise comfy_error(f"LoRAs do not apply to the {self.name} workflow", transient=False)
         source = "checkpoint"
@@ -108,6 +116,52 @@ class _Workflow:
                 ):
                     node["inputs"][field] = [source, value[1]]
 
+    def _add_model_loras(self, names: list[tuple[str, float]]) -> None:
+        source = "model"
+        chain = []
+        for index, (name, strength) in enumerate(names):
+            node_id = f"lora_{index}"
+            chain.append(node_id)
+            self.nodes[node_id] = {
+                "class_type": "LoraLoaderModelOnly",
+                "inputs": {"model": [source, 0], "lora_name": name, "strength_model": strength},
+            }
+            source = node_id
+        for node_id, node in self.nodes.items():
+            if node_id in chain:
+                continue
+            for field, value in node["inputs"].items():
+                if isinstance(value, list) and value == ["model", 0]:
+                    node["inputs"][field] = [source, 0]
+
+
+# Node ids a user's workflow must keep so that flenwheel can fill it in, per request kind.
+REQUIRED_NODES: dict[str, tuple[str, ...]] = {
+    "text_to_image": ("positive", "sampler", "latent"),
+    "image_to_image": ("positive", "sampler", "image"),
+    "inpaint": ("positive", "sampler", "image", "mask"),
+    "identity_reference": ("positive", "sampler", "reference"),
+}
+
+
+def check_user_workflow(path: Path, nodes: Any, kind: str, object_info: dict[str, Any]) -> None:
+    """A user's API-format workflow checked against the node-id conventions and the server's /object_info.
+
+    Raises ProviderError (permanent) naming every missing node, class or input."""
+    problems = validate_graph(nodes, object_info, name=str(path))
+    if isinstance(nodes, dict):
+        missing = [node_id for node_id in REQUIRED_NODES.get(kind, ()) if node_id not in nodes]
+        if missing:
+            problems.insert(
+                0,
+                f"{path}: a {kind} workflow needs the node id(s) {', '.join(missing)} (rename your nodes' ids "
+                "in the API-format JSON: flenwheel fills them in by id)",
+            )
+        if "model" not in nodes and "checkpoint" not in nodes:
+            problems.append(f"{path}: name the model loader node `model` (UNETLoader) or `checkpoint`")
+    if problems:
+        raise comfy_error("your workflow does not fit this server: " + "; ".join(problems), transient=False)
+
 
 class ComfyUIProvider:
     """Image generation on the user's own ComfyUI server (text, image-to-image, inpaint, upscale, identity)."""
@@ -136,12 +190,19 @@ class ComfyUIProvider:
         workflows_dir: Path | None = None,
         prices: PriceTable | None = None,
         timeout_s: float = 3600.0,
+        family: str | None = None,
+        user_workflows_dir: Path | None = None,
     ) -> None:
         self.client = ComfyUIClient(url, timeout_s=timeout_s)
         self.models_dir = models_dir
         self.checkpoint = checkpoint
         self.upscale_model = upscale_model
         self.workflows_dir = workflows_dir or WORKFLOWS_DIR
+        # The family a request without a `model` runs on (FLENWHEEL_COMFYUI_FAMILY); None: sd15's checkpoint.
+        self.family = get_family(family) if family else None
+        # The user's own API-format workflows: <dir>/<family id>/<request kind>.json, checked on load.
+        self.user_workflows_dir = user_workflows_dir
+        self._object_info: dict[str, Any] | None = None
         self.prices = prices or PriceTable.load()
         self._hashes: dict[tuple[str, int, int], str] = {}
 
@@ -156,6 +217,8 @@ class ComfyUIProvider:
             checkpoint=settings.comfyui_checkpoint,
             upscale_model=settings.comfyui_upscale_model,
             prices=PriceTable.load(settings.prices),
+            family=settings.comfyui_family,
+            user_workflows_dir=settings.comfyui_workflows_dir or settings.project / "workflows",
         )
 
     def estimate_cost(self, request: GenerationRequest) -> float:
@@ -200,7 +263,13 @@ class ComfyUIProvider:
             workflow.set("resize", "height", source.height * request.factor)
             workflow.add_loras([(self._place(lora.path, "loras"), lora.strength) for lora in request.loras])
             return workflow, model
-        model = self._model_name(request.model, "checkpoints", self.checkpoint)
+        family, file = self.family_for(request.model)
+        user = self._user_workflow(family, request.kind)
+        if user is not None:
+            return self._fill_user_workflow(user, family, file, request, seed)
+        if family.loading.kind == "split":
+            return self._family_workflow(family, file, request, seed)
+        model = self._model_name(file, "checkpoints", self.checkpoint or family.loading.checkpoint)
         workflow.set("checkpoint", "ckpt_name", model)
         workflow.set("positive", "text", request.prompt)
         workflow.set("negative", "text", request.negative)
@@ -226,6 +295,141 @@ class ComfyUIProvider:
             workflow.set("faceid", "weight", request.identity_strength)
             workflow.set("faceid", "weight_faceidv2", request.identity_strength)
         workflow.add_loras([(self._place(lora.path, "loras"), lora.strength) for lora in request.loras])
+        return workflow, model
+
+    def family_for(self, model: str | None) -> tuple[ModelFamily, str | None]:
+        """The family a request's `model` names (a family id, or a file the family loads by default), else
+        the configured default family, else sd15; and the model file the request names, if any."""
+        if model in FAMILIES:
+            return FAMILIES[model], None
+        if model and (family := family_of_file(model)) is not None:
+            return family, model
+        return self.family or FAMILIES["sd15"], model
+
+    def _family_inputs(
+        self, family: ModelFamily, file: str | None, request: GenerationRequest, seed: int
+    ) -> GraphInputs:
+        """The request's values with the family's draft tier for what the request left unset."""
+        sampling = family.sampling("draft")
+        assert not isinstance(request, Upscale)
+        given = request.model_fields_set
+        cfg, distilled = sampling.cfg, sampling.distilled_guidance
+        if "guidance" in given:
+            if distilled is not None:  # FLUX: the user's guidance is the distilled guidance, as on fal
+                distilled = request.guidance
+            else:
+                cfg = request.guidance
+        width, height = request.width, request.height
+        if not {"width", "height"} & given:
+            width, height = family.size("1:1")
+        denoise = 1.0
+        if isinstance(request, Inpaint) or (
+            isinstance(request, ImageToImage) and not family.edits_with_reference
+        ):
+            denoise = request.strength
+        return GraphInputs(
+            prompt=request.prompt,
+            negative=request.negative,
+            seed=seed,
+            steps=request.steps if "steps" in given else sampling.steps,
+            cfg=cfg,
+            distilled_guidance=distilled,
+            sampler=sampling.sampler,
+            scheduler=sampling.scheduler,
+            width=width,
+            height=height,
+            count=request.count,
+            denoise=denoise,
+            loras=[(self._place(lora.path, "loras"), lora.strength) for lora in request.loras],
+            diffusion_model=self._model_name(file, "diffusion_models", None) if file else None,
+        )
+
+    def _family_workflow(
+        self, family: ModelFamily, file: str | None, request: GenerationRequest, seed: int
+    ) -> tuple[_Workflow, str]:
+        """The built graph of a split-loader family (comfyui_graphs.build_graph), inputs uploaded."""
+        inputs = self._family_inputs(family, file, request, seed)
+        if isinstance(request, ImageToImage | Inpaint):
+            source = _prepared(request.image)
+            explicit = {"width", "height"} & request.model_fields_set
+            size = (
+                (inputs.width, inputs.height)
+                if explicit
+                else (source.width // 16 * 16, source.height // 16 * 16)
+            )
+            source = _prepared(request.image, size)
+            inputs.width, inputs.height = source.width, source.height
+            inputs.image = self.client.upload_image(encode_png(source))
+        if isinstance(request, Inpaint):
+            mask = _prepared(request.mask, (inputs.width, inputs.height))
+            inputs.mask = self.client.upload_image(encode_png(mask))
+        if isinstance(request, IdentityReference):
+            inputs.references = [
+                self.client.upload_image(encode_png(_prepared(data))) for data in request.references
+            ]
+        try:
+            nodes = build_graph(family, request.kind, inputs)
+        except GraphError as exc:
+            raise comfy_error(str(exc), transient=False) from None
+        model = inputs.diffusion_model or family.loading.diffusion_model or family.id
+        return _Workflow(name=f"{family.id}/{request.kind}", nodes=nodes), model
+
+    def object_info(self, refresh: bool = False) -> dict[str, Any]:
+        """The server's node catalogue (GET /object_info), fetched once."""
+        if self._object_info is None or refresh:
+            self._object_info = self.client.object_info()
+        return self._object_info
+
+    def _user_workflow(self, family: ModelFamily, kind: str) -> _Workflow | None:
+        """The user's own workflow for this family and kind, checked against the server; None if none."""
+        if self.user_workflows_dir is None:
+            return None
+        path = self.user_workflows_dir / family.id / f"{kind}.json"
+        if not path.is_file():
+            return None
+        try:
+            nodes = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise comfy_error(f"cannot read your workflow {path}: {exc}") from None
+        try:
+            check_user_workflow(path, nodes, kind, self.object_info())
+        except ProviderError:  # the catalogue may predate a node or model file added since: ask again once
+            check_user_workflow(path, nodes, kind, self.object_info(refresh=True))
+        return _Workflow(name=str(path), nodes=nodes)
+
+    def _fill_user_workflow(
+        self,
+        workflow: _Workflow,
+        family: ModelFamily,
+        file: str | None,
+        request: GenerationRequest,
+        seed: int,
+    ) -> tuple[_Workflow, str]:
+        """A user's workflow filled in by the node-id conventions (comfyui_graphs' docstring)."""
+        inputs = self._family_inputs(family, file, request, seed)
+        nodes = workflow.nodes
+        text_field = "prompt" if "prompt" in nodes["positive"]["inputs"] else "text"
+        workflow.set("positive", text_field, request.prompt)
+        if "negative" in nodes and text_field in nodes["negative"]["inputs"]:
+            workflow.set("negative", text_field, request.negative)
+        for field, value in (("seed", seed), ("steps", inputs.steps), ("cfg", inputs.cfg)):
+            workflow.set("sampler", field, value)
+        if "latent" in nodes and "width" in nodes["latent"]["inputs"]:
+            workflow.set("latent", "width", inputs.width)
+            workflow.set("latent", "height", inputs.height)
+            workflow.set("latent", "batch_size", request.count)
+        if isinstance(request, ImageToImage | Inpaint):
+            workflow.set("image", "image", self.client.upload_image(encode_png(_prepared(request.image))))
+            workflow.set("sampler", "denoise", inputs.denoise)
+        if isinstance(request, Inpaint):
+            workflow.set("mask", "image", self.client.upload_image(encode_png(_prepared(request.mask))))
+        if inputs.diffusion_model and "model" in nodes:
+            workflow.set("model", "unet_name", inputs.diffusion_model)
+        model = inputs.diffusion_model or family.loading.diffusion_model or family.id
+        if "checkpoint" in nodes:
+            model = self._model_name(file, "checkpoints", self.checkpoint or family.loading.checkpoint)
+            workflow.set("checkpoint", "ckpt_name", model)
+        workflow.add_loras(inputs.loras)
         return workflow, model
 
     def _template(self, kind: str) -> _Workflow:

@@ -87,6 +87,14 @@ class ComfyUIClient:
             return []
         return [str(name) for name in response.json()]
 
+    def object_info(self) -> dict[str, Any]:
+        """The server's node catalogue: every node class with its inputs (types, ranges, choices) and outputs."""
+        response = self._request("GET", "/object_info")
+        if response.status_code != 200:
+            raise comfy_error(f"GET /object_info answered HTTP {response.status_code}", transient=True)
+        body = response.json()
+        return body if isinstance(body, dict) else {}
+
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         entry = self._request("GET", f"/history/{prompt_id}").json().get(prompt_id)
         return entry if isinstance(entry, dict) else None
