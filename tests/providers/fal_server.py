@@ -45,6 +45,9 @@ TARIFF: dict[str, tuple[str, float]] = {
     "fal-ai/flux-lora/inpainting": ("megapixel", 0.035),
     "fal-ai/flux-pulid": ("megapixel", 0.033),
     "fal-ai/esrgan": ("second", 0.00111),
+    "fal-ai/z-image/turbo": ("megapixel", 0.005),
+    "fal-ai/z-image/turbo/lora": ("megapixel", 0.0085),
+    "fal-ai/qwen-image-edit-plus": ("megapixel", 0.03),
     "fal-ai/flux-lora-fast-training": ("step", 0.002),
 }
 
@@ -368,7 +371,13 @@ class FalServer:
         prompt = arguments.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise BadInput("prompt", "Field required", "missing")
-        image_size = arguments.get("image_size", {"width": 1024, "height": 768})
+        # Without image_size an edit endpoint (flux/dev/image-to-image, kontext) keeps its input's size.
+        first_input = arguments.get("image_url") or (arguments.get("image_urls") or [None])[0]
+        if "image_size" not in arguments and isinstance(first_input, str):
+            given = self._image(first_input, "image_url")
+            image_size = {"width": given.width, "height": given.height}
+        else:
+            image_size = arguments.get("image_size", {"width": 1024, "height": 768})
         width, height = int(image_size["width"]), int(image_size["height"])
         if not (64 <= width <= 2048 and 64 <= height <= 2048):
             raise BadInput("image_size", "width and height must be between 64 and 2048")
@@ -383,6 +392,11 @@ class FalServer:
             self._image(arguments.get("reference_image_url"), "reference_image_url")
         if "image_url" in arguments or "image-to-image" in endpoint or "inpainting" in endpoint:
             source = self._image(arguments.get("image_url"), "image_url").resize((width, height))
+        if "image_urls" in arguments:  # Seedream / Qwen-Image-Edit-Plus: a list of input images
+            urls = arguments["image_urls"]
+            if not isinstance(urls, list) or not urls:
+                raise BadInput("image_urls", "a non-empty list of image URLs is required")
+            source = [self._image(url, "image_urls") for url in urls][0].resize((width, height))
         mask = (
             self._image(arguments.get("mask_url"), "mask_url").convert("L")
             if "inpainting" in endpoint

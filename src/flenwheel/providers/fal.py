@@ -21,7 +21,10 @@ import fal_client
 from PIL import Image
 
 from flenwheel.config import Settings, secret
+from flenwheel.errors import InvalidInput
+from flenwheel.families import FAMILIES
 from flenwheel.images import image_mime_type
+from flenwheel.providers import catalogue
 from flenwheel.providers.base import (
     Cancelled,
     Capability,
@@ -56,7 +59,10 @@ _TQDM = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")  # a tqdm bar in the runner's logs:
 
 
 def endpoint_for(request: GenerationRequest) -> str:
-    """The fal endpoint for a request: its own `model`, else the FLUX family member for its kind."""
+    """The fal endpoint for a request: its own `model` (an endpoint, or a model family such as z-image-turbo:
+    that family's endpoint for the request's kind), else the FLUX family member for its kind."""
+    if request.model in FAMILIES:
+        return catalogue.for_family("fal", request.model, request.kind, len(request.loras)).id
     if request.model:
         return request.model
     if isinstance(request, TextToImage):
@@ -122,7 +128,8 @@ class FalProvider:
     def estimate_cost(self, request: GenerationRequest) -> float:
         """The most this request can cost in USD: per image/megapixel as listed, and for an endpoint billed
         per GPU-second, the rate × the seconds `generate` lets it run before cancelling it (+ CANCEL_GRACE_S)."""
-        price = self.prices.price(self.id, endpoint_for(request))
+        self._entry(request)  # an unknown endpoint is refused before anything is reserved
+        price = self.prices.price(self.id, catalogue.raw_id(endpoint_for(request)))
         seconds = self._limit_s(price) + CANCEL_GRACE_S if price.per_second else 0.0
         if isinstance(request, Upscale):
             try:
@@ -148,8 +155,34 @@ class FalProvider:
         return min(self.timeout_s, self.max_billed_seconds) if price.per_second else self.timeout_s
 
     # -- the job ---------------------------------------------------------------------------------------------
+    def _entry(self, request: GenerationRequest) -> catalogue.Endpoint | None:
+        """The catalogue entry of the request's endpoint (None for `raw:`); a permanent error for an unknown
+        endpoint or a kind the endpoint does not do."""
+        try:
+            entry = catalogue.endpoint("fal", endpoint_for(request))
+            if entry is not None:
+                catalogue.refuse_kind(entry, request.kind)
+        except InvalidInput as exc:
+            raise self._permanent(str(exc)) from None
+        return entry
+
+    def payload(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        """(endpoint, the arguments it is sent): the generic arguments fitted to the endpoint's own schema."""
+        entry = self._entry(request)
+        arguments = self._arguments(request)
+        if entry is None:
+            return catalogue.raw_id(endpoint_for(request)), arguments
+        try:
+            fitted, dropped = catalogue.fit(entry, arguments)
+        except InvalidInput as exc:
+            raise self._permanent(str(exc)) from None
+        if dropped:
+            log.info("fal %s has no input for %s; not sent", entry.id, ", ".join(dropped))
+        return entry.id, fitted
+
     def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult:
-        endpoint = endpoint_for(request)
+        self._entry(request)
+        endpoint = catalogue.raw_id(endpoint_for(request))
         price = self.prices.price(self.id, endpoint)
         self._refuse_unsupported(request, endpoint)
         with translated(self._error):
@@ -157,7 +190,7 @@ class FalProvider:
             if request_id is None:
                 if ctx.cancelled():
                     raise Cancelled(self.id, billed_usd=0.0)  # nothing was sent
-                request_id = self.client.submit(endpoint, self._arguments(request))
+                request_id = self.client.submit(*self.payload(request))
                 ctx.remember_remote_id(request_id)  # before any waiting: a restart resumes, never re-pays
             completed = self._wait(endpoint, request_id, price, ctx)
             output = self.client.result(endpoint, request_id)  # a failed request answers its error here

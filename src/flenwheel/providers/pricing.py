@@ -58,6 +58,22 @@ BUILT_IN: dict[str, dict[str, Price]] = {
         "fal-ai/flux-lora/image-to-image": _fal_mp(0.035, "fal-ai/flux-lora/image-to-image"),
         "fal-ai/flux-lora/inpainting": _fal_mp(0.035, "fal-ai/flux-lora/inpainting"),
         "fal-ai/flux-pulid": _fal_mp(0.033, "fal-ai/flux-pulid"),
+        "fal-ai/flux-pro/v1.1-ultra": Price(
+            per_image=0.06, source="https://fal.ai/models/fal-ai/flux-pro/v1.1-ultra (per image)"
+        ),
+        "fal-ai/flux-kontext/dev": _fal_mp(0.025, "fal-ai/flux-kontext/dev"),
+        "fal-ai/bytedance/seedream/v4/text-to-image": Price(
+            per_image=0.03,
+            source="https://fal.ai/models/fal-ai/bytedance/seedream/v4/text-to-image (per image)",
+        ),
+        "fal-ai/bytedance/seedream/v4/edit": Price(
+            per_image=0.03, source="https://fal.ai/models/fal-ai/bytedance/seedream/v4/edit (per image)"
+        ),
+        "fal-ai/qwen-image": _fal_mp(0.02, "fal-ai/qwen-image"),
+        "fal-ai/qwen-image-edit-plus": _fal_mp(0.03, "fal-ai/qwen-image-edit-plus"),
+        "fal-ai/qwen-image-edit-plus-lora": _fal_mp(0.035, "fal-ai/qwen-image-edit-plus-lora"),
+        "fal-ai/z-image/turbo": _fal_mp(0.005, "fal-ai/z-image/turbo"),
+        "fal-ai/z-image/turbo/lora": _fal_mp(0.0085, "fal-ai/z-image/turbo/lora"),
         "fal-ai/esrgan": Price(
             per_gpu_second=0.00111, source="https://fal.ai/models/fal-ai/esrgan (per second)"
         ),
@@ -76,6 +92,17 @@ BUILT_IN: dict[str, dict[str, Price]] = {
         "black-forest-labs/flux-fill-dev": Price(
             per_image=0.04, source="https://replicate.com/black-forest-labs/flux-fill-dev"
         ),
+        "black-forest-labs/flux-1.1-pro-ultra": Price(
+            per_image=0.06, source="https://replicate.com/black-forest-labs/flux-1.1-pro-ultra"
+        ),
+        "black-forest-labs/flux-kontext-pro": Price(
+            per_image=0.04, source="https://replicate.com/black-forest-labs/flux-kontext-pro"
+        ),
+        "bytedance/seedream-4": Price(per_image=0.03, source="https://replicate.com/bytedance/seedream-4"),
+        "qwen/qwen-image-edit-plus": Price(
+            per_image=0.03, source="https://replicate.com/qwen/qwen-image-edit-plus"
+        ),
+        "prunaai/z-image-turbo": Price(per_image=0.005, source="https://replicate.com/prunaai/z-image-turbo"),
         "nightmareai/real-esrgan": Price(
             per_gpu_second=0.000225, source="https://replicate.com/pricing (T4)"
         ),

@@ -19,7 +19,10 @@ from typing import Any
 from replicate.prediction import Prediction
 
 from flenwheel.config import Settings, secret
+from flenwheel.errors import InvalidInput
+from flenwheel.families import FAMILIES
 from flenwheel.images import image_mime_type
+from flenwheel.providers import catalogue
 from flenwheel.providers.base import (
     Cancelled,
     Capability,
@@ -53,6 +56,8 @@ _SEED = re.compile(r"Using seed:\s*(\d+)")
 
 def model_for(request: GenerationRequest) -> str:
     """The Replicate model a request runs on: the request's own `model`, else the FLUX family member for its kind."""
+    if request.model in FAMILIES:
+        return catalogue.for_family("replicate", request.model, request.kind, len(request.loras)).id
     if request.model:
         return request.model
     if isinstance(request, TextToImage | ImageToImage):
@@ -129,7 +134,34 @@ class ReplicateProvider:
         return self._positive(price.cost(request.count, request.width, request.height, seconds), request)
 
     def _price(self, request: GenerationRequest) -> Price:
-        return self.prices.price(self.id, model_for(request).split(":")[0])
+        self._entry(request)  # an unknown model is refused before anything is reserved
+        return self.prices.price(self.id, catalogue.raw_id(model_for(request)).split(":")[0])
+
+    def _entry(self, request: GenerationRequest) -> catalogue.Endpoint | None:
+        """The catalogue entry of the request's model (None for `raw:`); a permanent error for an unknown
+        model or a kind it does not do."""
+        try:
+            entry = catalogue.endpoint("replicate", model_for(request))
+            if entry is not None:
+                catalogue.refuse_kind(entry, request.kind)
+        except InvalidInput as exc:
+            raise self._permanent(str(exc)) from None
+        return entry
+
+    def payload(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        """(model, the input it is sent): the generic input fitted to the model's own schema."""
+        entry = self._entry(request)
+        fields = self._input(request)
+        model = catalogue.raw_id(model_for(request))
+        if entry is None:
+            return model, fields
+        try:
+            fitted, dropped = catalogue.fit(entry, fields)
+        except InvalidInput as exc:
+            raise self._permanent(str(exc)) from None
+        if dropped:
+            log.info("Replicate %s has no input for %s; not sent", entry.id, ", ".join(dropped))
+        return model, fitted
 
     def _positive(self, estimate: float, request: GenerationRequest) -> float:
         """A paid engine never estimates $0: nothing would be reserved for what it bills."""
@@ -145,7 +177,7 @@ class ReplicateProvider:
 
     # -- the job ---------------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, ctx: ProviderContext) -> GenerationResult:
-        model = model_for(request)
+        model = catalogue.raw_id(model_for(request))
         price = self._price(request)
         self._refuse_unsupported(request, model)
         with translated(self._error):
@@ -153,7 +185,7 @@ class ReplicateProvider:
             if prediction is None:
                 if ctx.cancelled():
                     raise Cancelled(self.id, billed_usd=0.0)  # nothing was sent
-                prediction = self.client.create_prediction(model, self._input(request))
+                prediction = self.client.create_prediction(*self.payload(request))
                 ctx.remember_remote_id(prediction.id)  # before any waiting: a restart resumes, never re-pays
             prediction = self._wait(prediction, price, ctx)
             if prediction.status == "failed":
@@ -261,6 +293,7 @@ class ReplicateProvider:
             fields["seed"] = request.seed
         if isinstance(request, TextToImage | ImageToImage):
             fields["aspect_ratio"] = aspect_ratio(request.width, request.height)
+            fields["width"], fields["height"] = request.width, request.height  # for models sized in pixels
             fields["megapixels"] = "0.25" if request.width * request.height <= 400_000 else "1"
         if isinstance(request, ImageToImage):
             fields["image"] = self._file_url(request.image)
