@@ -396,7 +396,8 @@ class FalServer:
             urls = arguments["image_urls"]
             if not isinstance(urls, list) or not urls:
                 raise BadInput("image_urls", "a non-empty list of image URLs is required")
-            source = [self._image(url, "image_urls") for url in urls][0].resize((width, height))
+            loaded = [self._image(url, "image_urls") for url in urls]  # every one must be readable
+            source = loaded[0].resize((width, height))
         mask = (
             self._image(arguments.get("mask_url"), "mask_url").convert("L")
             if "inpainting" in endpoint
