@@ -304,11 +304,24 @@ def known_engines(settings: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def providers(json_output: JsonOption = False) -> None:
+def providers(
+    json_output: JsonOption = False,
+    matrix: Annotated[
+        bool,
+        typer.Option(
+            "--matrix",
+            help="Seed 003's price matrix: each feature × engine/model with unit price, estimated cost and "
+            "NSFW, and a creation plan against the $2 wizard / $5 creation caps.",
+        ),
+    ] = False,
+) -> None:
     """Every engine flenwheel knows: whether it is configured (and what it needs if not), what it can do,
     whether NSFW work may go there, and its prices."""
     from flenwheel.config import load_settings
 
+    if matrix:
+        print_matrix(load_settings(), json_output)
+        return
     rows = known_engines(load_settings())
     if json_output:
         print_json({"providers": rows})
@@ -330,3 +343,54 @@ def providers(json_output: JsonOption = False) -> None:
     missing = [row["env"] for row in rows if not row["configured"] and row["env"]]
     if missing:
         console.print(f"To add engines, set {', '.join(missing)}.")
+
+
+def print_matrix(settings: Any, json_output: bool) -> None:
+    from flenwheel.pipeline.price_matrix import FEATURES, creation_plans, price_matrix
+    from flenwheel.providers.pricing import PriceTable
+
+    rows = price_matrix(PriceTable.load(settings.prices))
+    plans = creation_plans(rows, settings.comfyui_family)
+    if json_output:
+        print_json(
+            {
+                "matrix": [row.model_dump() for row in rows],
+                "plans": [
+                    {
+                        **plan.model_dump(),
+                        "wizard_within_cap": plan.wizard_within_cap,
+                        "creation_within_cap": plan.creation_within_cap,
+                    }
+                    for plan in plans
+                ],
+            }
+        )
+        return
+    labels = {feature.id: feature.label for feature in FEATURES}
+    view = Table("feature", "engine", "model", "unit price", "estimate (USD)", "NSFW", title="Price matrix")
+    for row in rows:
+        view.add_row(
+            labels[row.feature],
+            row.engine,
+            safe(row.model),
+            safe(row.unit_price),
+            f"{row.estimated_usd:.4f}" + (" *" if row.note.startswith("worst") else ""),
+            "yes" if row.nsfw_allowed else "no",
+        )
+    console.print(view)
+    console.print(
+        "* billed per GPU-second: the estimate is the worst case at the time limit, as the budget reserves it"
+    )
+    for plan in plans:
+        plan_view = Table("feature", "engine", "model", "estimate (USD)", title=f"Creation plan: {plan.name}")
+        for line in plan.lines:
+            plan_view.add_row(
+                labels[line.feature], line.engine, safe(line.model), f"{line.estimated_usd:.4f}"
+            )
+        console.print(plan_view)
+        console.print(
+            f"wizard ${plan.wizard_usd:.2f} of ${plan.wizard_cap_usd:.2f}: "
+            f"{'holds' if plan.wizard_within_cap else 'OVER the cap'}; "
+            f"wizard + LoRA ${plan.creation_usd:.2f} of ${plan.creation_cap_usd:.2f}: "
+            f"{'holds' if plan.creation_within_cap else 'OVER the cap'}"
+        )
