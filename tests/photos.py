@@ -6,6 +6,7 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FACES = FIXTURES / "faces"
+POSES = FIXTURES / "poses"  # CC0 photos of people in known poses, with their ATTRIBUTION.md
 LISA = sorted((FACES / "identities" / "lisa").glob("*.jpg"))
 
 

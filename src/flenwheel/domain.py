@@ -96,6 +96,51 @@ class Face(Frozen):
         return max(0, right - left) * max(0, bottom - top)
 
 
+class Posture(StrEnum):
+    """What the body does, from the joint angles of a body-pose model (poses/geometry.py)."""
+
+    STANDING = "standing"
+    SITTING = "sitting"  # on a chair, on the floor, or in a deep squat: thighs level with the hips
+    BENT_OVER = "bent over"
+
+
+class Arms(StrEnum):
+    DOWN = "arms down"
+    UP = "arms up"  # both hands above the shoulders
+    T_POSE = "T-pose"  # both arms straight out at shoulder height
+
+
+class Facing(StrEnum):
+    """Which way the body (shoulders and hips, not the head) faces the camera."""
+
+    FRONT = "front"
+    THREE_QUARTER = "three-quarter"
+    SIDE = "side"
+    BACK = "back"
+
+
+class BodyPose(Frozen):
+    """One person's body pose: 33 landmarks (MediaPipe Pose / BlazePose topology) and what they say.
+
+    `landmarks` are (x, y, visibility) with x, y in pixels of the analysed image and visibility 0..1. A field
+    that the visible joints cannot decide is None (unknown), never a guess."""
+
+    landmarks: list[tuple[float, float, float]] = Field(min_length=33, max_length=33)
+    full_body: bool  # head, hips, knees and ankles all visible inside the frame
+    posture: Posture | None
+    arms: Arms | None
+    facing: Facing | None
+
+    @property
+    def tags(self) -> list[str]:
+        """Human-readable tags, e.g. ["full body", "standing", "T-pose", "facing front"]."""
+        tags = ["full body" if self.full_body else "partial body"]
+        tags += [value.value for value in (self.posture, self.arms) if value is not None]
+        if self.facing is not None:
+            tags.append(f"facing {self.facing.value}")
+        return tags
+
+
 class AssetAnalysis(Frozen):
     """Everything curate derives from one image; computed once per asset and cached."""
 
@@ -105,6 +150,10 @@ class AssetAnalysis(Frozen):
     angle: Angle | None
     shot: Shot | None
     expression: Expression | None
+    # The body-pose model that looked (None in analyses cached before pose was measured: curate adds it);
+    # `body` is None when it found no person.
+    pose_analyzer: str | None = None
+    body: BodyPose | None = None
 
 
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$")

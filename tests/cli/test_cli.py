@@ -770,6 +770,7 @@ def test_curate_says_why_when_no_photo_shows_a_face(tmp_path: Path, photos: list
         decisions = json.loads(result.stdout)["decisions"]
         assert len(decisions) == len(photos)
         assert all(d["label"] == "reject" and "no face" in d["reason"] for d in decisions)
+        assert all(d["pose"] is None for d in decisions)  # measured: nobody in a cup, a rocket, a cat
     else:
         message = json_error(result)["error"]
         assert re.search(r"\bno (photos|images|faces?)\b", message, re.IGNORECASE), message

@@ -15,7 +15,7 @@ from flenwheel.datasets.review import review_asset, set_caption
 from flenwheel.errors import IdentityUnknown, InvalidInput
 from flenwheel.store.project import Project
 
-from photos import FACES, LISA, london
+from photos import FACES, LISA, POSES, london
 
 
 def _compose(
@@ -218,3 +218,37 @@ def test_analyses_cached_before_the_background_rule_are_remeasured(
     assert decisions["cutout.png"].label == "good", decisions["cutout.png"].reason
     with lisa_project.db.session() as session:
         assert all(row.data["quality"]["background"] is not None for row in session.scalars(select(Analysis)))
+
+
+def test_every_image_gets_pose_tags_cached_and_shown_in_the_report(
+    lisa_project: Project, tmp_path: Path
+) -> None:
+    """Pose tags come with the face analysis, are cached with it, are added to analyses cached before pose
+    was measured (without looking for faces again), count in the dataset's composition and show in the
+    curation report."""
+    from sqlalchemy import select
+
+    from flenwheel.datasets.versions import build_dataset_version
+    from flenwheel.report.curation import write_curation_report
+    from flenwheel.store.models import Analysis
+
+    ingest(lisa_project, "lisa", [*LISA[:3], POSES / "t_pose.jpg", FACES / "non_face" / "1_coffee.jpg"])
+    decisions = _by_file(curate(lisa_project, "lisa"))
+    t_pose = decisions["t_pose.jpg"].pose
+    assert t_pose == ["full body", "standing", "T-pose", "facing front"]
+    assert decisions["1_coffee.jpg"].pose is None
+    assert "full body" not in (decisions["1.jpg"].pose or [])
+    with lisa_project.db.session() as session:  # what an older flenwheel stored: faces, no pose
+        for row in session.scalars(select(Analysis)):
+            row.data = {k: v for k, v in row.data.items() if k not in ("pose_analyzer", "body")}
+    report = curate(lisa_project, "lisa")
+    assert report.analysed_now == 0 and _by_file(report)["t_pose.jpg"].pose == t_pose
+    with lisa_project.db.session() as session:
+        assert all(row.data["pose_analyzer"] for row in session.scalars(select(Analysis)))
+    for photo in ("t_pose.jpg", "1_coffee.jpg"):  # no face of lisa: labelled by hand for the composition
+        review_asset(lisa_project, "lisa", photo, "good")
+    version = build_dataset_version(lisa_project, "lisa").version
+    poses = version.composition["poses"]
+    assert poses["measured"] == 5 and poses["no person"] == 1 and poses["T-pose"] == 1
+    page = write_curation_report(lisa_project, report, version, [], tmp_path / "report.html").read_text()
+    assert "full body, standing, T-pose, facing front" in page and "no person found" in page

@@ -20,9 +20,11 @@ from flenwheel.store.project import Project
 
 from checkpoint_runs import TRAINING_PHOTOS, UNSEEN_PHOTOS, add_run, character_with_dataset
 from photo_engine import CheckpointPhotoEngine
-from photos import FACES, london
+from photos import FACES, POSES, london
 
-PROMPTS = ("front-neutral", "half_left-smiling", "full_body-standing")
+# Portrait prompts only: the engine answers with portraits, which a body prompt's pose check would fail
+# (test_body_prompts_count_only_in_the_pose_asked_for covers body prompts).
+PROMPTS = ("front-neutral", "half_left-smiling", "front-smiling")
 STRENGTHS = (0.6, 1.0)
 BRICK = FACES / "non_face" / "4_brick.jpg"
 LOSSES = [(step, 0.3 - step / 1000) for step in range(1, 201)]
@@ -37,10 +39,10 @@ def two_checkpoints(project: Project, losses=LOSSES) -> tuple[int, list[int]]:
 
 
 def learned_then_lost(stem: str, strength: float, key: str) -> Path:
-    """epoch1 learned lisa (at 0.6 one full-body shot is someone else); epoch2 draws strangers and a wall."""
+    """epoch1 learned lisa (at 0.6 its third shot is someone else); epoch2 draws strangers and a wall."""
     index = PROMPTS.index(key)
     if stem == "epoch1":
-        if strength < 0.7 and key == "full_body-standing":
+        if strength < 0.7 and key == PROMPTS[2]:
             return london(3)
         return UNSEEN_PHOTOS[index]
     return london(1 + index) if index < 2 else BRICK
@@ -193,3 +195,45 @@ def test_an_interrupted_evaluation_resumes_without_drawing_twice(
         fresh.close()
     assert resumed.cells == uninterrupted.cells and again.cells == uninterrupted.cells
     assert resumed.selection == uninterrupted.selection
+
+
+BODY_PROMPTS = ("front-neutral", "full_body-standing", "full_body-t_pose", "full_body-sitting")
+
+
+def posed(stem: str, strength: float, key: str) -> Path:
+    """Lisa's portrait for the portrait and for "standing" (her face, but no body to measure); real people
+    in a T-pose for "T-pose" and standing for "sitting"."""
+    return {
+        "front-neutral": UNSEEN_PHOTOS[0],
+        "full_body-standing": UNSEEN_PHOTOS[1],
+        "full_body-t_pose": POSES / "t_pose.jpg",
+        "full_body-sitting": POSES / "standing.jpg",
+    }[key]
+
+
+def test_body_prompts_count_only_in_the_pose_asked_for(project: Project) -> None:
+    """Pose success per body prompt on real photos; the model-card success rate counts it: lisa's face on a
+    "full body standing" prompt with no body to measure is not a success, nor is the wrong pose."""
+    character_with_dataset(project)
+    add_run(project, "lisa", [("epoch1", b"one")], spec=SPEC)
+
+    outcome = evaluate_run(
+        project,
+        "lisa",
+        strengths=(1.0,),
+        prompts=BODY_PROMPTS,
+        providers=[CheckpointPhotoEngine(posed)],
+    )
+
+    poses = {p.prompt_key: (p.images, p.passed, p.drifted, p.not_measurable) for p in outcome.poses}
+    assert poses == {
+        "full_body-standing": (1, 0, 0, 1),
+        "full_body-t_pose": (1, 1, 0, 0),
+        "full_body-sitting": (1, 0, 1, 0),
+    }
+    [cell] = outcome.cells
+    assert (cell.pose_checked, cell.pose_passed) == (3, 1)
+    # lisa's face twice within the threshold, but only the portrait is a success
+    assert cell.faces >= 2 and cell.successes == 1 and cell.success_rate == 0.25
+    page = outcome.report.read_text()
+    assert "Body poses" in page and "T-pose, facing front" in page and "1/3" in page

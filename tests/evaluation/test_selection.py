@@ -105,3 +105,12 @@ def test_no_faces_anywhere_gives_no_numbers_and_says_so() -> None:
     assert selection.reason.startswith("No face was found in any of the 30 evaluation images")
     assert list(advice) == ["no_faces"]
     assert "identity cannot be measured" in advice["no_faces"].remedy
+
+
+def test_a_body_image_in_the_wrong_pose_or_unmeasured_is_no_success() -> None:
+    base = {"checkpoint_id": 1, "strength": 1.0, "prompt_key": "full_body-sitting", "face_found": True}
+    match = {**base, "identity_distance": 0.3}
+    assert SampleRecord(**match, pose="passed").success(0.48, allow_nsfw=False)
+    assert not SampleRecord(**match, pose="drifted").success(0.48, allow_nsfw=False)
+    assert not SampleRecord(**match, pose="not measurable").success(0.48, allow_nsfw=False)
+    assert SampleRecord(**{**match, "prompt_key": "front-neutral"}).success(0.48, allow_nsfw=False)

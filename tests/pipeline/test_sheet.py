@@ -30,7 +30,7 @@ from flenwheel.store.project import Project
 
 from face_engines import PhotoEngine
 from patience import HANG_S
-from photos import LISA, london
+from photos import LISA, POSES, london
 
 SPEC = CharacterSpec(name="mara", gender_presentation="woman", hair_colour="auburn")
 TINY = {"width": 64, "height": 64, "steps": 2, "guidance": 7.0}
@@ -96,7 +96,10 @@ def test_sheet_on_the_tiny_model_waits_for_picks_and_never_pretends_identity_pas
         project,
         candidates=2,
         image=TINY,
-        anchors=[{"id": "front", "prompt": "standing"}, {"id": "seated", "prompt": "seated on a chair"}],
+        anchors=[
+            {"id": "front", "prompt": "standing"},
+            {"id": "seated", "prompt": "seated on a chair", "pose": {"posture": "sitting"}},
+        ],
         variations=[
             {"id": "smile", "anchor": "front", "prompt": "smiling", "strength": 0.35},
             {"id": "reading", "anchor": "seated", "prompt": "reading a book", "strength": 0.5},
@@ -133,6 +136,10 @@ def test_sheet_on_the_tiny_model_waits_for_picks_and_never_pretends_identity_pas
     picks = {p.anchor: p for p in again.anchors.picks}
     assert again.anchors.reused == 4 and (picks["front"].by, picks["front"].asset_id) == ("user", front)
     assert picks["seated"].by == "auto" and "identity not measurable" in picks["seated"].reason
+    # the tiny model draws no people: its pose is not measurable, never passed, and blocks no pick
+    seated = [c for c in again.anchors.candidates if c.anchor == "seated"]
+    assert all(c.pose is not None and c.pose.status == "not measurable" for c in seated)
+    assert "pose not measurable: no person found" in picks["seated"].reason
     assert again.variations.not_measurable == 2 and again.variations.skipped == 0
     with project.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Asset)) == before + 1  # only "reading" is new
@@ -253,3 +260,48 @@ def test_enrichment_with_real_faces_passes_the_same_person(project: Project) -> 
     by_template = {o.template: o for o in result.outcomes}
     assert by_template["background_beach"].status == "passed"
     assert by_template["style_sketch"].status == "drifted" and by_template["style_sketch"].attempts == 2
+
+
+def test_an_anchor_in_the_wrong_body_pose_is_flagged_and_not_picked(project: Project) -> None:
+    """Real photos of people in known poses stand in for the engine's drawings: a candidate standing with
+    its arms down for "arms up" is pose drift, the one with raised arms is picked; when every "seated"
+    candidate stands, the pick says so. The default sheet's anchors carry their poses."""
+    create_character_from_spec(project, SPEC)
+    fingerprint = SPEC.fingerprint()
+    defaults = {a.id: a.pose for a in load_sheet_config(project, "mara").anchors}
+    assert all(defaults.values()) and defaults["seated"] is not None
+    assert defaults["seated"].posture == "sitting"
+
+    def photo(request: GenerationRequest) -> Path:
+        if "raised" in request.prompt:
+            first = request.seed == derive_seed(fingerprint, "anchor", "arms_up", 0)
+            return POSES / ("standing.jpg" if first else "arms_up.jpg")
+        return POSES / "t_pose.jpg"
+
+    engine = PhotoEngine("comfyui", pick=photo)
+    write_sheet(
+        project,
+        candidates=2,
+        image=TINY,
+        anchors=[
+            {
+                "id": "arms_up",
+                "prompt": "both arms raised",
+                "pose": {"posture": "standing", "arms": "arms up"},
+            },
+            {"id": "seated", "prompt": "seated on a chair", "pose": {"posture": "sitting"}},
+        ],
+        variations=[],
+    )
+    result = run_sheet(project, "mara", LocalJobContext(), providers=[engine])
+    by_anchor = {(c.anchor, c.candidate): c for c in result.anchors.candidates}
+    drifted = by_anchor[("arms_up", 0)].pose
+    assert drifted is not None and drifted.status == "drifted"
+    assert "asked for arms up, measured arms down" in drifted.reason
+    assert by_anchor[("arms_up", 1)].pose is not None and by_anchor[("arms_up", 1)].pose.status == "passed"
+    assert result.anchors.pose_drifted == 3  # arms down once, standing twice for "seated"
+    picks = {p.anchor: p for p in result.anchors.picks}
+    assert picks["arms_up"].asset_id == by_anchor[("arms_up", 1)].image.asset_id
+    assert "every candidate drifted from the pose" in picks["seated"].reason
+    stored = assets(project, stage="anchor", anchor="arms_up", candidate=0)
+    assert stored[0].attributes["pose"] == "drifted"

@@ -81,7 +81,7 @@ def curate(
     from flenwheel.datasets.curate import curate as run_curate
 
     project = open_project()
-    with progress_bar("Analysing faces", 1, enabled=not json_output) as advance:
+    with progress_bar("Analysing faces and poses", 1, enabled=not json_output) as advance:
         report = run_curate(project, name, on_progress=advance, identity_threshold=threshold)
     if json_output:
         print_json(report)
@@ -98,6 +98,7 @@ def print_curate_report(report: Any) -> None:
         "dist",
         "angle",
         "shot",
+        "body pose",
         "reason",
         title=f"Curation of {report.character}",
     )
@@ -112,6 +113,7 @@ def print_curate_report(report: Any) -> None:
             distance,
             safe(d.angle or ""),
             safe(d.shot or ""),
+            safe(", ".join(d.pose) if d.pose is not None else "no person"),
             safe(d.reason),
         )
     console.print(table)

@@ -65,7 +65,10 @@ def sheet(
         print_json(result.model_dump(mode="json"))
         return
     table = Table(
-        "anchor", "candidates (asset: identity)", "pick", title=f"Anchors — {safe(result.anchors.method)}"
+        "anchor",
+        "candidates (asset: identity, pose)",
+        "pick",
+        title=f"Anchors — {safe(result.anchors.method)}",
     )
     picks = {p.anchor: p for p in result.anchors.picks}
     for pose in config.anchors:
@@ -73,7 +76,10 @@ def sheet(
         chosen = picks.get(pose.id)
         table.add_row(
             pose.id,
-            ", ".join(f"{c.image.asset_id}: {c.identity.status}" for c in own),
+            ", ".join(
+                f"{c.image.asset_id}: {c.identity.status}" + (f", pose {c.pose.status}" if c.pose else "")
+                for c in own
+            ),
             f"{chosen.asset_id} ({chosen.by}: {safe(chosen.reason)})" if chosen else "—",
         )
     console.print(table)
@@ -92,6 +98,11 @@ def sheet(
         f"{v.passed} passed, {v.drifted} drifted, {v.not_measurable} not measurable, {v.skipped} waiting for a pick; "
         f"change poses with `flenwheel sheet-config {safe(name)} FILE`"
     )
+    if result.anchors.pose_drifted:
+        console.print(
+            f"{result.anchors.pose_drifted} anchor candidate(s) drifted from their pose (flagged; picked only "
+            "when no candidate shows the pose)"
+        )
     note = result.anchors.note or v.note
     if note:
         err_console.print(f"[yellow]note:[/] {safe(note)}")

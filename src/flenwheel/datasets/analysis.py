@@ -1,4 +1,5 @@
-"""Analyse assets once (quality + faces + pose/shot/expression), in parallel processes, and cache the result."""
+"""Analyse assets once (quality + faces + head angle/shot/expression + body pose), in parallel processes, and
+cache the result."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from flenwheel.domain import AssetAnalysis
 from flenwheel.faces.base import FaceAnalyzer
 from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
 from flenwheel.images import open_stored
+from flenwheel.poses.base import PoseAnalyzer
 from flenwheel.quality import measure_quality
 
 _worker_analyzer: FaceAnalyzer | None = None
 
 
-def analyze_image(image: Image.Image, analyzer: FaceAnalyzer) -> AssetAnalysis:
-    """Everything curate needs from one decoded image."""
+def analyze_image(
+    image: Image.Image, analyzer: FaceAnalyzer, pose_analyzer: PoseAnalyzer | None = None
+) -> AssetAnalysis:
+    """Everything curate needs from one decoded image; the body pose too when `pose_analyzer` is given."""
     faces = analyzer.analyze(image)
     main = faces[0] if faces else None
     return AssetAnalysis(
@@ -30,6 +34,15 @@ def analyze_image(image: Image.Image, analyzer: FaceAnalyzer) -> AssetAnalysis:
         angle=angle_bucket(main.yaw) if main else None,
         shot=shot_type(main, image.height) if main else None,
         expression=expression_of(main) if main else None,
+        pose_analyzer=pose_analyzer.id if pose_analyzer else None,
+        body=pose_analyzer.analyze(image) if pose_analyzer else None,
+    )
+
+
+def with_pose(analysis: AssetAnalysis, image: Image.Image, pose_analyzer: PoseAnalyzer) -> AssetAnalysis:
+    """`analysis` with the body pose measured on `image` (for analyses cached before pose was measured)."""
+    return analysis.model_copy(
+        update={"pose_analyzer": pose_analyzer.id, "body": pose_analyzer.analyze(image)}
     )
 
 
@@ -52,19 +65,30 @@ def analyze_files(
     workers: int,
     on_result: Callable[[int, AssetAnalysis], None],
 ) -> None:
-    """Analyse (asset_id, blob path) pairs; `on_result` runs in this process as each one finishes."""
+    """Analyse (asset_id, blob path) pairs; `on_result` runs in this process as each one finishes.
+
+    Faces are found in worker processes; the body pose in this process, as each face analysis comes back
+    (a MediaPipe graph does not survive a fork: a worker forked from a process that had one dies)."""
     if not jobs:
         return
     from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
+    from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
 
     DlibFaceAnalyzer.load_modules()  # fail here with a clear message, not as a broken worker pool
+    pose_analyzer = shared_pose_analyzer()
+    paths = {asset_id: path for asset_id, path in jobs}
+
+    def finish(asset_id: int, analysis: AssetAnalysis) -> None:
+        image = open_stored(Path(paths[asset_id]).read_bytes())
+        on_result(asset_id, with_pose(analysis, image, pose_analyzer))
+
     count = workers or os.cpu_count() or 1
     count = max(1, min(count, len(jobs)))
     payload = [(asset_id, str(path)) for asset_id, path in jobs]
     if count == 1:
         _init_worker(detect_max_side)
         for job in payload:
-            on_result(*_analyze_file(job))
+            finish(*_analyze_file(job))
         return
     # fork: workers inherit the imported modules, so each only loads the dlib models once.
     with ProcessPoolExecutor(
@@ -74,4 +98,4 @@ def analyze_files(
         initargs=(detect_max_side,),
     ) as pool:
         for asset_id, analysis in pool.map(_analyze_file, payload, chunksize=1):
-            on_result(asset_id, analysis)
+            finish(asset_id, analysis)

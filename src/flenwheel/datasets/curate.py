@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
-from flenwheel.datasets.analysis import analyze_files
+from flenwheel.datasets.analysis import analyze_files, with_pose
 from flenwheel.datasets.gate import GateInput, run_gates
 from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
 from flenwheel.images import FLATTENED_TRANSPARENCY, open_stored
@@ -33,6 +33,9 @@ class AssetDecision:
     angle: str | None
     shot: str | None
     expression: str | None
+    pose: (
+        list[str] | None
+    )  # body-pose tags ("full body", "standing", "T-pose", "facing front"); None: no person
     quality: str
     faces: int
     is_reference: bool
@@ -101,6 +104,7 @@ def curate(
             asset.id: AssetAnalysis.model_validate(asset.analysis.data) for asset in assets if asset.analysis
         }
         analyses.update(_refresh_quality(project, assets, analyses))
+        analyses.update(_refresh_pose(project, assets, analyses))
         gate = run_gates(
             [
                 GateInput(a.id, a.source_name, analyses[a.id], a.is_reference, _was_transparent(a))
@@ -171,6 +175,29 @@ def _refresh_quality(
     return refreshed
 
 
+def _refresh_pose(
+    project: Project, assets: list[Asset], analyses: dict[int, AssetAnalysis]
+) -> dict[int, AssetAnalysis]:
+    """Measure the body pose in analyses cached before it was measured (faces are not looked for again)."""
+    stale = [
+        asset
+        for asset in assets
+        if asset.analysis is not None and asset.id in analyses and analyses[asset.id].pose_analyzer is None
+    ]
+    if not stale:
+        return {}
+    from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
+
+    pose_analyzer = shared_pose_analyzer()
+    refreshed = {}
+    for asset in stale:
+        assert asset.analysis is not None
+        analysis = with_pose(analyses[asset.id], open_stored(project.blobs.get(asset.sha256)), pose_analyzer)
+        asset.analysis.data = analysis.model_dump()
+        refreshed[asset.id] = analysis
+    return refreshed
+
+
 def _assets_with_analysis(session: Session, character_id: int) -> list[Asset]:
     return list(
         session.scalars(
@@ -221,6 +248,7 @@ def _decision(
         angle=analysis.angle,
         shot=analysis.shot,
         expression=analysis.expression,
+        pose=analysis.body.tags if analysis.body else None,
         quality=quality_grade(analysis.quality, thresholds),
         faces=len(analysis.faces),
         is_reference=asset.is_reference,

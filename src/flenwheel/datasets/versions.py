@@ -66,12 +66,15 @@ def _build(project: Project, character_name: str) -> BuildResult:
                 f"or label some with `flenwheel review {character_name} ASSET --label good`."
             )
         items = []
+        poses: dict[int, list[str] | None] = {}
         for position, asset in enumerate(good):
             if asset.analysis is None:
                 raise FlenwheelError(
                     f"asset {asset.id} is labelled good but was never analysed: run `flenwheel curate {character_name}`"
                 )
             analysis = AssetAnalysis.model_validate(asset.analysis.data)
+            if analysis.pose_analyzer is not None:
+                poses[asset.id] = analysis.body.tags if analysis.body else None
             try:
                 caption = check_caption(asset.caption or "", character.token)
             except InvalidInput as exc:
@@ -107,7 +110,7 @@ def _build(project: Project, character_name: str) -> BuildResult:
             character_id=character.id,
             number=number,
             parent_id=latest.id if latest else None,
-            composition=composition_report(items, latest.items if latest else None),
+            composition=composition_report(items, latest.items if latest else None, poses),
         )
         version.items = items
         session.add(version)
@@ -119,8 +122,14 @@ def _fingerprint(items: list[DatasetItem]) -> list[tuple[str, str]]:
     return sorted((item.sha256, item.caption) for item in items)
 
 
-def composition_report(items: list[DatasetItem], parent_items: list[DatasetItem] | None) -> dict[str, Any]:
-    """Counts by shot/angle/expression and each seed target marked met or not."""
+def composition_report(
+    items: list[DatasetItem],
+    parent_items: list[DatasetItem] | None,
+    poses: dict[int, list[str] | None] | None = None,
+) -> dict[str, Any]:
+    """Counts by shot/angle/expression and each seed target marked met or not; with `poses` (asset id → body-
+    pose tags, None where no person was found; assets whose pose was never measured left out) also the count
+    of each body-pose tag, and of images whose pose was measured."""
     total = len(items)
     shots = {shot.value: sum(1 for i in items if i.shot == shot) for shot in Shot}
     angles = sorted({i.angle for i in items if i.angle})
@@ -158,9 +167,20 @@ def composition_report(items: list[DatasetItem], parent_items: list[DatasetItem]
         "shots": shots,
         "angles": {a: sum(1 for i in items if i.angle == a) for a in angles},
         "expressions": {e: sum(1 for i in items if i.expression == e) for e in expressions},
+        "poses": _pose_counts(items, poses or {}),
         "targets": targets,
         "lineage": lineage,
     }
+
+
+def _pose_counts(items: list[DatasetItem], poses: dict[int, list[str] | None]) -> dict[str, int]:
+    """{"measured": n, "no person": n, "full body": n, "standing": n, ...} over the measured items."""
+    measured = [poses[i.asset_id] for i in items if i.asset_id in poses]
+    counts: dict[str, int] = {"measured": len(measured), "no person": sum(1 for t in measured if t is None)}
+    for tags in measured:
+        for tag in tags or ():
+            counts[tag] = counts.get(tag, 0) + 1
+    return counts
 
 
 def get_dataset_version(project: Project, character_name: str, number: int | None = None) -> DatasetVersion:

@@ -12,8 +12,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from flenwheel.domain import Frozen
+from flenwheel.domain import Arms, Facing, Frozen, Posture
 from flenwheel.errors import InvalidInput
+from flenwheel.poses.target import PoseTarget
 
 ANGLES: dict[str, str] = {
     "front": "front view",
@@ -35,6 +36,21 @@ BODY_POSES: dict[str, str] = {
     "standing": "full body photo of {trigger} standing, front view, neutral pose, clean background",
     "sitting": "full body photo of {trigger} sitting on a chair, side view, clean background",
 }
+# The body pose each body prompt asks for (measured with MediaPipe Pose; poses/target.py). The sitting prompt
+# says "side view", but a chair seen from the front is still a seat: only the posture is checked there.
+BODY_POSE_TARGETS: dict[str, PoseTarget] = {
+    "t_pose": PoseTarget(arms=Arms.T_POSE, facing=(Facing.FRONT,)),
+    "standing": PoseTarget(posture=Posture.STANDING, facing=(Facing.FRONT,)),
+    "sitting": PoseTarget(posture=Posture.SITTING),
+}
+
+
+def pose_target(prompt_key: str) -> PoseTarget | None:
+    """The pose a model-card prompt key asks for ("full_body-t_pose" → T-pose), None for portraits."""
+    kind, _, pose = prompt_key.partition("-")
+    return BODY_POSE_TARGETS.get(pose) if kind == "full_body" else None
+
+
 # A first look in a fifth of the time: one prompt per angle, every expression, one body pose.
 QUICK_KEYS = (
     "front-neutral",

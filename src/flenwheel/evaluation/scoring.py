@@ -16,13 +16,18 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from flenwheel.datasets.analysis import analyze_image
-from flenwheel.domain import AssetAnalysis, AssetKind, Frozen
+from flenwheel.datasets.analysis import analyze_image, with_pose
+from flenwheel.domain import AssetAnalysis, AssetKind, BodyPose, Frozen
 from flenwheel.errors import IdentityUnknown
+from flenwheel.evaluation.prompts import pose_target
 from flenwheel.faces.base import FaceAnalyzer
 from flenwheel.faces.identity import IdentityReference
 from flenwheel.images import open_stored
+from flenwheel.poses.base import PoseAnalyzer
+from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
+from flenwheel.poses.target import PoseStatus
 from flenwheel.quality import hash_distance
 from flenwheel.safety import NSFW_THRESHOLD
 from flenwheel.store.models import Analysis, Asset, DatasetItem
@@ -65,10 +70,15 @@ class ImageScore(Frozen):
 
 
 def score_image(
-    image: Image.Image, analyzer: FaceAnalyzer, references: ReferenceSet, nsfw_score: float | None
+    image: Image.Image,
+    analyzer: FaceAnalyzer,
+    references: ReferenceSet,
+    nsfw_score: float | None,
+    pose_analyzer: PoseAnalyzer | None = None,
 ) -> tuple[ImageScore, AssetAnalysis]:
-    """Measure one image; the analysis comes back too so the caller can cache it on the asset."""
-    analysis = analyze_image(image, analyzer)
+    """Measure one image (its body pose too with `pose_analyzer`); the analysis comes back too so the caller
+    can cache it on the asset."""
+    analysis = analyze_image(image, analyzer, pose_analyzer)
     distance = None
     if analysis.faces:
         distance = round(references.identity.distance(np.asarray(analysis.faces[0].embedding)), 4)
@@ -150,6 +160,31 @@ def cached_analyses(
             continue
         found[asset_id] = analyze_image(open_stored(project.blobs.get(sha256)), analyzer)
         store_analysis(project, asset_id, found[asset_id])
+    return found
+
+
+def pose_status(prompt_key: str, body: BodyPose | None) -> PoseStatus | None:
+    """The pose check of a model-card image: None for a portrait prompt, else passed / drifted / not
+    measurable (no person found)."""
+    target = pose_target(prompt_key)
+    return None if target is None else target.check(body).status
+
+
+def body_poses(project: Project, session: Session, asset_ids: Iterable[int]) -> dict[int, BodyPose | None]:
+    """The body pose of each asset from its cached analysis (None: nobody found, or never analysed); an
+    analysis stored before pose was measured (by an older flenwheel) gets it now, in `session`."""
+    found: dict[int, BodyPose | None] = {}
+    for asset_id in dict.fromkeys(asset_ids):
+        stored = session.get(Analysis, asset_id)
+        if stored is None:
+            found[asset_id] = None
+            continue
+        analysis = AssetAnalysis.model_validate(stored.data)
+        if analysis.pose_analyzer is None:
+            image = open_stored(project.blobs.get(session.get_one(Asset, asset_id).sha256))
+            analysis = with_pose(analysis, image, shared_pose_analyzer())
+            stored.data = analysis.model_dump()
+        found[asset_id] = analysis.body
     return found
 
 

@@ -1,8 +1,9 @@
 """Per checkpoint × strength statistics, a joint score, and the pick — with the reason in plain words.
 
 Success (seed 001 "generates correctly on first try", target ≥ 80 %): the image shows a face whose identity
-distance to the character is within the threshold, it is not a near copy of a training image, and it is not
-flagged NSFW (unless the character is an NSFW character). Identity similarity is 1 − distance, averaged over
+distance to the character is within the threshold, it is not a near copy of a training image, it is not
+flagged NSFW (unless the character is an NSFW character), and — for a body prompt (T-pose, standing,
+sitting) — the measured body pose is the one asked for ("not measurable", no person found, never passes). Identity similarity is 1 − distance, averaged over
 the images with a face that are not near copies; spread is its standard deviation.
 
 Joint score = success rate + ½ · mean similarity − ½ · spread − near-copy rate. Ties go to the earlier
@@ -19,6 +20,7 @@ from pydantic import Field
 from flenwheel.domain import Frozen
 from flenwheel.errors import InvalidInput
 from flenwheel.evaluation.grid import CheckpointRef, strength_text
+from flenwheel.poses.target import PoseStatus
 from flenwheel.safety import NSFW_THRESHOLD
 
 SUCCESS_TARGET = 0.80
@@ -39,6 +41,7 @@ class SampleRecord(Frozen):
     near_copy: bool = False
     nsfw_score: float | None = None
     adherence: float | None = None
+    pose: PoseStatus | None = None  # the body prompt's pose check; None for a portrait prompt
 
     @property
     def similarity(self) -> float | None:
@@ -50,7 +53,8 @@ class SampleRecord(Frozen):
 
     def success(self, threshold: float, allow_nsfw: bool) -> bool:
         match = self.face_found and self.identity_distance is not None and self.identity_distance <= threshold
-        return match and not self.near_copy and (allow_nsfw or not self.nsfw)
+        pose_ok = self.pose is None or self.pose == "passed"
+        return match and pose_ok and not self.near_copy and (allow_nsfw or not self.nsfw)
 
 
 class CellSummary(Frozen):
@@ -71,6 +75,8 @@ class CellSummary(Frozen):
     spread: float | None
     joint_score: float
     meets_target: bool
+    pose_checked: int = Field(default=0, ge=0)  # images of body prompts
+    pose_passed: int = Field(default=0, ge=0)  # of those, in the pose asked for
 
     @property
     def label(self) -> str:
@@ -152,7 +158,40 @@ def _summary(
         spread=_rounded(spread),
         joint_score=round(joint, 4),
         meets_target=success_rate >= SUCCESS_TARGET,
+        pose_checked=sum(sample.pose is not None for sample in samples),
+        pose_passed=sum(sample.pose == "passed" for sample in samples),
     )
+
+
+class PoseSuccess(Frozen):
+    """One body prompt's pose checks over the evaluated images (every checkpoint × strength)."""
+
+    prompt_key: str
+    asked: str  # the pose asked for, in words
+    images: int
+    passed: int
+    drifted: int
+    not_measurable: int
+
+
+def pose_success(samples: Sequence[SampleRecord], asked: dict[str, str]) -> list[PoseSuccess]:
+    """Per body prompt key in `asked` (key → pose in words), how many images showed the pose."""
+    found = []
+    for key, words in asked.items():
+        own = [s for s in samples if s.prompt_key == key and s.pose is not None]
+        if not own:
+            continue
+        found.append(
+            PoseSuccess(
+                prompt_key=key,
+                asked=words,
+                images=len(own),
+                passed=sum(s.pose == "passed" for s in own),
+                drifted=sum(s.pose == "drifted" for s in own),
+                not_measurable=sum(s.pose == "not measurable" for s in own),
+            )
+        )
+    return found
 
 
 def _rounded(value: float | None) -> float | None:

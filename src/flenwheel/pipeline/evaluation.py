@@ -32,15 +32,25 @@ from flenwheel.evaluation.grid import (
     plan_grid,
     strength_text,
 )
-from flenwheel.evaluation.prompts import PromptSetName, select_prompts
+from flenwheel.evaluation.prompts import BODY_POSE_TARGETS, PromptSetName, pose_target, select_prompts
 from flenwheel.evaluation.scoring import (
     ADHERENCE_NOT_MEASURED,
     ReferenceSet,
+    body_poses,
     load_reference_set,
+    pose_status,
     score_image,
     store_analysis,
 )
-from flenwheel.evaluation.selection import CellSummary, SampleRecord, Selection, select_best, summarise_cells
+from flenwheel.evaluation.selection import (
+    CellSummary,
+    PoseSuccess,
+    SampleRecord,
+    Selection,
+    pose_success,
+    select_best,
+    summarise_cells,
+)
 from flenwheel.faces.base import FaceAnalyzer
 from flenwheel.images import open_stored
 from flenwheel.jobs.base import JobCancelled, JobContext
@@ -53,6 +63,7 @@ from flenwheel.pipeline.activation import (
 )
 from flenwheel.pipeline.generation import run_generation
 from flenwheel.pipeline.training import latest_run
+from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
 from flenwheel.providers.base import ImageProvider
 from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
 from flenwheel.store.models import (
@@ -80,6 +91,7 @@ class EvaluationOutcome(Frozen):
     images: int
     generated_now: int
     cells: tuple[CellSummary, ...]
+    poses: tuple[PoseSuccess, ...] = ()  # pose success per body prompt (T-pose, standing, sitting)
     selection: Selection
     decision: ActivationDecision  # activated, or only recommended, and why
     advice: tuple[Advice, ...]
@@ -287,7 +299,8 @@ def _draw_and_score(
     )
     output = outcome.outputs[0]
     image = open_stored(output.file.read_bytes())
-    score, analysis = score_image(image, analyzer, references, output.nsfw_score)
+    pose_analyzer = shared_pose_analyzer() if pose_target(cell.prompt.key) is not None else None
+    score, analysis = score_image(image, analyzer, references, output.nsfw_score, pose_analyzer)
     store_analysis(project, output.asset_id, analysis)
     try:
         with project.db.session() as session:
@@ -327,6 +340,9 @@ def load_samples(project: Project, evaluation_id: int) -> list[SampleRecord]:
             .where(EvaluationSample.evaluation_id == evaluation_id)
             .order_by(EvaluationSample.id)
         ).all()
+        bodies = body_poses(
+            project, session, [r.asset_id for r in rows if r.asset_id and pose_target(r.prompt_key)]
+        )
         return [
             SampleRecord(
                 checkpoint_id=row.checkpoint_id,
@@ -338,6 +354,7 @@ def load_samples(project: Project, evaluation_id: int) -> list[SampleRecord]:
                 near_copy=row.near_copy,
                 nsfw_score=row.nsfw_score,
                 adherence=row.adherence,
+                pose=pose_status(row.prompt_key, bodies.get(row.asset_id) if row.asset_id else None),
             )
             for row in rows
         ]
@@ -423,6 +440,12 @@ def _conclude(
         images=len(samples),
         generated_now=0,
         cells=tuple(cells),
+        poses=tuple(
+            pose_success(
+                samples,
+                {f"full_body-{key}": target.description for key, target in BODY_POSE_TARGETS.items()},
+            )
+        ),
         selection=selection,
         decision=decision,
         advice=tuple(advice),

@@ -1,7 +1,9 @@
 """The character sheet (seed 004): anchor poses, then variations edited from their anchor.
 
-Phase 1 draws K candidates per anchor (image-to-image from the picked base, else text-to-image); the pick
-is the user's (`pick_anchor`) or automatic by identity (face distance to the base) and quality. Phase 2
+Phase 1 draws K candidates per anchor (image-to-image from the picked base, else text-to-image); each is
+checked for identity (face distance to the base) and for its body pose (a candidate not in the anchor's pose
+is flagged as pose drift); the pick is the user's (`pick_anchor`) or automatic: a candidate in the pose,
+then by identity and quality. Phase 2
 edits each variation from its anchor at its strength; a face that drifted from the character is redrawn
 with a new seed up to a limit, then reported. The poses and variations are the character's sheet, kept in
 the store (`character.sheet`, so a worker on any host reads it): the defaults below until the user edits it
@@ -20,7 +22,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 from sqlalchemy import select, update
 
-from flenwheel.domain import AssetKind, Frozen
+from flenwheel.domain import Arms, AssetKind, Facing, Frozen, Posture
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobContext
 from flenwheel.pipeline.spec import NEGATIVE, CharacterSpec, character_spec
@@ -43,6 +45,7 @@ from flenwheel.pipeline.stage import (
     stage_assets,
     update_attributes,
 )
+from flenwheel.poses.target import PoseCheck, PoseTarget
 from flenwheel.providers.base import Capability, GenerationRequest, ImageProvider, ImageToImage, TextToImage
 from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project, get_character
@@ -52,11 +55,14 @@ Identifier = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Anchor(Frozen):
-    """A base pose; `keywords` let the studio find the anchor nearest a prompt."""
+    """A base pose; `keywords` let the studio find the anchor nearest a prompt; `pose` is the body pose a
+    candidate must show (measured with MediaPipe Pose: a candidate showing another pose is flagged as pose
+    drift and picked only when no candidate shows the pose)."""
 
     id: str = Identifier
     prompt: str = Field(min_length=1, max_length=400)
     keywords: tuple[str, ...] = ()
+    pose: PoseTarget | None = None
 
 
 class Variation(Frozen):
@@ -68,27 +74,57 @@ class Variation(Frozen):
     strength: float = Field(default=0.5, ge=0.05, le=0.95)
 
 
+STANDING = Posture.STANDING
+# Seed 004's eight anchors; each with the body pose it must show (poses/target.py).
 DEFAULT_ANCHORS: tuple[Anchor, ...] = (
     Anchor(
-        id="front", prompt="standing, facing the camera, full body", keywords=("front", "facing", "standing")
+        id="front",
+        prompt="standing, facing the camera, full body",
+        keywords=("front", "facing", "standing"),
+        pose=PoseTarget(posture=STANDING, facing=(Facing.FRONT,)),
     ),
-    Anchor(id="back", prompt="standing, seen from behind, full body", keywords=("back", "behind", "rear")),
-    Anchor(id="side", prompt="standing, side profile view, full body", keywords=("side", "profile", "squat")),
+    Anchor(
+        id="back",
+        prompt="standing, seen from behind, full body",
+        keywords=("back", "behind", "rear"),
+        pose=PoseTarget(posture=STANDING, facing=(Facing.BACK,)),
+    ),
+    Anchor(
+        id="side",
+        prompt="standing, side profile view, full body",
+        keywords=("side", "profile", "squat"),
+        pose=PoseTarget(posture=STANDING, facing=(Facing.SIDE,)),
+    ),
     Anchor(
         id="three_quarter",
         prompt="standing, three-quarter view, full body",
         keywords=("three-quarter", "quarter", "angle", "lunge"),
+        pose=PoseTarget(posture=STANDING, facing=(Facing.THREE_QUARTER,)),
     ),
     Anchor(
-        id="arms_up", prompt="standing, both arms raised overhead", keywords=("arms up", "overhead", "raised")
+        id="arms_up",
+        prompt="standing, both arms raised overhead",
+        keywords=("arms up", "overhead", "raised"),
+        pose=PoseTarget(posture=STANDING, arms=Arms.UP),
     ),
     Anchor(
-        id="bent_over", prompt="bending forward at the hips", keywords=("bent", "bending", "leaning forward")
+        id="bent_over",
+        prompt="bending forward at the hips",
+        keywords=("bent", "bending", "leaning forward"),
+        pose=PoseTarget(posture=Posture.BENT_OVER),
     ),
     Anchor(
-        id="seated", prompt="seated on a chair, full body", keywords=("seated", "sitting", "sits", "chair")
+        id="seated",
+        prompt="seated on a chair, full body",
+        keywords=("seated", "sitting", "sits", "chair"),
+        pose=PoseTarget(posture=Posture.SITTING),
     ),
-    Anchor(id="hanging", prompt="hanging from a bar with both hands", keywords=("hanging", "bar", "pull-up")),
+    Anchor(
+        id="hanging",
+        prompt="hanging from a bar with both hands",
+        keywords=("hanging", "bar", "pull-up"),
+        pose=PoseTarget(arms=Arms.UP),
+    ),
 )
 
 DEFAULT_VARIATIONS: tuple[Variation, ...] = (
@@ -246,6 +282,11 @@ class AnchorCandidate(Frozen):
     image: StageImage
     identity: IdentityCheck
     quality: float
+    pose: PoseCheck | None = None  # None when the anchor asks for no pose
+
+    @property
+    def pose_drifted(self) -> bool:
+        return self.pose is not None and self.pose.status == "drifted"
 
 
 class AnchorPick(Frozen):
@@ -258,6 +299,7 @@ class AnchorPick(Frozen):
 class AnchorsResult(Frozen):
     candidates: tuple[AnchorCandidate, ...]
     picks: tuple[AnchorPick, ...]
+    pose_drifted: int = 0  # candidates whose measured body pose is not the anchor's
     method: str  # image-to-image from the picked base, or text-to-image from the spec
     reused: int  # candidates an earlier, interrupted run had already stored
     cost_usd: float
@@ -335,14 +377,23 @@ def generate_anchors(
         check = identity_check(
             reference, probe.embedding(image.asset_id), project.settings.identity_threshold
         )
-        update_attributes(project, image.asset_id, identity=check.status, identity_distance=check.distance)
-        progress.step(f"anchor {anchor.id} candidate {k + 1}: {check.reason}")
+        pose = probe.pose_check(image.asset_id, anchor.pose) if anchor.pose is not None else None
+        update_attributes(
+            project,
+            image.asset_id,
+            identity=check.status,
+            identity_distance=check.distance,
+            **({"pose": pose.status, "pose_reason": pose.reason} if pose is not None else {}),
+        )
+        pose_note = f"; {pose.reason}" if pose is not None else ""
+        progress.step(f"anchor {anchor.id} candidate {k + 1}: {check.reason}{pose_note}")
         return AnchorCandidate(
             anchor=anchor.id,
             candidate=k,
             image=image,
             identity=check,
             quality=round(probe.quality_score(image.asset_id), 4),
+            pose=pose,
         )
 
     tasks = [partial(draw, anchor.id, k) for anchor, k in jobs]
@@ -351,6 +402,7 @@ def generate_anchors(
     return AnchorsResult(
         candidates=tuple(candidates),
         picks=picks,
+        pose_drifted=sum(c.pose_drifted for c in candidates),
         method=method,
         reused=reused,
         cost_usd=round(sum(c.image.cost_usd for c in candidates), 6),
@@ -368,7 +420,7 @@ def auto_pick_anchors(
     measured, the best quality score — and the reason says which rule decided."""
     config = config or load_sheet_config(project, character_name)
     if candidates is None:
-        candidates = _stored_candidates(project, character_name)
+        candidates = _stored_candidates(project, character_name, config)
     picks = []
     for anchor in config.anchors:
         own = [c for c in candidates if c.anchor == anchor.id]
@@ -380,7 +432,9 @@ def auto_pick_anchors(
                 AnchorPick(anchor=anchor.id, asset_id=users[-1].id, by="user", reason="picked by the user")
             )
             continue
-        measured = [c for c in own if c.identity.distance is not None]
+        # a candidate in the anchor's pose wins over one that drifted from it, whatever its face
+        in_pose = [c for c in own if not c.pose_drifted] or own
+        measured = [c for c in in_pose if c.identity.distance is not None]
         if measured:
             best = min(
                 measured, key=lambda c: (c.identity.status != "passed", c.identity.distance, -c.quality)
@@ -389,13 +443,17 @@ def auto_pick_anchors(
             if best.identity.status != "passed":
                 reason += f" — but above the identity threshold {best.identity.threshold}: check it by eye"
         else:
-            best = max(own, key=lambda c: (c.quality, -c.candidate))
+            best = max(in_pose, key=lambda c: (c.quality, -c.candidate))
             reason = f"best quality score {best.quality}; identity {NOT_MEASURABLE} (no face found)"
+        if best.pose is not None:
+            reason += f"; {best.pose.reason}"
+            if best.pose_drifted:
+                reason += " — every candidate drifted from the pose: draw again or pick by eye"
         picks.append(_mark_pick(project, character_name, anchor.id, best.image.asset_id, "auto", reason))
     return tuple(picks)
 
 
-def _stored_candidates(project: Project, character_name: str) -> list[AnchorCandidate]:
+def _stored_candidates(project: Project, character_name: str, config: SheetConfig) -> list[AnchorCandidate]:
     probe = FaceProbe(project)
     threshold = project.settings.identity_threshold
     _, reference = _reference(project, character_name, probe)
@@ -409,6 +467,7 @@ def _stored_candidates(project: Project, character_name: str) -> list[AnchorCand
             candidate=asset.attributes["candidate"],
         )
         assert image is not None
+        target = next((a.pose for a in config.anchors if a.id == asset.attributes["anchor"]), None)
         found.append(
             AnchorCandidate(
                 anchor=asset.attributes["anchor"],
@@ -416,6 +475,7 @@ def _stored_candidates(project: Project, character_name: str) -> list[AnchorCand
                 image=image,
                 identity=identity_check(reference, probe.embedding(asset.id), threshold),
                 quality=round(probe.quality_score(asset.id), 4),
+                pose=probe.pose_check(asset.id, target) if target is not None else None,
             )
         )
     return found

@@ -14,10 +14,12 @@ import numpy as np
 from sqlalchemy import select
 
 from flenwheel.config import Settings
-from flenwheel.domain import AssetAnalysis, AssetKind, Frozen
+from flenwheel.domain import AssetAnalysis, AssetKind, BodyPose, Frozen
 from flenwheel.errors import InvalidInput, MissingDependency
 from flenwheel.jobs.base import JobContext
 from flenwheel.pipeline.generation import run_generation
+from flenwheel.poses.base import PoseAnalyzer
+from flenwheel.poses.target import PoseCheck, PoseTarget
 from flenwheel.providers.base import (
     Capability,
     GenerationRequest,
@@ -261,17 +263,27 @@ class FaceProbe:
     def __init__(self, project: Project) -> None:
         self.project = project
         self.problem: str | None = None  # why faces cannot be measured at all (dlib missing)
+        self.pose_problem: str | None = None  # why body poses cannot be measured (mediapipe missing)
 
     def analysis(self, asset_id: int) -> AssetAnalysis | None:
+        """Faces, quality and body pose of a stored asset (an analysis cached before pose was measured gets
+        its pose added); None when faces cannot be measured at all."""
         global _ANALYZER
+        from flenwheel.datasets.analysis import analyze_image, with_pose
+        from flenwheel.images import open_stored
+
         with self.project.db.session() as session:
             asset = session.get_one(Asset, asset_id)
             stored = session.get(Analysis, asset_id)
-            if stored is not None:
-                return AssetAnalysis.model_validate(stored.data)
             sha256 = asset.sha256
-        from flenwheel.datasets.analysis import analyze_image
-        from flenwheel.images import open_stored
+            if stored is not None:
+                cached = AssetAnalysis.model_validate(stored.data)
+                pose = self._pose_analyzer() if cached.pose_analyzer is None else None
+                if pose is None:
+                    return cached
+                cached = with_pose(cached, open_stored(self.project.blobs.get(sha256)), pose)
+                stored.data = cached.model_dump()
+                return cached
 
         image = open_stored(self.project.blobs.get(sha256))
         with _ANALYZER_LOCK:  # one dlib model set per process; dlib calls are not shared across threads
@@ -283,7 +295,7 @@ class FaceProbe:
                 except MissingDependency as exc:
                     self.problem = str(exc)
                     return None
-            result = analyze_image(image, _ANALYZER)
+            result = analyze_image(image, _ANALYZER, self._pose_analyzer())
         from sqlalchemy.exc import IntegrityError
 
         try:
@@ -292,6 +304,27 @@ class FaceProbe:
         except IntegrityError:
             pass  # another stage stored the same asset's analysis first; it is the same
         return result
+
+    def _pose_analyzer(self) -> PoseAnalyzer | None:
+        try:
+            from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
+
+            return shared_pose_analyzer()
+        except MissingDependency as exc:
+            self.pose_problem = str(exc)
+            return None
+
+    def body(self, asset_id: int) -> BodyPose | None:
+        """The main person's body pose, or None when nobody was found (or pose cannot be measured here)."""
+        analysis = self.analysis(asset_id)
+        return analysis.body if analysis is not None else None
+
+    def pose_check(self, asset_id: int, target: PoseTarget) -> PoseCheck:
+        """Is the body in the image the pose `target` asks for (not measurable without a person)?"""
+        check = target.check(self.body(asset_id))
+        if check.status == NOT_MEASURABLE and self.pose_problem:
+            return check.model_copy(update={"reason": f"pose not measurable: {self.pose_problem}"})
+        return check
 
     def embedding(self, asset_id: int) -> np.ndarray | None:
         """The main (largest) face's 128-d embedding, or None when no face is found."""

@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from flenwheel.evaluation.advice import Advice
 from flenwheel.evaluation.grid import strength_text
-from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED
-from flenwheel.evaluation.selection import SUCCESS_TARGET, CellSummary, SampleRecord
+from flenwheel.evaluation.prompts import BODY_POSE_TARGETS, pose_target
+from flenwheel.evaluation.scoring import ADHERENCE_NOT_MEASURED, body_poses, pose_status
+from flenwheel.evaluation.selection import SUCCESS_TARGET, CellSummary, SampleRecord, pose_success
 from flenwheel.images import open_stored
 from flenwheel.providers.tiny_model import TINY_MODEL_ID, TINY_NOTE
 from flenwheel.report.render import render
@@ -51,6 +52,11 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
         title = f"{character.name} — run {run.id} ({run.trainer}, dataset {version.label})"
         allow_nsfw = character.nsfw
         character_name = character.name
+        bodies = body_poses(
+            project,
+            session,
+            [row.asset_id for row, *_ in rows if row.asset_id and pose_target(row.prompt_key)],
+        )
     threshold = float(config.get("identity_threshold", project.settings.identity_threshold))
     samples = [
         (
@@ -64,6 +70,7 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
                 near_copy=row.near_copy,
                 nsfw_score=row.nsfw_score,
                 adherence=row.adherence,
+                pose=pose_status(row.prompt_key, bodies.get(row.asset_id) if row.asset_id else None),
             ),
             sha256,
         )
@@ -95,6 +102,10 @@ def write_evaluation_report(project: Project, evaluation_id: int, target: Path) 
         loss_plot=_png_uri(_loss_png(losses, checkpoint_steps, selected[0])) if losses else None,
         advice=advice,
         cells=cells,
+        poses=pose_success(
+            [sample for sample, _sha in samples],
+            {f"full_body-{key}": target.description for key, target in BODY_POSE_TARGETS.items()},
+        ),
         order=order,
         strengths=strengths,
         labels=labels,
