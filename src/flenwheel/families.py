@@ -322,6 +322,39 @@ FAMILIES: dict[str, ModelFamily] = {
 }
 
 
+# Seed 002's training defaults for the flow-matching families ai-toolkit trains (its Qwen character LoRA:
+# rank 16, alpha 16, lr 2e-4, adamw8bit, 10 epochs, EMA 0.999, 1024 px); applied where the user set nothing.
+SEED_002_TRAINING = {
+    "rank": 16,
+    "alpha": 16.0,
+    "learning_rate": 2e-4,
+    "optimizer": "adamw8bit",
+    "epochs": 10,
+    "ema": True,
+    "ema_decay": 0.999,
+    "resolution": 1024,
+}
+TRAINING_DEFAULTS: dict[str, dict[str, object]] = {
+    "qwen-image": SEED_002_TRAINING,
+    "qwen-image-edit": SEED_002_TRAINING,
+    "z-image": SEED_002_TRAINING,
+}
+# The diffusers repository each training architecture loads by default.
+TRAINING_BASE_MODELS: dict[str, str] = {
+    "sd": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "flux": "black-forest-labs/FLUX.1-dev",
+    "qwen-image": "Qwen/Qwen-Image",
+    "qwen-image-edit": "Qwen/Qwen-Image-Edit-2509",
+    "z-image": "Tongyi-MAI/Z-Image-Turbo",
+}
+
+
+def families_of_arch(arch: str) -> list[str]:
+    """The family ids a training architecture's LoRA serves (flux → flux-dev, flux-schnell, …)."""
+    return [family.id for family in FAMILIES.values() if family.arch == arch]
+
+
 def get_family(family_id: str) -> ModelFamily:
     """The family called `family_id`; InvalidInput naming the known ones otherwise."""
     try:

@@ -230,3 +230,86 @@ def test_flenwheel_train_records_checkpoints_and_a_rerun_after_a_crash_resumes(
     assert all((project.root / c["path"]).is_file() for c in outcome.checkpoints)
     log = (outcome.work_dir / "logs" / "ai-toolkit.log").read_text()
     assert "Found step 8 in metadata, starting from there" in log  # ai-toolkit continued, not restarted
+
+
+def test_qwen_z_image_and_flux_jobs_carry_seed_002s_settings_and_run(
+    project: Project, trainer: AiToolkitTrainer, tmp_path: Path
+) -> None:
+    """Each architecture's YAML read the way ai-toolkit reads it (the stand-in refuses keys its config classes
+    do not read, an `arch` no extension registers, a quantisation type get_qtype lacks) and run."""
+    from flenwheel.families import SEED_002_TRAINING, TRAINING_BASE_MODELS
+
+    seed_002 = {
+        "rank": 16,
+        "alpha": 16.0,
+        "learning_rate": 2e-4,
+        "optimizer": "adamw8bit",
+        "ema": True,
+        "ema_decay": 0.999,
+    }
+    assert {key: SEED_002_TRAINING[key] for key in seed_002} == seed_002
+    expected = {"qwen-image": "qwen_image", "qwen-image-edit": "qwen_image_edit_plus", "z-image": "zimage"}
+    for family, arch in expected.items():
+        work = tmp_path / family
+        data = training_input(project, "ai-toolkit", work)
+        if family == "qwen-image-edit":  # (control, target) pairs: the source image of each target
+            with pytest.raises(TrainerError, match="control"):
+                trainer.job_config(SPEC.model_copy(update={"family": family}), data)
+            shutil.copytree(data.dataset_dir / "dataset", data.dataset_dir / "control")
+        spec = SPEC.model_copy(
+            update={
+                "family": family,
+                "base_model": TRAINING_BASE_MODELS[family],
+                **seed_002,
+                "resolution": 512,
+            }
+        )
+        result = trainer.run(spec, data, LocalTrainingContext())
+        assert result.total_steps == 16 and result.checkpoints[-1].step == 16
+
+        [process] = yaml.safe_load((work / "ai-toolkit-job.yaml").read_text())["config"]["process"]
+        model = process["model"]
+        assert model["arch"] == arch and model["quantize"] and model["qtype"] == "qint8"  # seed 002: int8
+        assert model["name_or_path"] == TRAINING_BASE_MODELS[family]
+        assert process["network"] == {"type": "lora", "linear": 16, "linear_alpha": 16.0}
+        train = process["train"]
+        assert (train["lr"], train["optimizer"], train["noise_scheduler"]) == (2e-4, "adamw8bit", "flowmatch")
+        assert train["ema_config"] == {"use_ema": True, "ema_decay": 0.999}
+        [dataset] = process["datasets"]
+        assert ("control_path" in dataset) == (family == "qwen-image-edit")
+        if family == "z-image":  # trained through the de-distillation adapter, sampled as Turbo runs
+            assert model["assistant_lora_path"].startswith("ostris/zimage_turbo_training_adapter/")
+            assert (process["sample"]["sample_steps"], process["sample"]["guidance_scale"]) == (9, 1.0)
+
+    refused = SPEC.model_copy(update={"family": "z-image"})
+    from flenwheel.trainers.base import refuse_family
+    from flenwheel.trainers.fal import FalTrainer
+    from flenwheel.trainers.kohya import KohyaTrainer
+
+    assert any("Flux only" in problem for problem in FalTrainer("k").validate(refused))
+    [problem] = refuse_family("kohya", KohyaTrainer.trains, refused)
+    assert "kohya does not train z-image" in problem and "--trainer ai-toolkit" in problem
+    assert trainer.validate(refused.model_copy(update={"base_model": "tiny"})) == [
+        f"ai-toolkit cannot train the built-in tiny model: pass --base-model (a Hugging Face id such as "
+        f"{TRAINING_BASE_MODELS['z-image']}, a diffusers folder or a .safetensors) or use --trainer local"
+    ]
+
+
+def test_seed_002s_defaults_fill_only_what_the_user_left_unset(project: Project) -> None:
+    from trainer_data import CHARACTER
+
+    from flenwheel.datasets.versions import get_dataset_version
+    from flenwheel.pipeline.training import training_spec
+
+    version = get_dataset_version(project, CHARACTER)
+    qwen = training_spec(project, CHARACTER, version, family="qwen-image-edit", learning_rate=5e-5)
+    assert (qwen.rank, qwen.network_alpha, qwen.optimizer, qwen.ema, qwen.ema_decay) == (
+        16,
+        16.0,
+        "adamw8bit",
+        True,
+        0.999,
+    )
+    assert qwen.learning_rate == 5e-5 and qwen.resolution == 1024  # the user's own value wins
+    sd = training_spec(project, CHARACTER, version, family="sd")
+    assert (sd.learning_rate, sd.optimizer, sd.ema) == (1e-4, "adamw", False)  # unchanged for the SD family

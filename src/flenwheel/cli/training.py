@@ -36,7 +36,14 @@ def train(
         str | None,
         typer.Option("--base-model", help="tiny, a diffusers folder / .safetensors, or a remote model id"),
     ] = None,
-    family: Annotated[str | None, typer.Option("--family", help="sd, sdxl or flux")] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            "--family",
+            help="Training architecture: sd, sdxl, flux, qwen-image, qwen-image-edit or z-image "
+            "(`flenwheel trainers` says which trainer trains which)",
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=1000)] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1)] = None,
     rank: Annotated[int | None, typer.Option("--rank", min=1, max=256)] = None,
@@ -118,12 +125,31 @@ def trainers(json_output: JsonOption = False) -> None:
 
     registry = TrainerRegistry.from_settings(load_settings(project=project_dir()))
     found = registry.all()
+    from flenwheel.families import families_of_arch
+
+    def trains(trainer: object) -> list[str]:
+        return sorted(getattr(trainer, "trains", ()))
+
     if json_output:
         print_json(
-            [{"id": t.id, "dataset_format": t.dataset_format, "allows_nsfw": t.allows_nsfw} for t in found]
+            [
+                {
+                    "id": t.id,
+                    "dataset_format": t.dataset_format,
+                    "allows_nsfw": t.allows_nsfw,
+                    "trains": trains(t),
+                    "families": [family for arch in trains(t) for family in families_of_arch(arch)],
+                }
+                for t in found
+            ]
         )
         return
-    table = Table("trainer", "dataset format", "NSFW datasets")
+    table = Table("trainer", "trains (architecture → model families)", "dataset format", "NSFW datasets")
     for trainer in found:
-        table.add_row(trainer.id, trainer.dataset_format, "yes" if trainer.allows_nsfw else "never")
+        table.add_row(
+            trainer.id,
+            "; ".join(f"{arch} → {', '.join(families_of_arch(arch))}" for arch in trains(trainer)) or "?",
+            trainer.dataset_format,
+            "yes" if trainer.allows_nsfw else "never",
+        )
     console.print(table)

@@ -232,6 +232,41 @@ class AiToolkitRun:
     seed: int | None = None  # None: ai-toolkit picks; samples use 42
     ema_decay: float | None = None  # None: no EMA
     train_text_encoder: bool = False
+    qtype: str = "qint8"  # Qwen / Z-Image transformer quantisation (seed 002: int8); FLUX keeps ai-toolkit's
+    control_dir: str | None = None  # Qwen-Image-Edit: the control (source) images, one per target, same names
+    # One dataset entry per subset: (folder, num_repeats); empty: the one `image_dir` at `num_repeats`.
+    subsets: tuple[tuple[str, int], ...] = ()
+
+
+# ai-toolkit's model block per training architecture: the `arch` its extensions register
+# (extensions_built_in/diffusion_models: qwen_image, qwen_image_edit_plus, zimage) or its flags for the
+# older ones; the text encoder quantised to qfloat8 as in its own Qwen examples; Z-Image Turbo trained through
+# ostris's de-distillation adapter as its UI does for "zimage:turbo".
+_AI_TOOLKIT_ARCH: dict[str, dict[str, Any]] = {
+    "sd": {},
+    "sdxl": {"is_xl": True},
+    "flux": {"is_flux": True, "quantize": True},
+    "qwen-image": {"arch": "qwen_image", "quantize": True, "quantize_te": True, "qtype_te": "qfloat8"},
+    "qwen-image-edit": {
+        "arch": "qwen_image_edit_plus",
+        "quantize": True,
+        "quantize_te": True,
+        "qtype_te": "qfloat8",
+    },
+    "z-image": {
+        "arch": "zimage",
+        "quantize": True,
+        "quantize_te": True,
+        "qtype_te": "qfloat8",
+        "assistant_lora_path": "ostris/zimage_turbo_training_adapter/zimage_turbo_training_adapter_v2.safetensors",
+    },
+}
+_SAMPLING = {  # ai-toolkit sample steps / guidance per architecture (the families' hq tier)
+    "flux": (20, 4.0),
+    "qwen-image": (25, 3.0),
+    "qwen-image-edit": (25, 3.0),
+    "z-image": (9, 1.0),
+}
 
 
 def ai_toolkit_config(
@@ -239,22 +274,30 @@ def ai_toolkit_config(
 ) -> dict[str, Any]:
     """An ai-toolkit `job: extension` config with one sd_trainer process (keys as its config_modules.py reads them)."""
     run = run or AiToolkitRun()
-    flux = run.family == "flux"
-    model: dict[str, Any] = {"name_or_path": run.base_model}
-    if flux:
-        model.update(is_flux=True, quantize=True)
-    elif run.family == "sdxl":
-        model["is_xl"] = True
-    dataset: dict[str, Any] = {
-        "folder_path": str(image_dir),
-        "caption_ext": "txt",
-        "caption_dropout_rate": 0.05,
-        "shuffle_tokens": False,
-        "cache_latents_to_disk": True,
-        "resolution": list(run.resolutions),
-    }
-    if run.num_repeats is not None:
-        dataset["num_repeats"] = run.num_repeats
+    if run.family not in _AI_TOOLKIT_ARCH:
+        raise ExportError(
+            f"ai-toolkit has no architecture for family {run.family!r}: use one of {', '.join(_AI_TOOLKIT_ARCH)}"
+        )
+    flux = run.family not in ("sd", "sdxl")  # every other architecture is flow-matching
+    model: dict[str, Any] = {"name_or_path": run.base_model, **_AI_TOOLKIT_ARCH[run.family]}
+    if "arch" in model:
+        model["qtype"] = run.qtype
+    entries = run.subsets or ((str(image_dir), run.num_repeats),)
+    datasets = []
+    for folder, repeats in entries:
+        dataset: dict[str, Any] = {
+            "folder_path": folder,
+            "caption_ext": "txt",
+            "caption_dropout_rate": 0.05,
+            "shuffle_tokens": False,
+            "cache_latents_to_disk": True,
+            "resolution": list(run.resolutions),
+        }
+        if repeats is not None:
+            dataset["num_repeats"] = repeats
+        if run.control_dir is not None:
+            dataset["control_path"] = run.control_dir
+        datasets.append(dataset)
     train: dict[str, Any] = {
         "batch_size": run.batch_size,
         "steps": run.steps,
@@ -269,6 +312,9 @@ def ai_toolkit_config(
     }
     if run.ema_decay is not None:
         train["ema_config"] = {"use_ema": True, "ema_decay": run.ema_decay}
+    if "arch" in model:  # ai-toolkit's Qwen / Z-Image examples: weighted timesteps, cached prompt embeddings
+        train.update(timestep_type="weighted", cache_text_embeddings=True)
+    sample_steps, sample_guidance = _SAMPLING.get(run.family, (20, 7.0))
     process: dict[str, Any] = {
         "type": "sd_trainer",
         "training_folder": run.training_folder,
@@ -286,7 +332,7 @@ def ai_toolkit_config(
                 "save_every": run.save_every,
                 "max_step_saves_to_keep": run.max_step_saves_to_keep,
             },
-            "datasets": [dataset],
+            "datasets": datasets,
             "train": train,
             "model": model,
             "sample": {
@@ -298,8 +344,8 @@ def ai_toolkit_config(
                 "neg": "",
                 "seed": 42 if run.seed is None else run.seed,
                 "walk_seed": True,
-                "guidance_scale": 4 if flux else 7,
-                "sample_steps": 20,
+                "guidance_scale": sample_guidance,
+                "sample_steps": sample_steps,
             },
         }
     )

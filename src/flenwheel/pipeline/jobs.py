@@ -126,7 +126,7 @@ class TrainingOptions(Frozen):
     asked for; a field left out keeps the spec's default (the trigger always comes from the character)."""
 
     base_model: FileRef | None = None
-    family: Literal["sd", "sdxl", "flux"] | None = None
+    family: Literal["sd", "sdxl", "flux", "qwen-image", "qwen-image-edit", "z-image"] | None = None
     rank: int | None = Field(default=None, ge=1, le=128)
     alpha: float | None = Field(default=None, gt=0, le=1024)
     learning_rate: float | None = Field(default=None, gt=0, le=0.1)

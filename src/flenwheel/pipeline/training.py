@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from flenwheel.datasets.export import default_repeats, export_dataset
 from flenwheel.datasets.versions import get_dataset_version
 from flenwheel.errors import InvalidInput
+from flenwheel.families import TRAINING_DEFAULTS
 from flenwheel.jobs.base import JobContext
 from flenwheel.store.models import Asset, Checkpoint, DatasetVersion, TrainingRun
 from flenwheel.store.project import Project, get_character
@@ -63,7 +64,8 @@ def training_spec(
     with project.db.session() as session:
         character = get_character(session, character_name)
         trigger = f"{character.token} {character.class_word}"
-    values = {"trigger": trigger, "repeats": default_repeats(len(version.items))}
+    values: dict[str, Any] = {"trigger": trigger, "repeats": default_repeats(len(version.items))}
+    values.update(TRAINING_DEFAULTS.get(str(overrides.get("family")), {}))  # seed 002's, for its families
     values.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return TrainingSpec(**values)

@@ -18,6 +18,7 @@ import yaml
 
 from flenwheel.config import Settings
 from flenwheel.datasets.export import AiToolkitRun, ai_toolkit_config
+from flenwheel.families import TRAINING_BASE_MODELS
 from flenwheel.trainers.base import (
     CheckpointFile,
     DatasetFormat,
@@ -27,6 +28,7 @@ from flenwheel.trainers.base import (
     TrainingInput,
     TrainingResult,
     TrainingSpec,
+    refuse_family,
 )
 from flenwheel.trainers.schedule import planned_steps, steps_per_epoch
 from flenwheel.trainers.subprocess_run import (
@@ -46,6 +48,7 @@ class AiToolkitTrainer:
 
     id = "ai-toolkit"
     dataset_format: DatasetFormat = "ai-toolkit"
+    trains = frozenset({"sd", "sdxl", "flux", "qwen-image", "qwen-image-edit", "z-image"})
     allows_nsfw = True  # runs on the user's own machine
     paid = False  # no bill: nothing to reserve
 
@@ -62,7 +65,7 @@ class AiToolkitTrainer:
         return cls(settings.ai_toolkit_path.expanduser(), settings.ai_toolkit_python)
 
     def validate(self, spec: TrainingSpec) -> list[str]:
-        problems = []
+        problems = refuse_family(self.id, self.trains, spec)
         if not (self.path / "run.py").is_file():
             problems.append(
                 f"no run.py in {self.path}: set FLENWHEEL_AI_TOOLKIT_PATH to a clone of "
@@ -75,7 +78,8 @@ class AiToolkitTrainer:
         if spec.base_model == "tiny":
             problems.append(
                 "ai-toolkit cannot train the built-in tiny model: pass --base-model (a Hugging Face id such as "
-                "black-forest-labs/FLUX.1-dev, a diffusers folder or a .safetensors) or use --trainer local"
+                f"{TRAINING_BASE_MODELS.get(spec.family, 'black-forest-labs/FLUX.1-dev')}, a diffusers folder or a "
+                ".safetensors) or use --trainer local"
             )
         return problems
 
@@ -86,6 +90,13 @@ class AiToolkitTrainer:
         """The YAML ai-toolkit runs, with this run's values (dataset folder, rank, steps, output folder…)."""
         total, every = planned_steps(spec, len(data.items))
         image_dir = data.dataset_dir / "dataset"
+        control = data.dataset_dir / "control"  # Qwen-Image-Edit: each target's source image, same file name
+        if spec.family == "qwen-image-edit" and not control.is_dir():
+            raise TrainerError(
+                self.id,
+                f"Qwen-Image-Edit learns edits from (control, target) pairs: put each target's source image "
+                f"in {control} under the target's file name",
+            )
         run = AiToolkitRun(
             training_folder=str(data.work_dir / "ai-toolkit"),
             base_model=spec.base_model,
@@ -103,6 +114,7 @@ class AiToolkitTrainer:
             seed=spec.seed,
             ema_decay=spec.ema_decay if spec.ema else None,
             train_text_encoder=spec.train_text_encoder,
+            control_dir=str(control) if control.is_dir() else None,
         )
         return ai_toolkit_config(JOB_NAME, image_dir, spec.trigger.split()[0], run)
 

@@ -16,9 +16,10 @@ from pydantic import Field, model_validator
 
 from flenwheel.domain import Frozen
 from flenwheel.errors import FlenwheelError
+from flenwheel.families import TrainingArch
 from flenwheel.store.run import RunContext
 
-ModelFamily = Literal["sd", "sdxl", "flux"]
+ModelFamily = TrainingArch  # sd, sdxl, flux, qwen-image, qwen-image-edit, z-image (families.py)
 Optimizer = Literal["adamw", "adamw8bit", "prodigy", "sgd"]
 DatasetFormat = Literal["kohya", "ai-toolkit", "zip", "images"]
 
@@ -119,6 +120,16 @@ class Trainer(Protocol):
     def estimate_cost(self, spec: TrainingSpec, images: int) -> float: ...
 
     def run(self, spec: TrainingSpec, data: TrainingInput, ctx: TrainingContext) -> TrainingResult: ...
+
+
+def refuse_family(trainer: str, trains: frozenset[str], spec: TrainingSpec) -> list[str]:
+    """[] when `trainer` trains `spec.family`, else one problem naming the trainers that do."""
+    if spec.family in trains:
+        return []
+    return [
+        f"{trainer} does not train {spec.family} (it trains {', '.join(sorted(trains))}): use --trainer "
+        "ai-toolkit for FLUX, Qwen-Image, Qwen-Image-Edit and Z-Image (see `flenwheel trainers`)"
+    ]
 
 
 class LocalTrainingContext(RunContext):

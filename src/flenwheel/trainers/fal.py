@@ -48,6 +48,7 @@ class FalTrainer:
 
     id = "fal"
     dataset_format: DatasetFormat = "zip"
+    trains = frozenset({"flux"})  # training architectures (families.py)
     allows_nsfw = False
 
     paid = True  # fal bills every training: reserve `estimate_cost` before `run`

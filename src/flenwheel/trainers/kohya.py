@@ -25,6 +25,7 @@ from flenwheel.trainers.base import (
     TrainingInput,
     TrainingResult,
     TrainingSpec,
+    refuse_family,
 )
 from flenwheel.trainers.subprocess_run import (
     StableFiles,
@@ -48,6 +49,7 @@ class KohyaTrainer:
 
     id = "kohya"
     dataset_format: DatasetFormat = "kohya"
+    trains = frozenset({"sd", "sdxl", "flux"})  # training architectures (families.py)
     allows_nsfw = True  # runs on the user's own machine
     paid = False  # no bill: nothing to reserve
 
@@ -71,6 +73,9 @@ class KohyaTrainer:
         return cls(settings.kohya_path.expanduser(), settings.kohya_python, settings.kohya_flux_models_dir)
 
     def validate(self, spec: TrainingSpec) -> list[str]:
+        problems = refuse_family(self.id, self.trains, spec)
+        if problems:
+            return problems
         problems = []
         script = self.path / SCRIPTS[spec.family]
         if not script.is_file():

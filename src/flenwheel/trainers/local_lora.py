@@ -25,6 +25,7 @@ from flenwheel.trainers.base import (
     TrainingInput,
     TrainingResult,
     TrainingSpec,
+    refuse_family,
 )
 from flenwheel.trainers.latent_cache import CacheStats
 
@@ -38,6 +39,7 @@ class LocalLoraTrainer:
 
     id = "local"
     dataset_format: DatasetFormat = "images"
+    trains = frozenset({"sd", "sdxl"})  # training architectures (families.py)
     allows_nsfw = True  # runs on the user's own machine
     paid = False  # no bill: nothing to reserve
 
@@ -63,6 +65,8 @@ class LocalLoraTrainer:
             problems.append(
                 "the local trainer does not train Flux yet: use --trainer ai-toolkit, kohya or fal for Flux"
             )
+        elif spec.family not in self.trains:
+            problems.extend(refuse_family(self.id, self.trains, spec))
         if spec.base_model == TINY_MODEL_ID:
             if spec.family != "sd":
                 problems.append(f"the tiny model is SD-family: set family 'sd', not {spec.family!r}")

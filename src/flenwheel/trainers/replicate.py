@@ -66,6 +66,7 @@ class ReplicateTrainer:
 
     id = "replicate"
     dataset_format: DatasetFormat = "zip"
+    trains = frozenset({"flux"})  # training architectures (families.py)
     allows_nsfw = False
 
     paid = True  # Replicate bills every training: reserve `estimate_cost` before `run`

@@ -36,9 +36,13 @@ SECTION_KEYS = {
     "train": {
         "batch_size", "steps", "gradient_accumulation_steps", "train_unet", "train_text_encoder",
         "gradient_checkpointing", "noise_scheduler", "optimizer", "lr", "dtype", "ema_config",
-        "optimizer_params", "lr_scheduler", "skip_first_sample", "disable_sampling",
+        "optimizer_params", "lr_scheduler", "skip_first_sample", "disable_sampling", "timestep_type",
+        "cache_text_embeddings",
     },
-    "model": {"name_or_path", "is_flux", "is_xl", "is_v2", "quantize", "low_vram", "arch"},
+    "model": {
+        "name_or_path", "is_flux", "is_xl", "is_v2", "quantize", "low_vram", "arch", "qtype", "quantize_te",
+        "qtype_te", "assistant_lora_path",
+    },
     "sample": {
         "sampler", "sample_every", "width", "height", "prompts", "neg", "seed", "walk_seed",
         "guidance_scale", "sample_steps",
@@ -46,8 +50,12 @@ SECTION_KEYS = {
 }  # fmt: skip
 DATASET_KEYS = {
     "folder_path", "caption_ext", "caption_dropout_rate", "shuffle_tokens", "cache_latents_to_disk",
-    "resolution", "num_repeats",
+    "resolution", "num_repeats", "control_path",
 }  # fmt: skip
+# The `arch` names ai-toolkit's extensions register (extensions_built_in/diffusion_models/*, at 27a03a9) and
+# the quantisation types its get_qtype takes (optimum-quanto's qtypes and its torchao ones).
+ARCHS = {"qwen_image", "qwen_image_edit_plus", "zimage", "flux", "sdxl", "sd1"}
+QTYPES = {"qint8", "qint4", "qfloat8", "qfloat8_e4m3fn", "qfloat8_e5m2", "int8", "float8"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
@@ -69,8 +77,23 @@ def load_job(path: Path) -> tuple[str, dict]:
         raise ValueError(f"unknown process type {process['type']}")
     for section, allowed in SECTION_KEYS.items():
         refuse_unknown(section, process.get(section, {}), allowed)
+    model = process["model"]
+    if "arch" in model and model["arch"] not in ARCHS:
+        raise ValueError(f"unknown arch {model['arch']}")
+    for key in ("qtype", "qtype_te"):
+        if key in model and model[key] not in QTYPES:
+            raise ValueError(f"unknown quantisation type {model[key]} for {key}")
+    if model.get("arch") == "qwen_image_edit_plus" and not all(
+        "control_path" in d for d in process["datasets"]
+    ):
+        raise ValueError("qwen_image_edit_plus trains on control images: every dataset needs control_path")
     for dataset in process["datasets"]:
         refuse_unknown("datasets[]", dataset, DATASET_KEYS)
+        if "control_path" in dataset:
+            controls = {p.name for p in Path(dataset["control_path"]).iterdir()}
+            for target in Path(dataset["folder_path"]).iterdir():
+                if target.suffix.lower() in IMAGE_EXTENSIONS and target.name not in controls:
+                    raise ValueError(f"no control image for {target.name} in {dataset['control_path']}")
         folder = Path(dataset["folder_path"])
         images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not images:
