@@ -22,8 +22,10 @@ from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobContext, LocalJobContext
 from flenwheel.pipeline.activation import mode_reason
 from flenwheel.pipeline.generation import GenerationOutcome, run_generation
+from flenwheel.pipeline.likeness import check_identity
 from flenwheel.pipeline.stage import (
     SEED_MASK,
+    IdentityCheck,
     RenderSize,
     StageEngines,
     check_cancelled,
@@ -92,6 +94,8 @@ class StudioResult(Frozen):
     cost_usd: float
     nsfw_routing: bool
     note: str | None
+    # What the identity check said of each output, in order (`not measurable` when either side has no face).
+    identity: tuple[IdentityCheck, ...] = ()
 
 
 # -- mode -------------------------------------------------------------------------------------------------
@@ -291,7 +295,9 @@ def studio_generate(
         decision.mode,
         method,
     )
-    return _result(outcome, decision.mode, decision.reason, method)
+    result = _result(outcome, decision.mode, decision.reason, method)
+    checks = check_identity(project, character_name, [o.asset_id for o in result.outputs])
+    return result.model_copy(update={"identity": checks})
 
 
 # -- edit, inpaint, upscale, regenerate ----------------------------------------------------------------------
@@ -446,7 +452,11 @@ def regenerate(
         mode,
         method,
     )
-    return _result(outcome, mode, f"regenerated asset {asset_id} with a new seed", method)
+    result = _result(outcome, mode, f"regenerated asset {asset_id} with a new seed", method)
+    if kind is not AssetKind.GENERATED:
+        return result
+    checks = check_identity(project, character_name, [o.asset_id for o in result.outputs])
+    return result.model_copy(update={"identity": checks})
 
 
 # -- shared ------------------------------------------------------------------------------------------------
