@@ -45,6 +45,8 @@ sys.path.insert(0, str(REPO / "tests" / "providers"))  # the server fixture's he
 
 from comfyui_server import comfyui_venv, ensure_tiny_sd15, running_comfyui  # noqa: E402
 
+from results import save_table  # noqa: E402
+
 
 @dataclass
 class Batch:
@@ -220,15 +222,19 @@ def run(url: str, models_dir: Path, workloads: list[str]) -> None:
     console = Console(width=150)
     console.print(table)
     by_key = {(row.workload, row.n, row.mode, row.client): row for row in rows}
+    notes = []
     for workload in workloads:
         for n in (3, 8):
             sequential = by_key[(workload, n, "one by one", "flenwheel")]
             fanned = by_key[(workload, n, "all at once", "flenwheel")]
             peer = by_key[(workload, n, "all at once", "ComfyUI example client")]
-            console.print(
+            notes.append(
                 f"{workload} N={n}: all at once / one by one = {fanned.all_s / sequential.all_s:.2f}× the time; "
                 f"flenwheel / example client (all at once) = {fanned.all_s / peer.all_s:.2f}×"
             )
+    for note in notes:
+        console.print(note)
+    console.print(f"written: {save_table('fanout', table, notes)}")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from flenwheel.faces.calibration import gate_distances, pair_distances
 from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
 from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
 
-from photos import FACES, LISA
+from photos import FACES, LISA, london
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,33 @@ def test_shot_type_follows_how_much_of_the_frame_the_face_fills(analyzer: DlibFa
 def test_no_face_on_objects_and_a_cat(analyzer: DlibFaceAnalyzer) -> None:
     for photo in sorted((FACES / "non_face").glob("*.jpg")):
         assert analyzer.analyze(Image.open(photo).convert("RGB")) == [], photo.name
+
+
+def test_embeddings_are_face_recognitions_and_pool_workers_analyse_as_one_process(
+    analyzer: DlibFaceAnalyzer,
+) -> None:
+    """What any faster route must keep (issue 13): on the same box, each stage's output equals the
+    face_recognition library's 128-d encoding (to the 6 places stored), and curate's pool of forked workers —
+    which inherit the parent's loaded models — gives exactly the analyses of one in-process analyser."""
+    import face_recognition
+
+    from flenwheel.datasets.analysis import analyze_files, analyze_image
+    from flenwheel.images import open_stored
+
+    photos = [*LISA[:3], london(1), london(2, "smiling"), sorted((FACES / "non_face").glob("*.jpg"))[0]]
+    alone = {i: analyze_image(open_stored(p.read_bytes()), analyzer) for i, p in enumerate(photos)}
+    for i, photo in enumerate(photos):
+        rgb = np.asarray(open_stored(photo.read_bytes()).convert("RGB"))
+        for face in alone[i].faces:
+            left, top, right, bottom = face.box
+            [theirs] = face_recognition.face_encodings(rgb, [(top, right, bottom, left)], num_jitters=1)
+            assert np.abs(np.asarray(face.embedding) - theirs).max() <= 5e-7, photo
+    assert sum(len(a.faces) for a in alone.values()) == 5
+    pooled: dict[int, object] = {}
+    analyze_files(
+        list(enumerate(photos)),
+        analyzer.detect_max_side,
+        2,
+        lambda i, analysis: pooled.setdefault(i, analysis),
+    )
+    assert pooled == alone

@@ -56,8 +56,10 @@ class DlibFaceAnalyzer:
             raise MissingDependency(f"dlib / face_recognition_models ({exc})", "faces") from exc
         return dlib, models
 
-    def analyze(self, image: Image.Image) -> list[Face]:
-        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    def detect(self, image: Image.Image, rgb: np.ndarray) -> list[tuple[Any, float]]:
+        """HOG face boxes (dlib rectangles in `rgb`'s full-size pixels) with their scores: first on a copy at
+        most `detect_max_side` long without upsampling, then — only if that finds nothing — at up to twice
+        that size with `max_upsample` upsamples. `rgb` is `image` as an (H, W, 3) uint8 array."""
         height, width = rgb.shape[:2]
         for max_side, upsample in ((self.detect_max_side, 0), (2 * self.detect_max_side, self.max_upsample)):
             scale = min(1.0, max_side / max(width, height))
@@ -65,24 +67,39 @@ class DlibFaceAnalyzer:
             rects, scores, _ = self._detector.run(small, upsample, 0.0)
             if len(rects):
                 break
-        faces = []
+        boxes = []
         for rect, score in zip(rects, scores, strict=True):
-            left = max(0, round(rect.left() / scale))
-            top = max(0, round(rect.top() / scale))
-            right = min(width, round(rect.right() / scale))
-            bottom = min(height, round(rect.bottom() / scale))
-            full = self._dlib.rectangle(left, top, right, bottom)
-            shape68 = self._pose68(rgb, full)
-            points = [(float(p.x), float(p.y)) for p in shape68.parts()]
-            shape5 = self._pose5(rgb, full)
-            embedding = np.asarray(self._encoder.compute_face_descriptor(rgb, shape5, 1), dtype=np.float64)
+            full = self._dlib.rectangle(
+                max(0, round(rect.left() / scale)),
+                max(0, round(rect.top() / scale)),
+                min(width, round(rect.right() / scale)),
+                min(height, round(rect.bottom() / scale)),
+            )
+            boxes.append((full, float(score)))
+        return boxes
+
+    def landmarks(self, rgb: np.ndarray, box: Any) -> tuple[list[tuple[float, float]], Any]:
+        """The 68 landmark points (x, y pixels) and the 5-point shape the embedding aligns with."""
+        points = [(float(p.x), float(p.y)) for p in self._pose68(rgb, box).parts()]
+        return points, self._pose5(rgb, box)
+
+    def embed(self, rgb: np.ndarray, shape5: Any) -> list[float]:
+        """The 128-d descriptor (face_recognition.face_encodings' alignment, no jitter), rounded to 6 places."""
+        embedding = np.asarray(self._encoder.compute_face_descriptor(rgb, shape5, 1), dtype=np.float64)
+        return [round(float(v), 6) for v in embedding]
+
+    def analyze(self, image: Image.Image) -> list[Face]:
+        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        faces = []
+        for box, score in self.detect(image, rgb):
+            points, shape5 = self.landmarks(rgb, box)
             faces.append(
                 Face(
-                    box=(left, top, right, bottom),
+                    box=(box.left(), box.top(), box.right(), box.bottom()),
                     landmarks=points,
-                    embedding=[round(float(v), 6) for v in embedding],
+                    embedding=self.embed(rgb, shape5),
                     yaw=estimate_yaw(points),
-                    detector_score=float(score),
+                    detector_score=score,
                 )
             )
         faces.sort(key=lambda face: face.area, reverse=True)
