@@ -24,6 +24,7 @@ class AssetKind(StrEnum):
     GENERATED = "generated"
     EDITED = "edited"
     UPSCALED = "upscaled"
+    CORRECTED = "corrected"  # a person's corrected version of a needs_correction image (flywheel 2's target)
     EVALUATION = "evaluation"  # drawn by a checkpoint during evaluation; never enters a dataset
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from flenwheel.cli import (
+    corrections,
     curation,
     dataset,
     demo,
@@ -50,6 +51,7 @@ sheet.register(app)
 training.register(app)
 evaluate.register(app)
 app.add_typer(dataset.app, name="dataset")
+app.add_typer(corrections.app, name="corrections")
 demo.register(app)
 jobs.register(app)
 serve.register(app)

@@ -73,7 +73,7 @@ def export_dataset(
         character = get_character(session, character_name)
         token, class_word, name = character.token, character.class_word, character.name
     version = get_dataset_version(project, character_name, version_number)
-    out = _prepare_out(out, project)  # only now: a failed export leaves no empty folder behind
+    out = prepare_out(out, project)  # only now: a failed export leaves no empty folder behind
     writer = _Writer(project, out)
     repeats = repeats or default_repeats(len(version.items))
     if fmt == ExportFormat.KOHYA:
@@ -120,7 +120,9 @@ def _image_name(token: str, position: int, extension: str) -> str:
     return f"{token}_{position + 1:03d}.{extension}"
 
 
-def _prepare_out(out: Path, project: Project) -> Path:
+def prepare_out(out: Path, project: Project) -> Path:
+    """`out` made ready for an export: a new or empty real folder outside the blob store, resolved. Raises
+    ExportError naming the problem (a file, a link, not empty, inside the blob store, cannot be created)."""
     if out.resolve().is_relative_to(project.blobs.root.resolve()):
         raise ExportError(f"--out {out} is inside the project's blob store: export somewhere else")
     if out.exists() and not out.is_dir():

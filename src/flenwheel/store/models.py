@@ -321,6 +321,49 @@ class EvaluationSample(Base):
     adherence: Mapped[float | None] = mapped_column(Float, default=None)  # None = not measured
 
 
+class CorrectionTriplet(Base):
+    """Seed 001 step 2.1: an image that needed correction, as (source, edit instruction, corrected target).
+
+    `flawed_asset_id` is the output a person labelled needs_correction; `source_asset_id` the image it was made
+    from (its parent; the flawed image itself when it has none); `target_asset_id` the corrected image (an upload
+    or a redone edit) — None until one is attached. Dropped triplets stay on record (`dropped`)."""
+
+    __tablename__ = "correction_triplet"
+    __table_args__ = (UniqueConstraint("flawed_asset_id", name="uq_correction_flawed"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("character.id", ondelete="CASCADE"), index=True)
+    flawed_asset_id: Mapped[int] = mapped_column(ForeignKey("asset.id", ondelete="CASCADE"))
+    source_asset_id: Mapped[int] = mapped_column(ForeignKey("asset.id", ondelete="CASCADE"))
+    target_asset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("asset.id", ondelete="SET NULL"), default=None
+    )
+    instruction: Mapped[str] = mapped_column(Text, default="")
+    issue: Mapped[str] = mapped_column(Text, default="")
+    improvement: Mapped[str] = mapped_column(Text, default="")
+    dropped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CorrectionSet(Base):
+    """An immutable snapshot of a character's complete correction triplets: c1, c2, … (seed 001 step 2.2's
+    training input). `items` freezes each triplet's blobs and texts at build time."""
+
+    __tablename__ = "correction_set"
+    __table_args__ = (UniqueConstraint("character_id", "number", name="uq_correction_set_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("character.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    items: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def label(self) -> str:
+        return f"c{self.number}"
+
+
 class Job(Base):
     """A unit of background work. The source of truth for status and progress on every job backend.
 

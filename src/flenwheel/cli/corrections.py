@@ -1,0 +1,158 @@
+"""`flenwheel corrections collect|ls|attach|edit|drop|build|export` — flywheel 2's correction triplets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from flenwheel.cli.common import JsonOption, console, open_project, print_json, safe
+
+if TYPE_CHECKING:
+    from flenwheel.datasets.corrections import TripletView
+
+app = typer.Typer(
+    help="Correction triplets (source, edit instruction, corrected image) for training an editor LoRA.",
+    no_args_is_help=True,
+)
+
+Name = Annotated[str, typer.Argument(help="Character name")]
+TripletId = Annotated[int, typer.Argument(help="Triplet id (see `flenwheel corrections ls`)")]
+
+
+def _print(triplets: list[TripletView]) -> None:
+    table = Table("id", "flawed", "source", "target", "instruction", "issue", "state")
+    for t in triplets:
+        state = "dropped" if t.dropped else ("complete" if t.complete else "needs a target or an instruction")
+        table.add_row(
+            str(t.id),
+            f"#{t.flawed_asset_id}",
+            f"#{t.source_asset_id}",
+            f"#{t.target_asset_id}" if t.target_asset_id else "—",
+            safe(t.instruction) or "—",
+            safe(t.issue) or "—",
+            state,
+        )
+    console.print(table)
+
+
+@app.command("collect")
+def collect(name: Name, json_output: JsonOption = False) -> None:
+    """Make a triplet of every image labelled needs_correction that has none yet."""
+    from flenwheel.datasets.corrections import collect_triplets
+
+    made = collect_triplets(open_project(), name)
+    if json_output:
+        print_json({"collected": [t.as_dict() for t in made]})
+        return
+    console.print(f"{len(made)} new correction triplet(s).")
+    if made:
+        _print(made)
+
+
+@app.command("ls")
+def ls(
+    name: Name,
+    all_: Annotated[bool, typer.Option("--all", help="Show dropped triplets too")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """List the character's correction triplets."""
+    from flenwheel.datasets.corrections import list_triplets
+
+    triplets = list_triplets(open_project(), name, include_dropped=all_)
+    if json_output:
+        print_json({"triplets": [t.as_dict() for t in triplets]})
+        return
+    _print(triplets)
+
+
+@app.command("attach")
+def attach(
+    name: Name,
+    triplet: TripletId,
+    image: Annotated[Path, typer.Argument(help="The corrected image (JPEG, PNG or WebP)")],
+    improvement: Annotated[
+        str | None, typer.Option("--improvement", help="What the correction fixed")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Attach a corrected image as the triplet's target."""
+    from flenwheel.datasets.corrections import attach_target
+
+    result = attach_target(open_project(), name, triplet, image, improvement)
+    if json_output:
+        print_json(result.as_dict())
+        return
+    console.print(f"Triplet {result.id}: target #{result.target_asset_id}.")
+
+
+@app.command("edit")
+def edit(
+    name: Name,
+    triplet: TripletId,
+    instruction: Annotated[str | None, typer.Option("--instruction", help="The edit instruction")] = None,
+    issue: Annotated[str | None, typer.Option("--issue", help="What was wrong")] = None,
+    improvement: Annotated[
+        str | None, typer.Option("--improvement", help="What the correction fixed")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Change a triplet's instruction, issue or improvement (a dropped one comes back)."""
+    from flenwheel.datasets.corrections import edit_triplet
+
+    result = edit_triplet(open_project(), name, triplet, instruction, issue, improvement)
+    if json_output:
+        print_json(result.as_dict())
+        return
+    _print([result])
+
+
+@app.command("drop")
+def drop(name: Name, triplet: TripletId, json_output: JsonOption = False) -> None:
+    """Leave a triplet out of the next versions (kept on record)."""
+    from flenwheel.datasets.corrections import drop_triplet
+
+    result = drop_triplet(open_project(), name, triplet)
+    if json_output:
+        print_json(result.as_dict())
+        return
+    console.print(f"Triplet {result.id} dropped.")
+
+
+@app.command("build")
+def build(name: Name, json_output: JsonOption = False) -> None:
+    """Freeze the complete triplets as the next immutable version (c1, c2, …)."""
+    from flenwheel.datasets.corrections import build_triplet_set
+
+    version, created = build_triplet_set(open_project(), name)
+    if json_output:
+        print_json({"version": version.label, "created": created, "triplets": version.items})
+        return
+    if created:
+        console.print(f"Built correction set [bold]{version.label}[/] with {len(version.items)} triplet(s).")
+    else:
+        console.print(f"Nothing changed since {version.label}; no new version built.")
+
+
+@app.command("export")
+def export(
+    name: Name,
+    fmt: Annotated[str, typer.Option("--format", help="ai-toolkit, fal or diffsynth")],
+    out: Annotated[Path, typer.Option("--out", help="A new or empty folder to write into")],
+    version: Annotated[int | None, typer.Option("--version", help="Set number (default: latest)")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write a correction set in an editor trainer's layout, with triplets.json."""
+    from flenwheel.datasets.corrections import export_triplets
+
+    result = export_triplets(open_project(), name, fmt, out, version)
+    if json_output:
+        print_json(result)
+        return
+    console.print(
+        f"Exported {result.version} ({result.triplets} triplets) as {result.format.value} to {safe(result.out)}"
+    )
+    for path in result.files:
+        console.print(f"  {safe(path)}")
