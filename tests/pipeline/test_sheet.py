@@ -98,7 +98,12 @@ def test_sheet_on_the_tiny_model_waits_for_picks_and_never_pretends_identity_pas
         image=TINY,
         anchors=[
             {"id": "front", "prompt": "standing"},
-            {"id": "seated", "prompt": "seated on a chair", "pose": {"posture": "sitting"}},
+            {
+                "id": "seated",
+                "prompt": "seated on a chair",
+                "pose": {"posture": "sitting"},
+                "skeleton": "seated",
+            },
         ],
         variations=[
             {"id": "smile", "anchor": "front", "prompt": "smiling", "strength": 0.35},
@@ -111,6 +116,9 @@ def test_sheet_on_the_tiny_model_waits_for_picks_and_never_pretends_identity_pas
     )
     assert len(first.anchors.candidates) == 4 and first.anchors.picks == ()
     assert "image-to-image from the picked base" in first.anchors.method
+    # the tiny engine takes a control image: the seated anchor is steered by its skeleton (ControlNet)
+    assert "steered by each anchor's pose skeleton" in first.anchors.method
+    assert {a.attributes.get("pose_control") for a in assets(project, stage="anchor")} == {None, "seated"}
     assert all(a.kind == "anchor" and a.parents == [base_id] for a in assets(project, stage="anchor"))
     assert first.variations.skipped == 2 and "has no pick yet" in first.variations.outcomes[0].reason
     assert seen[0][:2] == (0, 4) and (4, 4) in [s[:2] for s in seen]

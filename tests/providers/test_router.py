@@ -122,3 +122,19 @@ def test_the_users_order_decides_which_engine_goes_first() -> None:
         p.id for p in ProviderRegistry.from_settings(Settings(fal_key="k", providers="fal,local")).all()
     ]
     assert chosen[:2] == ["fal", "local"] and "esrgan" in chosen
+
+
+def test_a_control_image_goes_to_an_engine_that_takes_one() -> None:
+    """fal and Replicate take no control image here; the local engine and ComfyUI do."""
+    from flenwheel.providers.base import ControlImage
+    from flenwheel.providers.fal import FalProvider
+    from flenwheel.providers.replicate import ReplicateProvider
+
+    assert Capability.CONTROLNET not in FalProvider.capabilities | ReplicateProvider.capabilities
+    plain = ScriptedEngine("fal", capabilities=frozenset(FalProvider.capabilities), allows_nsfw=False)
+    steerable = ScriptedEngine("comfyui", allows_nsfw=True)
+    request = TextToImage(prompt="x", control=ControlImage(image=b"\x89PNG", strength=0.7))
+    route = plan_route([plain, steerable], request, nsfw=False)
+    assert [p.id for p in route.providers] == ["comfyui"]
+    with pytest.raises(NoProvider, match="controlnet"):
+        plan_route([plain], request, nsfw=False)

@@ -45,8 +45,17 @@ from flenwheel.pipeline.stage import (
     stage_assets,
     update_attributes,
 )
+from flenwheel.poses.skeleton import SKELETONS, render_skeleton
 from flenwheel.poses.target import PoseCheck, PoseTarget
-from flenwheel.providers.base import Capability, GenerationRequest, ImageProvider, ImageToImage, TextToImage
+from flenwheel.providers.base import (
+    Capability,
+    ControlImage,
+    ControlType,
+    GenerationRequest,
+    ImageProvider,
+    ImageToImage,
+    TextToImage,
+)
 from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project, get_character
 
@@ -63,6 +72,8 @@ class Anchor(Frozen):
     prompt: str = Field(min_length=1, max_length=400)
     keywords: tuple[str, ...] = ()
     pose: PoseTarget | None = None
+    # the OpenPose skeleton (poses/skeleton.py) sent as a pose control image where an engine takes one
+    skeleton: str | None = None
 
 
 class Variation(Frozen):
@@ -79,48 +90,56 @@ STANDING = Posture.STANDING
 DEFAULT_ANCHORS: tuple[Anchor, ...] = (
     Anchor(
         id="front",
+        skeleton="front",
         prompt="standing, facing the camera, full body",
         keywords=("front", "facing", "standing"),
         pose=PoseTarget(posture=STANDING, facing=(Facing.FRONT,)),
     ),
     Anchor(
         id="back",
+        skeleton="back",
         prompt="standing, seen from behind, full body",
         keywords=("back", "behind", "rear"),
         pose=PoseTarget(posture=STANDING, facing=(Facing.BACK,)),
     ),
     Anchor(
         id="side",
+        skeleton="side",
         prompt="standing, side profile view, full body",
         keywords=("side", "profile", "squat"),
         pose=PoseTarget(posture=STANDING, facing=(Facing.SIDE,)),
     ),
     Anchor(
         id="three_quarter",
+        skeleton="three_quarter",
         prompt="standing, three-quarter view, full body",
         keywords=("three-quarter", "quarter", "angle", "lunge"),
         pose=PoseTarget(posture=STANDING, facing=(Facing.THREE_QUARTER,)),
     ),
     Anchor(
         id="arms_up",
+        skeleton="arms_up",
         prompt="standing, both arms raised overhead",
         keywords=("arms up", "overhead", "raised"),
         pose=PoseTarget(posture=STANDING, arms=Arms.UP),
     ),
     Anchor(
         id="bent_over",
+        skeleton="bent_over",
         prompt="bending forward at the hips",
         keywords=("bent", "bending", "leaning forward"),
         pose=PoseTarget(posture=Posture.BENT_OVER),
     ),
     Anchor(
         id="seated",
+        skeleton="seated",
         prompt="seated on a chair, full body",
         keywords=("seated", "sitting", "sits", "chair"),
         pose=PoseTarget(posture=Posture.SITTING),
     ),
     Anchor(
         id="hanging",
+        skeleton="hanging",
         prompt="hanging from a bar with both hands",
         keywords=("hanging", "bar", "pull-up"),
         pose=PoseTarget(arms=Arms.UP),
@@ -149,6 +168,8 @@ class SheetConfig(Frozen):
     candidates: int = Field(default=4, ge=1, le=10)  # K per anchor
     anchor_strength: float = Field(default=0.65, ge=0.05, le=0.95)  # image-to-image from the picked base
     identity_retries: int = Field(default=2, ge=0, le=10)  # redraws of a drifted variation
+    # ControlNet strength of an anchor's skeleton; 0 draws anchors from the prompt alone
+    pose_control: float = Field(default=0.8, ge=0.0, le=2.0)
     image: RenderSize = RenderSize()
     anchors: tuple[Anchor, ...] = Field(default=DEFAULT_ANCHORS, min_length=1)
     variations: tuple[Variation, ...] = DEFAULT_VARIATIONS
@@ -156,6 +177,11 @@ class SheetConfig(Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> SheetConfig:
         anchor_ids = [a.id for a in self.anchors]
+        for anchor in self.anchors:
+            if anchor.skeleton is not None and anchor.skeleton not in SKELETONS:
+                raise ValueError(
+                    f"anchor {anchor.id!r} names skeleton {anchor.skeleton!r}; known: {', '.join(sorted(SKELETONS))}"
+                )
         for kind, ids in (("anchor", anchor_ids), ("variation", [v.id for v in self.variations])):
             duplicates = sorted({i for i in ids if ids.count(i) > 1})
             if duplicates:
@@ -331,12 +357,19 @@ def generate_anchors(
     base, reference = _reference(project, character_name, probe)
     nsfw = spec.nsfw_allowed
     from_base = base is not None and engines.first_with(Capability.IMAGE_TO_IMAGE, nsfw) is not None
+    kind = Capability.IMAGE_TO_IMAGE if from_base else Capability.TEXT_TO_IMAGE
+    steered = config.pose_control > 0 and any(
+        {kind, Capability.CONTROLNET} <= p.capabilities and (p.allows_nsfw or not nsfw)
+        for p in engines.providers
+    )
     base_bytes = project.blobs.get(base.sha256) if from_base and base is not None else b""
     method = (
         f"image-to-image from the picked base (asset {base.id}) at strength {config.anchor_strength}"
         if from_base and base is not None
         else "text-to-image from the spec (no picked base, or no engine can edit images)"
     )
+    if steered:
+        method += f", steered by each anchor's pose skeleton (ControlNet strength {config.pose_control})"
     jobs = [(anchor, k) for anchor in config.anchors for k in range(config.candidates)]
     progress = StageProgress(ctx, len(jobs), "anchors")
     reused = 0
@@ -359,6 +392,13 @@ def generate_anchors(
                 "negative": NEGATIVE,
                 "seed": seed,
             }
+            if steered and anchor.skeleton is not None:
+                common["control"] = ControlImage(
+                    image=render_skeleton(anchor.skeleton, size.width, size.height),
+                    type=ControlType.POSE,
+                    strength=config.pose_control,
+                )
+                attributes["pose_control"] = anchor.skeleton
             request: GenerationRequest
             if from_base and base is not None:
                 request = ImageToImage(

@@ -106,7 +106,11 @@ def _arms(p: Sequence[Landmark], seen: Seen, torso_len: float) -> Arms | None:
     elbows = [_angle(p[shoulder], p[elbow], p[wrist]) for shoulder, elbow, wrist, _hip in sides]
     rises = [(p[shoulder][1] - p[wrist][1]) / torso_len for shoulder, _elbow, wrist, _hip in sides]
     low, high = T_POSE_ABDUCTION
-    if all(low <= a <= high for a in abductions) and all(e >= STRAIGHT_ELBOW_MIN for e in elbows):
+    upright = (p[LEFT_HIP][1] + p[RIGHT_HIP][1] - p[LEFT_SHOULDER][1] - p[RIGHT_SHOULDER][1]) / 2 > (
+        BENT_TORSO_RISE_MAX * torso_len
+    )  # arms hanging from a body bent over stand at 90° to it too: that is no T-pose
+    straight_out = all(low <= a <= high for a in abductions) and all(e >= STRAIGHT_ELBOW_MIN for e in elbows)
+    if upright and straight_out:
         return Arms.T_POSE
     if all(rise >= ARMS_UP_WRIST_RISE for rise in rises):
         return Arms.UP

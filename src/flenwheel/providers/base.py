@@ -24,6 +24,24 @@ class Capability(StrEnum):
     UPSCALE = "upscale"
     IDENTITY_REFERENCE = "identity_reference"
     LORA = "lora"
+    CONTROLNET = "controlnet"  # takes a control image (ControlImage) beside the prompt
+
+
+class ControlType(StrEnum):
+    """What a control image shows; each needs a ControlNet trained on it."""
+
+    POSE = "pose"  # an OpenPose skeleton (poses/skeleton.py draws them)
+    DEPTH = "depth"
+    CANNY = "canny"
+
+
+class ControlImage(Frozen):
+    """A ControlNet condition: the image, its type, and its strength (0 ignores it, 1 is the ControlNet's
+    trained strength; ComfyUI's ControlNetApplyAdvanced and diffusers' controlnet_conditioning_scale)."""
+
+    image: bytes = Field(min_length=1)
+    type: ControlType = ControlType.POSE
+    strength: float = Field(default=1.0, ge=0.0, le=2.0)
 
 
 class LoraRef(Frozen):
@@ -48,6 +66,7 @@ class _Sized(_Common):
     height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=20, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+    control: ControlImage | None = None  # steer the drawing (a pose skeleton…) where an engine can
 
 
 class TextToImage(_Sized):
@@ -102,6 +121,8 @@ def required_capabilities(request: GenerationRequest) -> frozenset[Capability]:
     needed = {REQUIRED_CAPABILITY[request.kind]}
     if request.loras:
         needed.add(Capability.LORA)
+    if getattr(request, "control", None) is not None:
+        needed.add(Capability.CONTROLNET)
     return frozenset(needed)
 
 

@@ -1,7 +1,9 @@
 """Local diffusers engine: the built-in `tiny` model, or any local SD-family folder/checkpoint, on CPU or CUDA.
 
 Text-to-image, image-to-image and inpaint share one set of loaded components; LoRAs load per request with
-their strengths and are unloaded afterwards. The same seed gives the same pixels on the same machine.
+their strengths and are unloaded afterwards. A request's control image (a pose skeleton) steers text-to-image
+and image-to-image through a diffusers ControlNetModel: for the tiny model a random one built from the tiny
+UNet (tiny_model.ensure_tiny_controlnet); for other models the folder given in `controlnets` per control type. The same seed gives the same pixels on the same machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from flenwheel.images import decode_image, encode_png
 from flenwheel.providers.base import (
     Cancelled,
     Capability,
+    ControlImage,
+    ControlType,
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
@@ -30,7 +34,7 @@ from flenwheel.providers.base import (
     ProviderError,
     TextToImage,
 )
-from flenwheel.providers.tiny_model import TINY_MODEL_ID, ensure_tiny_model
+from flenwheel.providers.tiny_model import TINY_MODEL_ID, ensure_tiny_controlnet, ensure_tiny_model
 
 _LOCK = threading.Lock()  # one generation at a time per process: diffusers pipelines are not re-entrant
 
@@ -56,18 +60,30 @@ class LocalDiffusersProvider:
 
     id = "local"
     capabilities = frozenset(
-        {Capability.TEXT_TO_IMAGE, Capability.IMAGE_TO_IMAGE, Capability.INPAINT, Capability.LORA}
+        {
+            Capability.TEXT_TO_IMAGE,
+            Capability.IMAGE_TO_IMAGE,
+            Capability.INPAINT,
+            Capability.LORA,
+            Capability.CONTROLNET,  # text-to-image and image-to-image
+        }
     )
     allows_nsfw = True  # runs on the user's own machine
     paid = False  # no bill: nothing to reserve
 
     def __init__(
-        self, model: str = TINY_MODEL_ID, device: str | None = None, cache_root: Path | None = None
+        self,
+        model: str = TINY_MODEL_ID,
+        device: str | None = None,
+        cache_root: Path | None = None,
+        controlnets: dict[ControlType, Path] | None = None,
     ) -> None:
         self.model = model
         self.device = device
         self.cache_root = cache_root
+        self.controlnets = dict(controlnets or {})  # diffusers ControlNet folders for models other than tiny
         self._pipelines: dict[str, Any] = {}
+        self._controlnets: dict[tuple[str, ControlType], Any] = {}
         self._load_lock = threading.Lock()
         self.loads = 0  # pipelines loaded from disk so far (one per model: the registry shares this engine)
 
@@ -117,9 +133,57 @@ class LocalDiffusersProvider:
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
-    def _pipeline_for(self, request: GenerationRequest, base: Any) -> Any:
+    def _controlnet(self, model: str, control: ControlImage, base: Any) -> Any:
+        """The ControlNet for this model and control type, loaded once."""
+        key = (model, control.type)
+        with self._load_lock:
+            if key not in self._controlnets:
+                from diffusers import ControlNetModel
+
+                if model == TINY_MODEL_ID and control.type == ControlType.POSE:
+                    source = ensure_tiny_controlnet(self.cache_root)
+                elif control.type in self.controlnets:
+                    source = self.controlnets[control.type]
+                else:
+                    raise ProviderError(
+                        self.id,
+                        f"no {control.type.value} ControlNet for model {model!r}: give its diffusers folder "
+                        "(LocalDiffusersProvider(controlnets=...)) or send the request without a control image",
+                        transient=False,
+                    )
+                try:
+                    loaded = ControlNetModel.from_pretrained(source, torch_dtype=base.unet.dtype)
+                except (OSError, ValueError) as exc:
+                    raise ProviderError(
+                        self.id, f"cannot load ControlNet {source}: {exc}", transient=False
+                    ) from exc
+                self._controlnets[key] = loaded.to(base.device)
+            return self._controlnets[key]
+
+    def _pipeline_for(self, request: GenerationRequest, base: Any, model: str) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
+        control = getattr(request, "control", None)
+        if control is not None:
+            from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetPipeline
+
+            if isinstance(request, Inpaint):
+                raise ProviderError(
+                    self.id,
+                    "a control image steers text-to-image and image-to-image, not inpainting",
+                    transient=False,
+                )
+            controlled: Any = (
+                StableDiffusionControlNetImg2ImgPipeline
+                if isinstance(request, ImageToImage)
+                else StableDiffusionControlNetPipeline
+            )
+            components = {**base.components, "safety_checker": None, "feature_extractor": None}
+            pipeline = controlled(
+                **components, controlnet=self._controlnet(model, control, base), requires_safety_checker=False
+            )
+            pipeline.set_progress_bar_config(disable=True)
+            return pipeline
         kind: Any = None
         if isinstance(request, ImageToImage):
             kind = StableDiffusionImg2ImgPipeline
@@ -142,7 +206,7 @@ class LocalDiffusersProvider:
         started = time.perf_counter()
         with _LOCK:
             base = self._base_pipeline(model)
-            pipeline = self._pipeline_for(request, base)
+            pipeline = self._pipeline_for(request, base, model)
             adapters = self._load_loras(base, request)
             try:
                 images = [
@@ -209,6 +273,13 @@ class LocalDiffusersProvider:
         else:
             source = decode_image(request.image).image.resize((request.width, request.height))
             arguments.update(image=source, strength=request.strength)
+        if request.control is not None:
+            condition = decode_image(request.control.image).image.convert("RGB")
+            condition = condition.resize((request.width, request.height))
+            key = "control_image" if isinstance(request, ImageToImage) else "image"
+            arguments.update({key: condition, "controlnet_conditioning_scale": request.control.strength})
+            if isinstance(request, ImageToImage):
+                arguments.update(width=request.width, height=request.height)
             if isinstance(request, Inpaint):
                 mask = Image.open(io.BytesIO(request.mask)).convert("L").resize(source.size)
                 arguments.update(mask_image=mask, width=request.width, height=request.height)

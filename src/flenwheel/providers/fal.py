@@ -80,7 +80,8 @@ class FalProvider:
     """FLUX text-to-image, image-to-image, inpainting with LoRAs, ESRGAN upscaling and PuLID on fal.ai."""
 
     id = "fal"
-    capabilities = frozenset(Capability)  # all of them: FLUX (+ LoRAs), FLUX inpainting, ESRGAN, PuLID
+    # all but ControlNet (its endpoints here take no control image): FLUX (+ LoRAs), FLUX inpainting, ESRGAN, PuLID
+    capabilities = frozenset(Capability) - {Capability.CONTROLNET}
     allows_nsfw = False
     paid = True  # fal bills every request: reserve `estimate_cost` before `generate`
 

@@ -83,7 +83,8 @@ class ReplicateProvider:
     """FLUX dev (+ one LoRA), FLUX Fill inpainting, Real-ESRGAN and PuLID on Replicate."""
 
     id = "replicate"
-    capabilities = frozenset(Capability)  # all of them: FLUX dev (+ one LoRA), FLUX Fill, Real-ESRGAN, PuLID
+    # all but ControlNet (its endpoints here take no control image): FLUX dev (+ one LoRA), FLUX Fill, Real-ESRGAN, PuLID
+    capabilities = frozenset(Capability) - {Capability.CONTROLNET}
     allows_nsfw = False
 
     paid = True  # Replicate bills every prediction: reserve `estimate_cost` before `generate`

@@ -179,3 +179,62 @@ def tokenizer_vocab_size() -> int:
 
 def describe() -> dict[str, Any]:
     return {"id": TINY_MODEL_ID, "version": TINY_VERSION, "note": TINY_NOTE}
+
+
+TINY_CONTROLNET_VERSION = "tiny-controlnet-pose-v1"
+# Spread of the random weights given to the ControlNet's zero-initialised output convolutions (biases stay
+# 0): large enough that two skeletons draw visibly differently on the tiny model.
+CONTROLNET_WEIGHT_STD = 0.2
+# How loud the encoded skeleton is beside the latent it is added to (a trained ControlNet learns this).
+CONDITION_GAIN = 8.0
+
+
+def _build_controlnet(target: Path, cache_root: Path | None) -> None:
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        unet: Any = UNet2DConditionModel.from_pretrained(ensure_tiny_model(cache_root) / "unet")
+        torch.manual_seed(_SEED + 3)
+        # The tiny UNet's own layout and weights (diffusers' from_unet), a 3-step (8x) condition encoder
+        # as SD1.5's ControlNets have, narrowed like the tiny UNet.
+        controlnet: Any = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+        # A trained ControlNet's zero convolutions are not zero any more; random ones make the control
+        # image change the drawing, as it would with real weights.
+        with torch.no_grad():
+            for name, parameter in controlnet.named_parameters():
+                if name.startswith("controlnet_cond_embedding"):
+                    # He-initialised and without biases, so the skeleton's lines, not constant offsets,
+                    # carry through its eight convolutions
+                    if name.endswith("weight"):
+                        torch.nn.init.kaiming_normal_(parameter, nonlinearity="relu")
+                        if name.startswith("controlnet_cond_embedding.conv_out"):
+                            parameter.mul_(CONDITION_GAIN)
+                    else:
+                        parameter.zero_()
+                elif name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) and name.endswith(
+                    "weight"
+                ):
+                    parameter.normal_(0.0, CONTROLNET_WEIGHT_STD)
+        controlnet.eval()
+        controlnet.save_pretrained(staging / "controlnet")
+        (staging / "controlnet" / "FLENWHEEL_TINY").write_text(
+            "a random pose ControlNet for the tiny model: it steers the drawing, not toward a real pose\n"
+        )
+        os.replace(staging / "controlnet", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_tiny_controlnet(cache_root: Path | None = None) -> Path:
+    """The on-disk folder of the tiny model's pose ControlNet (random weights, built from the tiny UNet)."""
+    target = (cache_root or default_cache_root()) / "models" / TINY_CONTROLNET_VERSION
+    if not (target / "FLENWHEEL_TINY").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _build_controlnet(target, cache_root)
+        except OSError:
+            if not (target / "FLENWHEEL_TINY").exists():
+                raise
+    return target
