@@ -64,23 +64,30 @@ SLAS: tuple[Sla, ...] = (
 
 
 class Percentiles(Frozen):
-    """P50/P90 of `samples` values in seconds; None when there are fewer than MIN_SAMPLES."""
+    """P50/P90 of `samples` values in seconds; None when there are fewer than MIN_SAMPLES (then the range of
+    the few values is given instead, so they are seen but not taken for a percentile)."""
 
     samples: int
     p50_s: float | None = None
     p90_s: float | None = None
+    min_s: float | None = None
+    max_s: float | None = None
 
     @property
     def text(self) -> str:
         if self.p50_s is None or self.p90_s is None:
-            return f"n={self.samples} (<{MIN_SAMPLES})" if self.samples else "n=0"
+            if not self.samples:
+                return "n=0"
+            return f"n={self.samples} (<{MIN_SAMPLES}): {self.min_s:.1f}–{self.max_s:.1f} s"
         return f"{self.p50_s:.1f}/{self.p90_s:.1f} s (n={self.samples})"
 
 
 def percentiles(values: Sequence[float]) -> Percentiles:
     """numpy's P50 and P90 (linear interpolation) of `values`, with the sample count; none below 5 samples."""
     if len(values) < MIN_SAMPLES:
-        return Percentiles(samples=len(values))
+        if not values:
+            return Percentiles(samples=0)
+        return Percentiles(samples=len(values), min_s=round(min(values), 3), max_s=round(max(values), 3))
     p50, p90 = np.percentile(np.asarray(values, dtype=np.float64), [50, 90])
     return Percentiles(samples=len(values), p50_s=round(float(p50), 3), p90_s=round(float(p90), 3))
 
