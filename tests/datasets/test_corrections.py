@@ -151,11 +151,17 @@ def test_the_ai_toolkit_export_reads_back_as_its_edit_dataset(
     corrections: Corrections, tmp_path: Path
 ) -> None:
     """ai-toolkit's dataset entry: images in folder_path with a caption file of the same stem, and a control
-    image of the same stem in control_path (config/examples/train_lora_qwen_image_edit_2509_32gb.yaml)."""
+    image of the same stem in control_path (config/examples/train_lora_qwen_image_edit_2509_32gb.yaml); the job
+    trains Qwen-Image-Edit-2509 (arch qwen_image_edit_plus) and samples edits of the triplets' own sources."""
     expected = _complete_set(corrections)
     result = export_triplets(corrections.project, "lisa", "ai-toolkit", tmp_path / "out")
-    dataset = yaml.safe_load((result.out / "config.yaml").read_text())["datasets"][0]
+    process = yaml.safe_load((result.out / "config.yaml").read_text())["config"]["process"][0]
+    assert process["model"]["arch"] == "qwen_image_edit_plus"
+    assert process["model"]["name_or_path"] == "Qwen/Qwen-Image-Edit-2509"
+    assert "trigger_word" not in process and process["network"]["linear"] == 16
+    dataset = process["datasets"][0]
     folder, controls = Path(dataset["folder_path"]), Path(dataset["control_path"])
+    assert (folder.name, controls.name) == ("dataset", "control")  # what the ai-toolkit trainer takes
     seen = []
     for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in AI_TOOLKIT_EXTENSIONS):
         caption = (folder / f"{image.stem}.{dataset['caption_ext']}").read_text().strip()
@@ -163,6 +169,9 @@ def test_the_ai_toolkit_export_reads_back_as_its_edit_dataset(
         assert len(control) == 1, image
         seen.append((_sha(control[0].read_bytes()), _sha(image.read_bytes()), caption))
     assert seen == expected
+    samples = process["sample"]["samples"]
+    assert [s["prompt"] for s in samples] == [e[2] for e in expected]
+    assert all(Path(s["ctrl_img_1"]).parent == controls for s in samples)
 
 
 def test_the_fal_export_is_start_end_pairs_with_the_instruction(

@@ -7,9 +7,9 @@ is attached from an uploaded corrected image. Complete triplets (a target and an
 immutable versions c1, c2, … — the editor LoRA's training input — and exported in the shapes editor trainers read:
 
 - `ai-toolkit`: the edit-model dataset of ostris/ai-toolkit (config/examples/train_lora_qwen_image_edit_2509_32gb
-  .yaml, train_lora_flux_kontext_24gb.yaml): `target/NNNN.png` + `target/NNNN.txt` (the instruction) and
-  `control/NNNN.png` with the same file names; a `config.yaml` whose `datasets` entry names `folder_path`,
-  `control_path` and `caption_ext`.
+  .yaml): `dataset/NNNN.EXT` targets + `dataset/NNNN.txt` (the instruction) and `control/NNNN.EXT` sources with
+  the same file names — the layout flenwheel's ai-toolkit trainer takes for Qwen-Image-Edit — and a runnable
+  `config.yaml` job (arch qwen_image_edit_plus) whose dataset names `folder_path` and `control_path`.
 - `fal`: the zip fal's edit trainers take as `image_data_url` (fal-ai/flux-kontext-trainer, the Qwen-Image-Edit
   trainer): pairs `ROOT_start.EXT` (source) and `ROOT_end.EXT` (target), and `ROOT.txt` with the instruction.
 - `diffsynth`: DiffSynth-Studio's edit metadata (examples/qwen_image/model_training, `--data_file_keys
@@ -319,6 +319,34 @@ def get_triplet_set(project: Project, character_name: str, number: int | None = 
         return version
 
 
+EDITOR_BASE_MODEL = "Qwen/Qwen-Image-Edit-2509"  # seeds 001 and 002's editor
+
+
+def editor_job_config(label: str, root: Path, samples: list[dict[str, str]]) -> dict[str, Any]:
+    """ai-toolkit's job for an editor LoRA on Qwen-Image-Edit-2509 (arch qwen_image_edit_plus) over an export
+    in `root` (`dataset/` targets with their instructions, `control/` sources of the same names): seed 002's
+    LoRA settings (rank 16, alpha 16, lr 2e-4, adamw8bit, int8), about 10 epochs, a checkpoint every ~2 epochs,
+    and samples that edit the first triplets' own sources (ai-toolkit's `ctrl_img_1`)."""
+    from flenwheel.datasets.export import AiToolkitRun, ai_toolkit_config
+
+    steps = max(100, 10 * len(samples))
+    run = AiToolkitRun(
+        base_model=EDITOR_BASE_MODEL,
+        family="qwen-image-edit",
+        learning_rate=2e-4,
+        steps=steps,
+        save_every=max(1, steps // 5),
+        max_step_saves_to_keep=6,
+        control_dir=str(root / "control"),
+    )
+    config = ai_toolkit_config(f"editor_{label}", root / "dataset", "", run)
+    process = config["config"]["process"][0]
+    process.pop("trigger_word", None)  # an editor follows instructions; it has no trigger word
+    process["sample"]["samples"] = samples[:4]
+    process["sample"].pop("prompts", None)
+    return config
+
+
 def export_triplets(
     project: Project, character_name: str, fmt: TripletFormat | str, out: Path, number: int | None = None
 ) -> TripletExport:
@@ -345,24 +373,22 @@ def export_triplets(
     ]
     files: list[Path] = []
     if fmt == TripletFormat.AI_TOOLKIT:
+        (root / "dataset").mkdir()
+        (root / "control").mkdir()
+        samples = []
         for stem, item, source, target in pairs:
-            (root / "control").mkdir(exist_ok=True)
-            (root / "target").mkdir(exist_ok=True)
-            (root / "control" / f"{stem}.{item['source']['format']}").write_bytes(source)
-            (root / "target" / f"{stem}.{item['target']['format']}").write_bytes(target)
-            (root / "target" / f"{stem}.txt").write_text(item["instruction"] + "\n", encoding="utf-8")
-        config = {
-            "datasets": [
-                {
-                    "folder_path": str(root / "target"),
-                    "control_path": str(root / "control"),
-                    "caption_ext": "txt",
-                    "resolution": [512, 768, 1024],
-                }
-            ]
-        }
+            control = root / "control" / f"{stem}.{item['source']['format']}"
+            control.write_bytes(source)
+            (root / "dataset" / f"{stem}.{item['target']['format']}").write_bytes(target)
+            (root / "dataset" / f"{stem}.txt").write_text(item["instruction"] + "\n", encoding="utf-8")
+            samples.append({"prompt": item["instruction"], "ctrl_img_1": str(control)})
         files.append(root / "config.yaml")
-        files[-1].write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        files[-1].write_text(
+            yaml.safe_dump(
+                editor_job_config(version.label, root, samples), sort_keys=False, allow_unicode=True
+            ),
+            encoding="utf-8",
+        )
     elif fmt == TripletFormat.FAL:
         target_zip = root / f"corrections_{version.label}.zip"
         with zipfile.ZipFile(target_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
