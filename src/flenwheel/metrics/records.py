@@ -62,7 +62,7 @@ JOB_AREAS: dict[str, Area] = {
     "evaluate": Area.EVALUATION,
     "chain_evaluate": Area.EVALUATION,
 }
-# A direct call's area, from the kind of the asset it stored (and its stage, for generated images).
+# The area an engine call's money belongs to, from the kind of the asset it stored (spend against the caps).
 ASSET_AREAS: dict[str, Area] = {
     "edited": Area.EDIT,
     "upscaled": Area.UPSCALE,
@@ -275,15 +275,9 @@ def _direct_requests(
             status = "failed" if call.status == "failed" or (call.error and not stored) else "succeeded"
         else:
             status = "failed" if call.status in ("released", "abandoned") else "running"
-        area = ASSET_AREAS.get(stored[0].kind) if stored else _area_of_failed_call(call.error)
+        area = _area_of_direct_call(stored[0]) if stored else _area_of_failed_call(call.error)
         if area is None:
-            continue  # a call with neither outputs nor a recorded failure: nothing a user waited on
-        if (
-            stored
-            and stored[0].kind == "generated"
-            and (stored[0].attributes or {}).get("stage") == "profile"
-        ):
-            area = Area.PROFILE_SET
+            continue  # not a request of its own (one image of a stage run outside a job), or no outcome
         submitted, finished = aware(call.created_at), aware(call.updated_at)
         assert submitted is not None
         landed = [aware(row.created_at) for row in stored]
@@ -305,6 +299,21 @@ def _direct_requests(
             )
         )
     return requests
+
+
+# A direct call is a whole request only where one call makes everything the user asked for: an edit, an
+# upscale, a studio generation. One image of a set (base images, profile set, sheet, enrichment) drawn by a
+# stage outside a job is not: that stage's time-to-all was never recorded, so it is not counted as one.
+DIRECT_AREAS = {"edited": Area.EDIT, "upscaled": Area.UPSCALE, "generated": Area.STUDIO_GENERATE}
+
+
+def _area_of_direct_call(output: Any) -> Area | None:
+    """A direct call's area from the first asset it stored (its kind, and its stage for generated images)."""
+    area = DIRECT_AREAS.get(output.kind)
+    stage = (output.attributes or {}).get("stage")
+    if area is Area.STUDIO_GENERATE and stage not in (None, "studio"):
+        return None
+    return area
 
 
 REQUEST_KIND_AREAS = {
