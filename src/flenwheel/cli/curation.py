@@ -36,12 +36,25 @@ def ingest(
     reference: Annotated[
         bool, typer.Option("--reference", help="These photos define the character's identity for the gate")
     ] = False,
+    subset: Annotated[
+        str | None,
+        typer.Option(
+            "--subset",
+            help="Dataset subset (seed 002): realbody = face-less body photos, gated on a visible body, "
+            "20 repeats, captioned realistic_body; char = the identity-gated character set (40 repeats)",
+        ),
+    ] = None,
+    subset_repeats: Annotated[
+        int | None, typer.Option("--subset-repeats", min=1, max=1000, help="The subset's own repeats")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Take photos into the project. Bad files are rejected one by one with a reason; the batch goes on."""
     from flenwheel.datasets.ingest import expand_paths
     from flenwheel.datasets.ingest import ingest as run_ingest
+    from flenwheel.datasets.subsets import preset
 
+    chosen = preset(subset, subset_repeats) if subset else None
     project = open_project()
     total = sum(1 for _ in expand_paths(paths))
     with progress_bar("Ingesting", total, enabled=not json_output) as advance:
@@ -52,7 +65,7 @@ def ingest(
             done += 1
             advance(done)
 
-        outcomes = run_ingest(project, name, paths, reference=reference, on_file=step)
+        outcomes = run_ingest(project, name, paths, reference=reference, on_file=step, subset=chosen)
     if json_output:
         print_json({"files": outcomes})
         return

@@ -41,6 +41,22 @@ def print_composition(version: Any) -> None:
             safe(target["target"]), safe(target["actual"]), "[green]yes[/]" if target["met"] else "[red]no[/]"
         )
     console.print(table)
+    if composition.get("subsets"):
+        report = composition["subsets"]
+        subsets = Table(
+            "subset", "images", "repeats", "steps / epoch", "caption tag", "gate", title="Subsets"
+        )
+        for group in report["subsets"]:
+            subsets.add_row(
+                safe(group["name"]),
+                f"{group['images']} ({group['image_share']:.0%})",
+                str(group["repeats"]),
+                f"{group['steps_per_epoch']} ({group['step_share']:.0%})",
+                safe(group["caption_tag"] or ""),
+                group["gate"],
+            )
+        console.print(subsets)
+        console.print(f"Images {report['images_ratio']}, steps {report['steps_ratio']}.")
     if composition.get("lineage"):
         lineage = composition["lineage"]
         console.print(f"Since the previous version: +{lineage['added']} / -{lineage['removed']} images.")

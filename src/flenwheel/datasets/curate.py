@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
 from flenwheel.datasets.analysis import analyze_files, with_pose
 from flenwheel.datasets.gate import GateInput, run_gates
+from flenwheel.datasets.subsets import subset_of, tagged
 from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
 from flenwheel.images import FLATTENED_TRANSPARENCY, open_stored
 from flenwheel.quality import QualityThresholds, measure_quality, quality_grade
@@ -107,7 +108,14 @@ def curate(
         analyses.update(_refresh_pose(project, assets, analyses))
         gate = run_gates(
             [
-                GateInput(a.id, a.source_name, analyses[a.id], a.is_reference, _was_transparent(a))
+                GateInput(
+                    a.id,
+                    a.source_name,
+                    analyses[a.id],
+                    a.is_reference,
+                    _was_transparent(a),
+                    subset_of(a.attributes).gate,
+                )
                 for a in assets
             ],
             identity_threshold or settings.identity_threshold,
@@ -122,13 +130,16 @@ def curate(
             )
             analysis = analyses[asset.id]
             if not asset.caption_edited:
-                asset.caption = render_caption(
-                    character.caption_template or DEFAULT_TEMPLATE,
-                    character.token,
-                    character.class_word,
-                    analysis.angle,
-                    analysis.shot,
-                    analysis.expression,
+                asset.caption = tagged(
+                    render_caption(
+                        character.caption_template or DEFAULT_TEMPLATE,
+                        character.token,
+                        character.class_word,
+                        analysis.angle,
+                        analysis.shot,
+                        analysis.expression,
+                    ),
+                    subset_of(asset.attributes),
                 )
             decisions.append(_decision(asset, analysis, suggestion.identity_distance, thresholds))
         rejections = [

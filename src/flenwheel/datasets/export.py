@@ -20,7 +20,8 @@ import tomli_w
 import yaml
 
 from flenwheel.captions import normalise_caption, token_pattern
-from flenwheel.datasets.versions import get_dataset_version
+from flenwheel.datasets.subsets import Subset
+from flenwheel.datasets.versions import get_dataset_version, version_subsets
 from flenwheel.errors import ExportError
 from flenwheel.store.models import Asset, DatasetVersion
 from flenwheel.store.project import Project, get_character
@@ -76,7 +77,10 @@ def export_dataset(
     out = prepare_out(out, project)  # only now: a failed export leaves no empty folder behind
     writer = _Writer(project, out)
     repeats = repeats or default_repeats(len(version.items))
-    if fmt == ExportFormat.KOHYA:
+    subsets = version_subsets(version)
+    if subsets:
+        files = _export_subsets(writer, version, fmt, subsets, token, class_word, f"{name}_{version.label}")
+    elif fmt == ExportFormat.KOHYA:
         image_dir = writer.write_images(version, f"img/{repeats}_{token} {class_word}", token, lambda c: c)
         files = [
             writer.write_text(
@@ -93,8 +97,68 @@ def export_dataset(
     else:
         files = [writer.write_zip(f"{token}_{version.label}.zip", version, token)]
     document = metadata(version, token, writer.formats(version))
+    if subsets:
+        document["subsets"] = [
+            {**subset.model_dump(), "folder": _subset_folder(fmt, subset, token), "images": len(positions)}
+            for subset, positions in subsets
+        ]
     files.append(writer.write_text("metadata.json", json.dumps(document, indent=2) + "\n"))
     return ExportResult(fmt, out, version.label, len(version.items), files)
+
+
+def _subset_folder(fmt: ExportFormat, subset: Subset, token: str) -> str:
+    """Seed 002's folder names: img/40_maya_char, img/20_maya_char_realbody (kohya); dataset_<name> (ai-toolkit)."""
+    if fmt == ExportFormat.KOHYA:
+        return f"img/{subset.repeats}_{token}_{subset.name}"
+    return f"dataset_{subset.name}" if fmt == ExportFormat.AI_TOOLKIT else ""
+
+
+def _export_subsets(
+    writer: _Writer,
+    version: DatasetVersion,
+    fmt: ExportFormat,
+    subsets: list[tuple[Subset, list[int]]],
+    token: str,
+    class_word: str,
+    job_name: str,
+) -> list[Path]:
+    """One folder and one dataset entry per subset, each at its own repeats; the zip holds every image."""
+    if fmt == ExportFormat.ZIP:
+        return [writer.write_zip(f"{token}_{version.label}.zip", version, token)]
+    trigger = token_pattern(token)
+    folders = []
+    for subset, positions in subsets:
+        chosen = set(positions)
+        caption_of = (lambda c: c) if fmt == ExportFormat.KOHYA else (lambda c: trigger.sub("[trigger]", c))
+        folder = writer.write_images(version, _subset_folder(fmt, subset, token), token, caption_of, chosen)
+        folders.append((str(folder), subset.repeats))
+    if fmt == ExportFormat.KOHYA:
+        toml = kohya_subsets_toml([(Path(f), r, f"{token} {class_word}") for f, r in folders])
+        return [writer.write_text("dataset_config.toml", toml)]
+    config = ai_toolkit_config(job_name, Path(folders[0][0]), token, AiToolkitRun(subsets=tuple(folders)))
+    return [writer.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))]
+
+
+def exported_subsets(dataset_dir: Path) -> list[tuple[Path, int, int]]:
+    """(folder, num_repeats, images) of each subset of an export with subsets (its metadata.json); [] for a
+    one-folder export."""
+    try:
+        document = json.loads((dataset_dir / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [
+        (dataset_dir / str(entry["folder"]), int(entry["repeats"]), int(entry["images"]))
+        for entry in document.get("subsets") or []
+    ]
+
+
+def subset_repeats(subsets: list[tuple[Path, int, int]], default: int) -> int:
+    """The one repeats value that gives the subsets' steps per epoch (Σ images × repeats / images), so the
+    step plan of a one-folder trainer matches; `default` without subsets."""
+    images = sum(count for _, _, count in subsets)
+    if not images:
+        return default
+    return max(1, round(sum(count * repeats for _, repeats, count in subsets) / images))
 
 
 def metadata(version: DatasetVersion, token: str, formats: dict[int, str]) -> dict[str, Any]:
@@ -163,9 +227,18 @@ class _Writer:
         with self.project.db.session() as session:
             return {item.asset_id: session.get_one(Asset, item.asset_id).format for item in version.items}
 
-    def write_images(self, version: DatasetVersion, folder: str, token: str, caption_of: Any) -> Path:
+    def write_images(
+        self,
+        version: DatasetVersion,
+        folder: str,
+        token: str,
+        caption_of: Any,
+        positions: set[int] | None = None,
+    ) -> Path:
         formats = self.formats(version)
         for item in version.items:
+            if positions is not None and item.position not in positions:
+                continue
             name = _image_name(token, item.position, formats[item.asset_id])
             self._target(f"{folder}/{name}").write_bytes(self.project.blobs.get(item.sha256))
             caption = caption_of(normalise_caption(item.caption))
@@ -192,14 +265,27 @@ def kohya_dataset_toml(
     enable_bucket: bool = True,
 ) -> str:
     """sd-scripts' dataset_config.toml for one image folder (also what the kohya trainer runs with)."""
+    return kohya_subsets_toml([(image_dir, repeats, class_tokens)], resolution, batch_size, enable_bucket)
+
+
+def kohya_subsets_toml(
+    folders: list[tuple[Path, int, str]],
+    resolution: int = 512,
+    batch_size: int = 1,
+    enable_bucket: bool = True,
+) -> str:
+    """sd-scripts' dataset_config.toml with one [[datasets.subsets]] per (folder, num_repeats, class_tokens)."""
     # kohya's default caption extension is ".caption" and it ignores folder names when a TOML is used,
     # so every setting is stated explicitly.
-    subset = {
-        "image_dir": str(image_dir),
-        "num_repeats": repeats,
-        "class_tokens": class_tokens,
-        "caption_extension": ".txt",
-    }
+    subsets = [
+        {
+            "image_dir": str(image_dir),
+            "num_repeats": repeats,
+            "class_tokens": class_tokens,
+            "caption_extension": ".txt",
+        }
+        for image_dir, repeats, class_tokens in folders
+    ]
     document = {
         "general": {"shuffle_caption": False, "caption_extension": ".txt", "keep_tokens": 1},
         "datasets": [
@@ -207,7 +293,7 @@ def kohya_dataset_toml(
                 "resolution": resolution,
                 "batch_size": batch_size,
                 "enable_bucket": enable_bucket,
-                "subsets": [subset],
+                "subsets": subsets,
             }
         ],
     }

@@ -24,6 +24,9 @@ class GateInput:
     analysis: AssetAnalysis
     is_reference: bool
     transparent: bool = False  # the upload had transparent pixels, flattened onto white at ingest
+    # "identity": the character's face decides (the character subset); "body": a face-less body photo of
+    # seed 002's body-realism subset, kept for its quality and a visible body (datasets/subsets.py).
+    gate: str = "identity"
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,17 @@ def run_gates(
 ) -> GateResult:
     suggestions: dict[int, Suggestion] = {}
     usable: list[GateInput] = []
+    bodies: list[GateInput] = []
     for item in items:
         problems = quality_problems(item.analysis.quality, thresholds)
+        if item.gate == "body":
+            problems.extend(_body_problems(item))
+            if problems:
+                reason = "; ".join(problems) + _transparency_note(item)
+                suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, reason, None)
+            else:
+                bodies.append(item)
+            continue
         if not item.analysis.faces:
             problems.insert(0, "no face found")
         if problems:
@@ -55,6 +67,7 @@ def run_gates(
         else:
             usable.append(item)
 
+    _keep_bodies(bodies, duplicate_bits, suggestions)
     if not usable:
         return GateResult(None, threshold, suggestions)
     main_faces = {item.asset_id: np.asarray(item.analysis.faces[0].embedding) for item in usable}
@@ -91,6 +104,44 @@ def run_gates(
         reason = f"the character (distance {distance:.2f} ≤ {threshold:.2f}){note}"
         suggestions[item.asset_id] = Suggestion(ReviewLabel.GOOD, reason, distance)
     return GateResult(identity, threshold, suggestions)
+
+
+def _body_problems(item: GateInput) -> list[str]:
+    """Why a body-subset photo is not a usable face-less body photo: no person found by the body-pose model,
+    or a clear face in it (which belongs in the identity-gated character subset)."""
+    analysis = item.analysis
+    if analysis.pose_analyzer is None:
+        return ["no body measure yet (the body-pose model has not looked): run curate again"]
+    if analysis.body is None:
+        return [
+            "no body found by the body-pose model (it needs most of a person: torso, hips or legs in view)"
+        ]
+    if analysis.faces:
+        return ["a face is visible: the body subset is for face-less photos; ingest it without --subset"]
+    return []
+
+
+def _keep_bodies(bodies: list[GateInput], duplicate_bits: int, suggestions: dict[int, Suggestion]) -> None:
+    """Body photos that pass: near-duplicates dropped like the character's, the rest good with their pose."""
+    kept: list[GateInput] = []
+    for item in sorted(bodies, key=_keep_priority, reverse=True):
+        twin = next(
+            (
+                other
+                for other in kept
+                if hash_distance(other.analysis.quality.phash, item.analysis.quality.phash) <= duplicate_bits
+            ),
+            None,
+        )
+        if twin is not None:
+            reason = f"near-duplicate of asset {twin.asset_id} ({twin.name}); keeping {_why_kept(twin, item)}"
+            suggestions[item.asset_id] = Suggestion(ReviewLabel.REJECT, reason, None)
+            continue
+        kept.append(item)
+        assert item.analysis.body is not None
+        pose = ", ".join(item.analysis.body.tags)
+        reason = f"a face-less body photo for the body subset ({pose}){_transparency_note(item)}"
+        suggestions[item.asset_id] = Suggestion(ReviewLabel.GOOD, reason, None)
 
 
 def _identity_decision(item: GateInput, identity: IdentityReference, threshold: float) -> Suggestion | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from flenwheel.datasets.subsets import Subset
 from flenwheel.domain import AssetKind
 from flenwheel.errors import ImageRejected
 from flenwheel.images import MAX_FILE_BYTES, decode_image, encode_png
@@ -60,13 +61,15 @@ def ingest(
     paths: Iterable[Path],
     reference: bool = False,
     on_file: Callable[[IngestOutcome], None] | None = None,
+    subset: Subset | None = None,
 ) -> list[IngestOutcome]:
-    """Ingest every file; a bad file is recorded with its reason and the batch goes on."""
+    """Ingest every file; a bad file is recorded with its reason and the batch goes on. `subset`: the dataset
+    subset the photos belong to (datasets/subsets.py), e.g. seed 002's face-less body photos."""
     with project.db.session() as session:
         character_id = get_character(session, character_name).id
     outcomes = []
     for path, display_name in expand_paths(paths):
-        outcome = ingest_file(project, character_id, path, display_name, reference)
+        outcome = ingest_file(project, character_id, path, display_name, reference, subset)
         outcomes.append(outcome)
         if on_file is not None:
             on_file(outcome)
@@ -74,7 +77,12 @@ def ingest(
 
 
 def ingest_file(
-    project: Project, character_id: int, path: Path, display_name: str, reference: bool
+    project: Project,
+    character_id: int,
+    path: Path,
+    display_name: str,
+    reference: bool,
+    subset: Subset | None = None,
 ) -> IngestOutcome:
     shown = printable_path(path)
     try:
@@ -94,11 +102,17 @@ def ingest_file(
         return _reject(project, character_id, shown, "missing", "no such file: check the path")
     except OSError as exc:
         return _reject(project, character_id, shown, "unreadable", f"cannot read the file ({exc.strerror})")
-    return ingest_bytes(project, character_id, data, shown, display_name, reference)
+    return ingest_bytes(project, character_id, data, shown, display_name, reference, subset)
 
 
 def ingest_bytes(
-    project: Project, character_id: int, data: bytes, shown: str, display_name: str, reference: bool
+    project: Project,
+    character_id: int,
+    data: bytes,
+    shown: str,
+    display_name: str,
+    reference: bool,
+    subset: Subset | None = None,
 ) -> IngestOutcome:
     """Take in one file's bytes (already read, e.g. an HTTP upload) with the same checks as a file on disk."""
     source_sha256 = hashlib.sha256(data).hexdigest()
@@ -109,6 +123,8 @@ def ingest_bytes(
         if existing is not None:
             if reference and not existing.is_reference:
                 existing.is_reference = True
+            if subset is not None and existing.attributes.get("subset") != subset.model_dump():
+                existing.attributes = {**existing.attributes, "subset": subset.model_dump()}
             return IngestOutcome(shown, "duplicate", existing.id, "duplicate", "same bytes already ingested")
     try:
         decoded = decode_image(data)
@@ -132,6 +148,7 @@ def ingest_bytes(
             height=decoded.image.height,
             is_reference=reference,
             normalised=list(decoded.notes),
+            attributes={"subset": subset.model_dump()} if subset is not None else {},
         )
         session.add(asset)
         try:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import selectinload
 
 from flenwheel.captions import check_caption
 from flenwheel.datasets.curate import current_review
+from flenwheel.datasets.subsets import Subset, subset_of
 from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, Shot
 from flenwheel.errors import DatasetEmpty, FlenwheelError, InvalidInput
 from flenwheel.quality import QualityThresholds, quality_grade
@@ -106,11 +107,14 @@ def _build(project: Project, character_name: str) -> BuildResult:
             )
             or 0
         ) + 1
+        composition = composition_report(items, latest.items if latest else None, poses)
+        if any("subset" in (asset.attributes or {}) for asset in good):
+            composition["subsets"] = subsets_report([subset_of(asset.attributes) for asset in good])
         version = DatasetVersion(
             character_id=character.id,
             number=number,
             parent_id=latest.id if latest else None,
-            composition=composition_report(items, latest.items if latest else None, poses),
+            composition=composition,
         )
         version.items = items
         session.add(version)
@@ -120,6 +124,38 @@ def _build(project: Project, character_name: str) -> BuildResult:
 
 def _fingerprint(items: list[DatasetItem]) -> list[tuple[str, str]]:
     return sorted((item.sha256, item.caption) for item in items)
+
+
+def subsets_report(per_item: list[Subset]) -> dict[str, Any]:
+    """The subsets of a version, in the order first seen: each one's settings, item positions and share of
+    images and of steps (images × repeats) — seed 002's 70:30 images, 2800:600 ≈ 4.7:1 steps."""
+    groups: dict[str, dict[str, Any]] = {}
+    for position, subset in enumerate(per_item):
+        group = groups.setdefault(subset.name, {**subset.model_dump(), "positions": []})
+        group["positions"].append(position)
+    images = sum(len(group["positions"]) for group in groups.values()) or 1
+    steps = sum(len(group["positions"]) * group["repeats"] for group in groups.values()) or 1
+    for group in groups.values():
+        group["images"] = len(group["positions"])
+        group["steps_per_epoch"] = group["images"] * group["repeats"]
+        group["image_share"] = round(group["images"] / images, 4)
+        group["step_share"] = round(group["steps_per_epoch"] / steps, 4)
+    fewest_steps = min(group["steps_per_epoch"] for group in groups.values())
+    return {
+        "subsets": list(groups.values()),
+        "images_ratio": ":".join(f"{round(100 * g['images'] / images)}" for g in groups.values()),
+        "steps_ratio": ":".join(f"{g['steps_per_epoch'] / fewest_steps:.1f}" for g in groups.values()),
+    }
+
+
+def version_subsets(version: DatasetVersion) -> list[tuple[Subset, list[int]]]:
+    """(subset, item positions) of a version built with subsets; [] for a one-folder version."""
+    report = (version.composition or {}).get("subsets") or {}
+    fields = ("name", "repeats", "caption_tag", "gate")
+    return [
+        (Subset.model_validate({key: group[key] for key in fields}), list(group["positions"]))
+        for group in report.get("subsets", [])
+    ]
 
 
 def composition_report(

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from flenwheel.config import Settings
-from flenwheel.datasets.export import AiToolkitRun, ai_toolkit_config
+from flenwheel.datasets.export import AiToolkitRun, ai_toolkit_config, exported_subsets, subset_repeats
 from flenwheel.families import TRAINING_BASE_MODELS
 from flenwheel.trainers.base import (
     CheckpointFile,
@@ -87,7 +87,10 @@ class AiToolkitTrainer:
         return 0.0  # the user's own GPU
 
     def job_config(self, spec: TrainingSpec, data: TrainingInput) -> dict[str, object]:
-        """The YAML ai-toolkit runs, with this run's values (dataset folder, rank, steps, output folder…)."""
+        """The YAML ai-toolkit runs, with this run's values (dataset folder, rank, steps, output folder…);
+        a dataset with subsets (seed 002's two folders) gets one dataset entry per subset at its repeats."""
+        subsets = exported_subsets(data.dataset_dir)
+        spec = _with_subset_repeats(spec, subsets)
         total, every = planned_steps(spec, len(data.items))
         image_dir = data.dataset_dir / "dataset"
         control = data.dataset_dir / "control"  # Qwen-Image-Edit: each target's source image, same file name
@@ -115,11 +118,13 @@ class AiToolkitTrainer:
             ema_decay=spec.ema_decay if spec.ema else None,
             train_text_encoder=spec.train_text_encoder,
             control_dir=str(control) if control.is_dir() else None,
+            subsets=tuple((str(folder), repeats) for folder, repeats, _ in subsets),
         )
         return ai_toolkit_config(JOB_NAME, image_dir, spec.trigger.split()[0], run)
 
     def run(self, spec: TrainingSpec, data: TrainingInput, ctx: TrainingContext) -> TrainingResult:
         config = self.job_config(spec, data)
+        spec = _with_subset_repeats(spec, exported_subsets(data.dataset_dir))
         job_path = data.work_dir / "ai-toolkit-job.yaml"
         job_path.parent.mkdir(parents=True, exist_ok=True)
         job_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -172,6 +177,13 @@ class AiToolkitTrainer:
             )
         checkpoints.sort(key=lambda c: c.step)
         return TrainingResult(checkpoints=tuple(checkpoints), losses=tuple(losses), total_steps=total)
+
+
+def _with_subset_repeats(spec: TrainingSpec, subsets: list[tuple[Path, int, int]]) -> TrainingSpec:
+    """The spec with the repeats that give the subsets' steps per epoch (their own repeats decide)."""
+    if not subsets:
+        return spec
+    return spec.model_copy(update={"repeats": subset_repeats(subsets, spec.repeats)})
 
 
 def _checkpoint(path: Path, total: int, per_epoch: int) -> CheckpointFile:

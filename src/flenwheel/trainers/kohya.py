@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from flenwheel.config import Settings
-from flenwheel.datasets.export import kohya_dataset_toml
+from flenwheel.datasets.export import exported_subsets, kohya_dataset_toml, kohya_subsets_toml
 from flenwheel.trainers.base import (
     CheckpointFile,
     DatasetFormat,
@@ -115,6 +115,20 @@ class KohyaTrainer:
     # -- what it runs ----------------------------------------------------------------------------------------
     def dataset_config(self, spec: TrainingSpec, data: TrainingInput) -> Path:
         """dataset_config.toml with this run's repeats, resolution, batch size and buckets."""
+        subsets = exported_subsets(data.dataset_dir)
+        target = data.work_dir / "kohya" / "dataset_config.toml"
+        if subsets:  # seed 002's folders, each at its own repeats
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(
+                kohya_subsets_toml(
+                    [(folder, repeats, spec.trigger) for folder, repeats, _ in subsets],
+                    resolution=spec.resolution,
+                    batch_size=spec.batch_size,
+                    enable_bucket=spec.buckets,
+                ),
+                encoding="utf-8",
+            )
+            return target
         folders = sorted(p for p in (data.dataset_dir / "img").iterdir() if p.is_dir())
         if len(folders) != 1:
             raise TrainerError(self.id, f"expected one image folder in {data.dataset_dir / 'img'}")
