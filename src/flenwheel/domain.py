@@ -33,15 +33,25 @@ DATASET_KINDS = tuple(kind.value for kind in AssetKind if kind is not AssetKind.
 
 
 class ReviewLabel(StrEnum):
-    """The three labels of seed 001 step 1.3."""
+    """The three labels of seed 001 step 1.3, and step 1.7's `pristine`: a synthetic image that passed the
+    strict bar (perfect match, anatomy, no artifacts, fills a gap) and enters the next dataset version.
+    Pristine is counted apart from good; a synthetic image enters a dataset only as pristine."""
 
     GOOD = "good"
     NEEDS_CORRECTION = "needs_correction"
     REJECT = "reject"
+    PRISTINE = "pristine"
+
+
+# Labels that put an image into the next dataset version (datasets/versions.py).
+TRAINING_LABELS = (ReviewLabel.GOOD, ReviewLabel.PRISTINE)
 
 
 class ReviewSource(StrEnum):
-    GATE = "gate"  # suggested by curate
+    GATE = "gate"  # suggested by curate or by the flywheel's filter
+    POLICY = (
+        "policy"  # the flywheel's `--auto MARGIN` policy (pipeline/flywheel.py); a user label wins over it
+    )
     USER = "user"  # set with `flenwheel review`; always wins over a suggestion
 
 

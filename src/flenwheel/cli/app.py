@@ -13,6 +13,7 @@ from flenwheel.cli import (
     dataset,
     demo,
     evaluate,
+    flywheel,
     jobs,
     project,
     serve,
@@ -50,6 +51,7 @@ studio.register(app)
 sheet.register(app)
 training.register(app)
 evaluate.register(app)
+flywheel.register(app)
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(corrections.app, name="corrections")
 demo.register(app)

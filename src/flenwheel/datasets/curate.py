@@ -235,8 +235,9 @@ def _record_suggestion(
 
 
 def current_review(asset: Asset) -> Review | None:
-    """The newest user label, else the newest gate suggestion."""
-    for source in (ReviewSource.USER, ReviewSource.GATE):
+    """The newest user label, else the newest label of the flywheel's auto policy, else the newest gate
+    suggestion."""
+    for source in (ReviewSource.USER, ReviewSource.POLICY, ReviewSource.GATE):
         for review in reversed(asset.reviews):
             if review.source == source:
                 return review

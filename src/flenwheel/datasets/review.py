@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flenwheel.captions import check_caption
-from flenwheel.domain import ReviewLabel, ReviewSource
+from flenwheel.domain import TRAINING_LABELS, ReviewLabel, ReviewSource
 from flenwheel.errors import AssetNotFound, InvalidInput
 from flenwheel.store.models import Asset, Review
 from flenwheel.store.project import Project, get_character
@@ -39,7 +39,7 @@ def review_asset(project: Project, character_name: str, ref: str, label: str, re
     except ValueError:
         allowed = ", ".join(item.value for item in ReviewLabel)
         raise InvalidInput(f"unknown label {label!r}: use one of {allowed}") from None
-    if parsed != ReviewLabel.GOOD and not reason.strip():
+    if parsed not in TRAINING_LABELS and not reason.strip():
         raise InvalidInput(
             f"say why with --reason when labelling {parsed.value} (seed 001: reasons are documented)"
         )

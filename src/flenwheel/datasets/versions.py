@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 from flenwheel.captions import check_caption
 from flenwheel.datasets.curate import current_review
 from flenwheel.datasets.subsets import Subset, subset_of
-from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, Shot
+from flenwheel.domain import DATASET_KINDS, TRAINING_LABELS, AssetAnalysis, AssetKind, ReviewLabel, Shot
 from flenwheel.errors import DatasetEmpty, FlenwheelError, InvalidInput
 from flenwheel.quality import QualityThresholds, quality_grade
 from flenwheel.store.models import Asset, Character, DatasetItem, DatasetVersion
@@ -34,22 +34,27 @@ class BuildResult:
 BUILD_ATTEMPTS = 3
 
 
-def build_dataset_version(project: Project, character_name: str) -> BuildResult:
-    """Snapshot the images currently labelled good; an unchanged set returns the latest version.
+def build_dataset_version(
+    project: Project, character_name: str, lineage: dict[str, Any] | None = None
+) -> BuildResult:
+    """Snapshot the images currently labelled good (and the pristine ones of the flywheel, seed 001 step 1.8);
+    an unchanged set returns the latest version. A synthetic image enters only when labelled pristine.
+    `lineage` (e.g. the flywheel round and the candidates it added, with why) is kept in the version's
+    composition beside the added/removed counts.
 
     Concurrent builds of one character (ten clicks, two workers) are serialised on the character's row
     (PostgreSQL) and retried should two still pick the same number (SQLite), so each answers with a version:
     the same one when the good set is the same."""
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         try:
-            return _build(project, character_name)
+            return _build(project, character_name, lineage or {})
         except (IntegrityError, OperationalError):
             if attempt == BUILD_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
 
-def _build(project: Project, character_name: str) -> BuildResult:
+def _build(project: Project, character_name: str, lineage: dict[str, Any]) -> BuildResult:
     with project.db.session() as session:
         character = get_character(session, character_name)
         # One build of a character at a time: the next waits here, then sees the version this one made.
@@ -60,7 +65,7 @@ def _build(project: Project, character_name: str) -> BuildResult:
             .options(selectinload(Asset.reviews), selectinload(Asset.analysis))
             .order_by(Asset.id)
         ).all()
-        good = [a for a in assets if (r := current_review(a)) is not None and r.label == ReviewLabel.GOOD]
+        good = [a for a in assets if enters_dataset(a)]
         if not good:
             raise DatasetEmpty(
                 f"No images of {character_name!r} are labelled good: run `flenwheel curate {character_name}` "
@@ -116,10 +121,26 @@ def _build(project: Project, character_name: str) -> BuildResult:
             parent_id=latest.id if latest else None,
             composition=composition,
         )
+        if lineage:
+            version.composition = {
+                **version.composition,
+                "lineage": {**version.composition["lineage"], **lineage},
+            }
         version.items = items
         session.add(version)
         session.flush()
         return BuildResult(version, created=True)
+
+
+def enters_dataset(asset: Asset) -> bool:
+    """Whether an asset's current label puts it into the next version: good or pristine; a synthetic image
+    only as pristine (step 1.7's strict bar — the gate's "good" suggestion is not enough)."""
+    review = current_review(asset)
+    if review is None:
+        return False
+    if asset.kind == AssetKind.SYNTHETIC:
+        return review.label == ReviewLabel.PRISTINE
+    return review.label in TRAINING_LABELS
 
 
 def _fingerprint(items: list[DatasetItem]) -> list[tuple[str, str]]:

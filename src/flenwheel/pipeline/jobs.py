@@ -24,6 +24,7 @@ from flenwheel.domain import Frozen
 from flenwheel.errors import InvalidInput
 from flenwheel.jobs.base import JobCancelled, JobContext
 from flenwheel.jobs.kinds import parse
+from flenwheel.pipeline.flywheel import FlywheelOptions
 from flenwheel.pipeline.stage import RenderSize
 from flenwheel.store.project import Project
 
@@ -198,6 +199,14 @@ class ChainOptions(Frozen):
 
 class ChainPayload(_Character):
     options: ChainOptions = ChainOptions()
+
+
+class FlywheelPayload(_Character, FlywheelOptions):
+    """`flenwheel flywheel NAME`: rounds of flywheel 1 (pipeline/flywheel.py); a retried job resumes its round
+    and runs only the rounds it has left."""
+
+    def options(self) -> FlywheelOptions:
+        return FlywheelOptions(**self.model_dump(exclude={"character"}))
 
 
 class ChainStagePayload(_Character):
@@ -520,3 +529,27 @@ def evaluate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> 
         settings["strengths"] = p.strengths
     outcome = evaluate_run(project, p.character, p.run, ctx=ctx, **settings)
     return _json(outcome)
+
+
+def flywheel_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Rounds of flywheel 1 until the stopping rule (pipeline/flywheel.py); each round is its own record."""
+    from flenwheel.pipeline.flywheel import run_flywheel
+
+    p = parse(FlywheelPayload, payload, "flywheel")
+    outcome = run_flywheel(project, p.character, p.options(), ctx=ctx)
+    return {
+        "rounds": [
+            {
+                "round": r.number,
+                "status": r.status,
+                "candidates": len(r.record.get("candidates", [])),
+                "kept": (r.record.get("filter") or {}).get("kept"),
+                "pristine": len((r.record.get("review") or {}).get("pristine", [])),
+                "dataset": ((r.record.get("dataset") or {}).get("version") or {}).get("label"),
+                "verdict": (r.record.get("comparison") or {}).get("verdict"),
+            }
+            for r in outcome.rounds
+        ],
+        "stopped_because": outcome.stopped_because,
+        "report": outcome.report,
+    }

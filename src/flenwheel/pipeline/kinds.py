@@ -58,6 +58,8 @@ PIPELINE_KINDS: dict[str, PipelineKind] = {
     "studio_generate": _gpu("studio_generate_job", "StudioPayload"),
     "train": _gpu("train_job", "TrainPayload"),
     "evaluate": _gpu("evaluate_job", "EvaluatePayload"),
+    # Flywheel 1 (pipeline/flywheel.py): rounds of generate → filter → review → v(N+1) → retrain → compare.
+    "flywheel": _gpu("flywheel_job", "FlywheelPayload"),
 }
 
 

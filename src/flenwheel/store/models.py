@@ -404,3 +404,22 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class FlywheelRound(Base):
+    """One round of flywheel 1 (seed 001 steps 1.5–1.8): generate → filter → review → v(N+1) → retrain →
+    compare. `stage` is the last stage finished, so a resumed round continues after it; `record` holds each
+    stage's outcome (pipeline/flywheel.py RoundRecord)."""
+
+    __tablename__ = "flywheel_round"
+    __table_args__ = (UniqueConstraint("character_id", "number", name="uq_flywheel_round_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("character.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    stage: Mapped[str] = mapped_column(String(16), default="planned")
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|review|finished|failed
+    record: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -39,7 +39,9 @@ def _newest_label(source: ReviewSource) -> Any:
 
 def current_label() -> ColumnElement[Any]:
     """The current review label in SQL: the newest user label, else the newest curate suggestion."""
-    return func.coalesce(_newest_label(ReviewSource.USER), _newest_label(ReviewSource.GATE))
+    return func.coalesce(
+        _newest_label(ReviewSource.USER), _newest_label(ReviewSource.POLICY), _newest_label(ReviewSource.GATE)
+    )
 
 
 def asset_public(asset: Asset) -> AssetPublic:

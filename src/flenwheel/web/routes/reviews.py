@@ -1,4 +1,4 @@
-"""Reviews: label an asset good / needs_correction / reject with a reason, read its label history, edit its
+"""Reviews: label an asset good / pristine / needs_correction / reject (with a reason), read its label history, edit its
 caption — the same rules as `flenwheel review` and `flenwheel caption` (datasets/review.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from fastapi import APIRouter, status
 from sqlalchemy import select
 
 from flenwheel.datasets.review import review_asset, set_caption
-from flenwheel.domain import ReviewLabel
+from flenwheel.domain import TRAINING_LABELS
 from flenwheel.errors import InvalidInput
 from flenwheel.store.models import Review
 from flenwheel.web.deps import OwnedAsset, ProjectDep, SessionDep
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/assets/{asset_id}", tags=["reviews"])
 def add_review(ref: OwnedAsset, body: ReviewCreate, project: ProjectDep) -> ReviewPublic:
     """Label the asset. A reason is required for needs_correction and reject; your label always wins over
     curate's suggestion, and the newest of yours is the current one."""
-    if body.label != ReviewLabel.GOOD and not body.reason.strip():
+    if body.label not in TRAINING_LABELS and not body.reason.strip():
         raise InvalidInput(
             f"give a `reason` when labelling {body.label.value}: say what is wrong with the image "
             "(seed 001: every label but good is documented)"
