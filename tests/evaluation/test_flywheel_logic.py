@@ -28,24 +28,29 @@ from flenwheel.faces.identity import IdentityReference
 from flenwheel.pipeline.flywheel import FlywheelOptions, prompt_matrix
 from flenwheel.quality import QualityThresholds
 
-from photos import LISA, london
+from photos import LISA, POSES, london
 
 THRESHOLD = 0.48  # config.Settings.identity_threshold
 TRAINING = LISA[:4]
 GENUINE = LISA[4:]  # the same woman, photos the references do not contain
 OTHERS = [london(n) for n in range(1, 7)] + [london(n, "smiling") for n in (1, 2)]
+BODIES = [POSES / "t_pose.jpg", POSES / "standing.jpg"]  # people in full body, in two model-card poses
 
 
 @pytest.fixture(scope="module")
 def measured() -> dict[Path, AssetAnalysis]:
     from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
+    from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
 
-    analyzer = DlibFaceAnalyzer()
-    return {path: analyze_image(Image.open(path).convert("RGB"), analyzer) for path in [*LISA, *OTHERS]}
+    analyzer, poses = DlibFaceAnalyzer(), shared_pose_analyzer()
+    return {
+        path: analyze_image(Image.open(path).convert("RGB"), analyzer, poses)
+        for path in [*LISA, *OTHERS, *BODIES]
+    }
 
 
 def tags(analysis: AssetAnalysis) -> ImageTags:
-    return ImageTags(angle=analysis.angle, shot=analysis.shot, expression=analysis.expression)
+    return ImageTags.of(analysis)
 
 
 def references(measured: dict[Path, AssetAnalysis]) -> ReferenceSet:
@@ -76,6 +81,13 @@ def test_coverage_of_real_photos_against_the_model_card(measured: dict[Path, Ass
     assert all(measured[p].expression == "smiling" and measured[p].angle == "front" for p in smiles)
     more = coverage(tags(measured[p]) for p in [*TRAINING, *smiles])
     assert more.cell("front-smiling").state == "covered" and more.count("covered") == 2
+    bodies = coverage(tags(measured[p]) for p in [*TRAINING, *BODIES])  # the body pose, measured
+    assert bodies.cell("full_body-t_pose").state == "thin" and bodies.cell("full_body-t_pose").count == 1
+    # the standing card asks a standing body facing front; the T-pose photo stands too
+    assert (
+        bodies.cell("full_body-standing").state == "covered" and bodies.cell("full_body-standing").count == 2
+    )
+    assert bodies.cell("full_body-sitting").state == "missing"
     order = [cell.state for cell in more.gap_order()]
     assert order == sorted(order, key=["missing", "thin", "not measured", "covered"].index)
 

@@ -121,7 +121,7 @@ def _judge(
             kinds.append("near copy")
             reasons.append(f"near copy of training image {asset_id} ({bits} pHash bits)")
             break
-    tags = ImageTags(angle=analysis.angle, shot=analysis.shot, expression=analysis.expression)
+    tags = ImageTags.of(analysis)
     fills = fills_gap(tags, gaps) if not kinds else None
     if kinds:
         reason = "; ".join(reasons)

@@ -2,15 +2,17 @@
 
 The model card asks for 5 angles × 4 expressions (portraits) + 3 body poses. What flenwheel measures per
 image (faces/geometry.py via datasets/analysis.py): the head-yaw bucket (5 angles), the shot type (close-up,
-upper body, full body) and the expression — but only neutral versus smiling. So a cell's state is:
+upper body, full body), the expression — but only neutral versus smiling — and the body pose (MediaPipe
+Pose, poses/; checked against the body prompt's target as evaluation checks it, evaluation/prompts.py
+BODY_POSE_TARGETS, with the whole body in frame). So a cell's state is:
 
 - `covered` — at least `enough` images carry the cell's measured tags;
 - `thin` — some images, fewer than `enough`;
 - `missing` — measured, and no image has these tags;
 - `not measured` — the tags cannot be measured here: angry and sad (no expression model tells them from
-  neutral), and which body pose a full-body image shows (no pose model). The count given is what *was*
-  measured (e.g. full-body images, of any pose); a cell whose measurable part is absent (no full-body image at
-  all, no face at that angle) is `missing`, since no unmeasured tag can fill it.
+  neutral), and the pose of full-body images analysed before poses were measured. The count given is what
+  *was* measured (e.g. faces at that angle, of any expression); a cell whose measurable part is absent (no face
+  at that angle at all) is `missing`, since no unmeasured tag can fill it.
 
 `gap_order` ranks cells for the flywheel's prompt matrix (step 1.7's "fills a gap", made explicit):
 missing first, then thin, then not measured, then covered.
@@ -23,8 +25,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from flenwheel.domain import Angle, Expression, Frozen, Shot
-from flenwheel.evaluation.prompts import ANGLES, BODY_POSES, EXPRESSIONS
+from flenwheel.domain import Angle, AssetAnalysis, BodyPose, Expression, Frozen, Shot
+from flenwheel.evaluation.prompts import ANGLES, BODY_POSE_TARGETS, BODY_POSES, EXPRESSIONS
 
 # The model card's angle keys (evaluation/prompts.py) for the measured yaw buckets (domain.Angle).
 ANGLE_KEYS: dict[Angle, str] = {
@@ -48,6 +50,23 @@ class ImageTags(Frozen):
     angle: Angle | None = None
     shot: Shot | None = None
     expression: Expression | None = None
+    pose_measured: bool = False  # False: analysed before body poses were measured
+    body: BodyPose | None = None  # None: no person found (when measured)
+
+    @classmethod
+    def of(cls, analysis: AssetAnalysis) -> ImageTags:
+        return cls(
+            angle=analysis.angle,
+            shot=analysis.shot,
+            expression=analysis.expression,
+            pose_measured=analysis.pose_analyzer is not None,
+            body=analysis.body,
+        )
+
+    def in_pose(self, pose: str) -> bool:
+        """Whether the whole body is in frame in the pose the model card's `pose` cell asks for."""
+        body = self.body
+        return body is not None and body.full_body and BODY_POSE_TARGETS[pose].check(body).status == "passed"
 
 
 class CoverageCell(Frozen):
@@ -123,20 +142,23 @@ def coverage(tags: Iterable[ImageTags], enough: int = ENOUGH) -> Coverage:
                     why=why,
                 )
             )
-    full_body = sum(1 for t in items if t.shot == Shot.FULL_BODY)
+    unmeasured = sum(1 for t in items if not t.pose_measured and t.shot == Shot.FULL_BODY)
     for pose in BODY_POSES:
-        if full_body == 0:
-            state, why = "missing", "no full-body image at all"
+        count = sum(1 for t in items if t.pose_measured and t.in_pose(pose))
+        target = BODY_POSE_TARGETS[pose].description
+        if count or not unmeasured:
+            state = _state(count, enough)
+            why = f"{count} image(s) measured in full body, {target}"
         else:
             state = "not measured"
-            why = f"{full_body} full-body image(s); which pose each shows is not measured (no pose model)"
+            why = f"{unmeasured} full-body image(s) analysed before poses were measured (run curate)"
         cells.append(
             CoverageCell(
                 key=f"full_body-{pose}",
                 angle=None,
                 expression=None,
                 pose=pose,
-                count=full_body,
+                count=count if state != "not measured" else unmeasured,
                 state=state,
                 why=why,
             )
@@ -182,7 +204,7 @@ def matches(tags: ImageTags, key: str) -> bool:
     """Whether an image's measured tags put it in cell `key` (an unmeasured expression never matches)."""
     angle, expression, pose = cell_tags(key)
     if pose != "portrait":
-        return False  # the pose is not measured: no image can be shown to fill a pose cell
+        return tags.pose_measured and tags.in_pose(pose)
     return (
         tags.angle is not None
         and ANGLE_KEYS[tags.angle] == angle

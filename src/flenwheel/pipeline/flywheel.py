@@ -344,7 +344,7 @@ def _plan(r: RoundRun, record: dict[str, Any]) -> dict[str, Any]:
         run = session.get_one(TrainingRun, session.get_one(Checkpoint, mode.checkpoint_id).run_id)
         run_id, base_model = run.id, str(run.spec.get("base_model", "tiny"))
         remaining = round(character.budget_usd - character.spent_usd, 6)
-    current = version_coverage(version.items)
+    current = version_coverage(project, version.items)
     prompts = prompt_matrix(current, trigger, options, number)
     tiny = base_model == "tiny"
     size = options.size or (64 if tiny else 512)
@@ -464,9 +464,20 @@ def filter_round_candidates(
     with project.db.session() as session:
         character_id = get_character(session, name).id
         items = session.scalars(select(DatasetItem).where(DatasetItem.dataset_version_id == base_version_id))
-        current = version_coverage(list(items))
+        current = version_coverage(project, list(items))
     references = load_reference_set(project, character_id, base_version_id, analyzer)
     analyses = cached_analyses(project, asset_ids, analyzer)
+    if any(analysis.pose_analyzer is None for analysis in analyses.values()):  # the body pose, for pose cells
+        from flenwheel.evaluation.scoring import body_poses
+        from flenwheel.poses.mediapipe_backend import shared_pose_analyzer
+
+        with project.db.session() as session:
+            bodies = body_poses(project, session, asset_ids)  # measured now and kept on the cached analysis
+        pose_id = shared_pose_analyzer().id
+        analyses = {
+            i: a if a.pose_analyzer else a.model_copy(update={"pose_analyzer": pose_id, "body": bodies[i]})
+            for i, a in analyses.items()
+        }
     report = filter_candidates(
         [Candidate(asset_id=i, analysis=analyses[i]) for i in asset_ids],
         references,
@@ -596,7 +607,7 @@ def next_version(
         before, after = list(base.items), list(new.items)
         base_label, new_label, new_number = base.label, new.label, new.number
     old_ids, new_ids = {i.asset_id for i in before}, {i.asset_id for i in after}
-    old_cov, new_cov = version_coverage(before), version_coverage(after)
+    old_cov, new_cov = version_coverage(project, before), version_coverage(project, after)
     return {
         "created": built.created,
         "version": {"id": built.version.id, "number": new_number, "label": new_label},
@@ -754,18 +765,16 @@ def compare_evaluations(
 # -- coverage and prompts ---------------------------------------------------------------------------------
 
 
-def version_coverage(items: list[DatasetItem]) -> Coverage:
-    """The model-card coverage of a dataset version's items (their tags were frozen at build time)."""
-    from flenwheel.domain import Angle, Expression, Shot
+def version_coverage(project: Project, items: list[DatasetItem]) -> Coverage:
+    """The model-card coverage of a dataset version's items, from their cached analyses (angle, shot and
+    expression as frozen at build time; the body pose as measured)."""
+    from flenwheel.domain import AssetAnalysis
+    from flenwheel.store.models import Analysis
 
-    return coverage(
-        ImageTags(
-            angle=Angle(i.angle) if i.angle else None,
-            shot=Shot(i.shot) if i.shot else None,
-            expression=Expression(i.expression) if i.expression else None,
-        )
-        for i in items
-    )
+    with project.db.session() as session:
+        rows = session.scalars(select(Analysis).where(Analysis.asset_id.in_([i.asset_id for i in items])))
+        analyses = {row.asset_id: AssetAnalysis.model_validate(row.data) for row in rows}
+    return coverage(ImageTags.of(analyses[i.asset_id]) for i in items if i.asset_id in analyses)
 
 
 def prompt_matrix(
