@@ -1,7 +1,7 @@
 """flywheel rounds: one record per round of flywheel 1 (seed 001 steps 1.5–1.8)
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-30 01:00:00
 
 - `flywheel_round`: a character's rounds, numbered 1, 2, …: the stage reached and the round's record
@@ -13,8 +13,8 @@ Create Date: 2026-11-30 01:00:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
