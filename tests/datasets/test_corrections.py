@@ -258,3 +258,52 @@ def test_the_cli_lists_and_exports(corrections: Corrections, tmp_path: Path) -> 
     assert (
         bad.returncode != 0 and "no correction triplet 12345" in bad.stderr and "Traceback" not in bad.stderr
     )
+
+
+def test_an_editor_lora_trains_on_a_correction_set_through_ai_toolkit(
+    corrections: Corrections, tmp_path: Path
+) -> None:
+    """Seed 001 step 2.2 through the trainer contract: ai-toolkit (its stand-in run.py, which reads the job as
+    ai-toolkit does) trains Qwen-Image-Edit-2509 on the set's targets with the sources as control images; the
+    run is recorded against the correction set, never taken for a character LoRA; the local trainer, which
+    cannot condition on a source image, refuses with advice."""
+    import shutil
+
+    from flenwheel.pipeline.evaluation import evaluate_run
+    from flenwheel.pipeline.training import latest_run, train_editor
+    from flenwheel.store.models import TrainingRun
+    from flenwheel.trainers.ai_toolkit import AiToolkitTrainer
+    from flenwheel.trainers.local_lora import LocalLoraTrainer
+
+    project = corrections.project
+    expected = _complete_set(corrections)
+    with pytest.raises(InvalidInput, match="ai-toolkit"):
+        train_editor(project, "lisa", LocalLoraTrainer(cache_root=tmp_path / "cache"))
+    with pytest.raises(InvalidInput, match="does not edit"):
+        train_editor(project, "lisa", LocalLoraTrainer(cache_root=tmp_path / "cache"), family="flux")
+    install = tmp_path / "ai-toolkit"
+    install.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "trainers" / "standins" / "ai_toolkit_run.py", install / "run.py")
+    trainer = AiToolkitTrainer(install, Path(sys.executable))
+    outcome = train_editor(project, "lisa", trainer, max_steps=4, save_every_steps=2)
+    assert outcome.status == "succeeded" and outcome.dataset_version.startswith("c")
+    assert [c["step"] for c in outcome.checkpoints] == [2, 4]
+    job = yaml.safe_load((outcome.work_dir / "ai-toolkit-job.yaml").read_text())["config"]["process"][0]
+    assert job["model"]["arch"] == "qwen_image_edit_plus"
+    assert job["model"]["name_or_path"] == "Qwen/Qwen-Image-Edit-2509"
+    dataset = job["datasets"][0]
+    targets = sorted(p for p in Path(dataset["folder_path"]).iterdir() if p.suffix != ".txt")
+    assert [_sha(p.read_bytes()) for p in targets] == [e[1] for e in expected]
+    assert [(Path(dataset["folder_path"]) / f"{p.stem}.txt").read_text().strip() for p in targets] == [
+        e[2] for e in expected
+    ]
+    with project.db.session() as session:
+        run = session.get_one(TrainingRun, outcome.run_id)
+        assert run.dataset_version_id is None and run.correction_set_id is not None
+    assert latest_run(project, "lisa", editor=True).id == outcome.run_id
+    with pytest.raises(InvalidInput, match="flenwheel train lisa"):
+        latest_run(project, "lisa")  # an editor run is not the character's LoRA
+    with pytest.raises(InvalidInput, match="editor LoRA"):
+        evaluate_run(project, "lisa", run_id=outcome.run_id)
+    again = train_editor(project, "lisa", trainer, max_steps=4, save_every_steps=2, reuse_finished=True)
+    assert again.run_id == outcome.run_id and again.resumed  # the same set and settings: not trained twice

@@ -156,3 +156,49 @@ def export(
     )
     for path in result.files:
         console.print(f"  {safe(path)}")
+
+
+@app.command("train")
+def train(
+    name: Name,
+    trainer: Annotated[
+        str, typer.Option("--trainer", help="ai-toolkit or fal (an editor needs control images)")
+    ],
+    version: Annotated[
+        int | None, typer.Option("--version", help="Correction set number (default: latest)")
+    ] = None,
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="Default: Qwen/Qwen-Image-Edit-2509")
+    ] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Default: qwen-image-edit")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=1000)] = None,
+    rank: Annotated[int | None, typer.Option("--rank", min=1, max=256)] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train an editor LoRA (seed 001 step 2.2) on a correction set; run it again to resume."""
+    from flenwheel.pipeline.training import train_editor
+    from flenwheel.trainers.registry import TrainerRegistry
+
+    project = open_project()
+    chosen = TrainerRegistry.from_settings(project.settings).get(trainer)
+    outcome = train_editor(
+        project,
+        name,
+        chosen,
+        set_number=version,
+        base_model=base_model,
+        family=family,
+        max_steps=max_steps,
+        epochs=epochs,
+        rank=rank,
+        learning_rate=learning_rate,
+    )
+    if json_output:
+        print_json(outcome)
+        return
+    console.print(
+        f"{outcome.status}: editor run {outcome.run_id} on {outcome.dataset_version} with {outcome.trainer}, "
+        f"{outcome.steps} steps, {len(outcome.checkpoints)} checkpoint(s), ${outcome.cost_usd:.2f}"
+    )

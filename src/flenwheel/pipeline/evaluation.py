@@ -126,6 +126,12 @@ def evaluate_run(
     `provider` picks an engine by id; `providers` replaces the configured engines (tests, embedding apps).
     """
     run = latest_run(project, character_name, run_id)
+    if run.dataset_version_id is None:
+        raise InvalidInput(
+            f"run {run.id} trained an editor LoRA (from a correction set), not a character LoRA: the model-card "
+            "evaluation measures character LoRAs; give a character run's id"
+        )
+    dataset_version_id = run.dataset_version_id
     with project.db.session() as session:
         character = get_character(session, character_name)
         character_id, character_nsfw = character.id, character.nsfw
@@ -148,7 +154,7 @@ def evaluate_run(
     from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
 
     analyzer = DlibFaceAnalyzer(detect_max_side=project.settings.detect_max_side)
-    references = load_reference_set(project, character_id, run.dataset_version_id, analyzer)
+    references = load_reference_set(project, character_id, dataset_version_id, analyzer)
     done = _done_cells(project, evaluation_id)
     todo = [cell for cell in grid if cell.key not in done]
     generated = 0

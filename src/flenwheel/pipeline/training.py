@@ -25,7 +25,7 @@ from flenwheel.datasets.versions import get_dataset_version
 from flenwheel.errors import InvalidInput
 from flenwheel.families import TRAINING_DEFAULTS
 from flenwheel.jobs.base import JobContext
-from flenwheel.store.models import Asset, Checkpoint, DatasetVersion, TrainingRun
+from flenwheel.store.models import Asset, Checkpoint, CorrectionSet, DatasetVersion, TrainingRun
 from flenwheel.store.project import Project, get_character
 from flenwheel.store.run import BudgetExceeded, PolicyRefused, RunContext, is_paid
 from flenwheel.trainers.base import (
@@ -58,7 +58,7 @@ class TrainingOutcome:
 
 
 def training_spec(
-    project: Project, character_name: str, version: DatasetVersion, **overrides: Any
+    project: Project, character_name: str, version: DatasetVersion | CorrectionSet, **overrides: Any
 ) -> TrainingSpec:
     """The character's trigger and the dataset's repeats, plus the user's overrides; bad values name the fix."""
     with project.db.session() as session:
@@ -74,6 +74,24 @@ def training_spec(
             f"{'.'.join(str(p) for p in error['loc']) or 'spec'}: {error['msg']}" for error in exc.errors()
         )
         raise InvalidInput(f"training settings are not valid: {problems}") from None
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """What a run trains from: a dataset version (a character LoRA) or a correction set (an editor LoRA).
+    Exactly one of the two ids is set; `prepare(trainer, work_dir)` writes the trainer's input once."""
+
+    label: str  # "v3" / "c1"
+    images: int
+    dataset_version_id: int | None
+    correction_set_id: int | None
+    prepare: Callable[[Trainer, Path], TrainingInput]
+
+    def runs(self) -> Any:
+        """The WHERE clause that finds this source's runs."""
+        if self.dataset_version_id is not None:
+            return TrainingRun.dataset_version_id == self.dataset_version_id
+        return TrainingRun.correction_set_id == self.correction_set_id
 
 
 def train_character(
@@ -93,11 +111,75 @@ def train_character(
     """
     version = get_dataset_version(project, character_name, version_number)
     spec = training_spec(project, character_name, version, **spec_overrides)
+    source = TrainingSource(
+        version.label,
+        len(version.items),
+        version.id,
+        None,
+        lambda chosen, work_dir: _prepare_input(project, character_name, version, chosen, work_dir),
+    )
+    return _train(project, character_name, trainer, source, spec, ctx, on_progress, reuse_finished)
+
+
+# Training architectures that learn edits from (source, instruction, target) triplets (families.py).
+EDITOR_FAMILIES = ("qwen-image-edit",)
+
+
+def train_editor(
+    project: Project,
+    character_name: str,
+    trainer: Trainer,
+    set_number: int | None = None,
+    ctx: JobContext | None = None,
+    on_progress: ProgressCallback | None = None,
+    reuse_finished: bool = False,
+    **spec_overrides: Any,
+) -> TrainingOutcome:
+    """Train (or resume) an editor LoRA (seed 001 step 2.2) on one correction set (the newest by default).
+
+    The family defaults to Qwen-Image-Edit-2509 (`qwen-image-edit`, base model Qwen/Qwen-Image-Edit-2509); the
+    trainer receives each triplet's corrected image as the target, its instruction as the caption and its source
+    as the control image, in its own format (ai-toolkit: `dataset/` + `control/`; fal: start/end pairs).
+    Raises InvalidInput for a family that does not edit, or a trainer whose format holds no control images."""
+    from flenwheel.datasets.corrections import EDITOR_BASE_MODEL, get_triplet_set
+
+    corrections = get_triplet_set(project, character_name, set_number)
+    family = spec_overrides.get("family") or EDITOR_FAMILIES[0]
+    if family not in EDITOR_FAMILIES:
+        raise InvalidInput(
+            f"an editor LoRA learns from (source, instruction, target) triplets; family {family!r} does not edit: "
+            f"use --family {EDITOR_FAMILIES[0]}"
+        )
+    spec_overrides["family"] = family
+    spec_overrides["base_model"] = spec_overrides.get("base_model") or EDITOR_BASE_MODEL
+    spec = training_spec(project, character_name, corrections, **spec_overrides)
+    source = TrainingSource(
+        corrections.label,
+        len(corrections.items),
+        None,
+        corrections.id,
+        lambda chosen, work_dir: _prepare_editor_input(
+            project, character_name, corrections, chosen, work_dir
+        ),
+    )
+    return _train(project, character_name, trainer, source, spec, ctx, on_progress, reuse_finished)
+
+
+def _train(
+    project: Project,
+    character_name: str,
+    trainer: Trainer,
+    source: TrainingSource,
+    spec: TrainingSpec,
+    ctx: JobContext | None,
+    on_progress: ProgressCallback | None,
+    reuse_finished: bool,
+) -> TrainingOutcome:
     problems = trainer.validate(spec)
     if problems:
         raise InvalidInput(f"trainer {trainer.id!r} cannot run this: " + "; ".join(problems))
     if reuse_finished:
-        finished = _finished_run(project, version, trainer.id, spec)
+        finished = _finished_run(project, source, trainer.id, spec)
         if finished is not None:
             return outcome(project, finished, resumed=True)
     with project.db.session() as session:
@@ -108,7 +190,7 @@ def train_character(
             f"{character_name!r} is an NSFW character and trainer {trainer.id!r} sends the dataset off your "
             f"machines: NSFW datasets are trained only on self-hosted trainers (local, ai-toolkit, kohya)"
         )
-    run, resumed = _find_or_create_run(project, character_name, version, trainer.id, spec)
+    run, resumed = _find_or_create_run(project, character_name, source, trainer.id, spec)
     if ctx is None:
         ctx = RunContext(project.db, character_id=character_id)
     ctx = ctx.for_character(character_id, project.db)
@@ -117,7 +199,7 @@ def train_character(
         call = ctx.call(
             trainer.id,
             f"train:run{run.id}",
-            estimate=trainer.estimate_cost(spec, len(version.items)),
+            estimate=trainer.estimate_cost(spec, source.images),
             paid=is_paid(trainer),
             what=f"training {character_name} with {trainer.id}",
         ).on_training(recorder.step, recorder.checkpoint_saved)
@@ -125,7 +207,7 @@ def train_character(
         _set_status(project, run.id, "failed", error=str(exc))
         raise
     work_dir = project.root / run.work_dir
-    data = _prepare_input(project, character_name, version, trainer, work_dir)
+    data = source.prepare(trainer, work_dir)
     _set_status(project, run.id, "running")
     try:
         result = trainer.run(spec, data, call)
@@ -151,7 +233,11 @@ def train_character(
 def outcome(project: Project, run_id: int, resumed: bool = False) -> TrainingOutcome:
     with project.db.session() as session:
         run = session.get_one(TrainingRun, run_id)
-        version = session.get_one(DatasetVersion, run.dataset_version_id)
+        trained_from: DatasetVersion | CorrectionSet = (
+            session.get_one(DatasetVersion, run.dataset_version_id)
+            if run.dataset_version_id is not None
+            else session.get_one(CorrectionSet, run.correction_set_id)
+        )
         checkpoints = [
             {"id": c.id, "step": c.step, "epoch": c.epoch, "path": c.path} for c in run.checkpoints
         ]
@@ -159,7 +245,7 @@ def outcome(project: Project, run_id: int, resumed: bool = False) -> TrainingOut
         return TrainingOutcome(
             run_id=run.id,
             trainer=run.trainer,
-            dataset_version=version.label,
+            dataset_version=trained_from.label,
             status=run.status,
             steps=run.step,
             checkpoints=checkpoints,
@@ -170,19 +256,29 @@ def outcome(project: Project, run_id: int, resumed: bool = False) -> TrainingOut
         )
 
 
-def latest_run(project: Project, character_name: str, run_id: int | None = None) -> TrainingRun:
-    """A run of the character by id, or its newest run; a clear error when there is none."""
+def latest_run(
+    project: Project, character_name: str, run_id: int | None = None, editor: bool = False
+) -> TrainingRun:
+    """A run of the character by id, or its newest run of a character LoRA (`editor`: of an editor LoRA);
+    a clear error when there is none."""
     with project.db.session() as session:
         character = get_character(session, character_name)
         query = select(TrainingRun).where(TrainingRun.character_id == character.id)
         if run_id is not None:
             query = query.where(TrainingRun.id == run_id)
+        elif editor:
+            query = query.where(TrainingRun.correction_set_id.is_not(None))
+        else:
+            query = query.where(TrainingRun.dataset_version_id.is_not(None))
         run = session.scalars(query.order_by(TrainingRun.id.desc()).limit(1)).first()
         if run is None:
-            which = f"run {run_id}" if run_id is not None else "training run"
-            raise InvalidInput(
-                f"{character_name!r} has no {which}: train one with `flenwheel train {character_name}`"
+            which = f"run {run_id}" if run_id is not None else ("editor run" if editor else "training run")
+            how = (
+                f"flenwheel corrections train {character_name}"
+                if editor
+                else f"flenwheel train {character_name}"
             )
+            raise InvalidInput(f"{character_name!r} has no {which}: train one with `{how}`")
         return run
 
 
@@ -192,13 +288,13 @@ def spec_fingerprint(trainer_id: str, spec: TrainingSpec) -> str:
 
 
 def _finished_run(
-    project: Project, version: DatasetVersion, trainer_id: str, spec: TrainingSpec
+    project: Project, source: TrainingSource, trainer_id: str, spec: TrainingSpec
 ) -> int | None:
     with project.db.session() as session:
         run_id = session.scalar(
             select(TrainingRun.id)
             .where(
-                TrainingRun.dataset_version_id == version.id,
+                source.runs(),
                 TrainingRun.trainer == trainer_id,
                 TrainingRun.fingerprint == spec_fingerprint(trainer_id, spec),
                 TrainingRun.status == "succeeded",
@@ -210,7 +306,7 @@ def _finished_run(
 
 
 def _find_or_create_run(
-    project: Project, character_name: str, version: DatasetVersion, trainer_id: str, spec: TrainingSpec
+    project: Project, character_name: str, source: TrainingSource, trainer_id: str, spec: TrainingSpec
 ) -> tuple[TrainingRun, bool]:
     fingerprint = spec_fingerprint(trainer_id, spec)
     with project.db.session() as session:
@@ -219,7 +315,7 @@ def _find_or_create_run(
             select(TrainingRun)
             .where(
                 TrainingRun.character_id == character.id,
-                TrainingRun.dataset_version_id == version.id,
+                source.runs(),
                 TrainingRun.trainer == trainer_id,
                 TrainingRun.status.in_(UNFINISHED),
             )
@@ -230,7 +326,8 @@ def _find_or_create_run(
                 return run, True
         run = TrainingRun(
             character_id=character.id,
-            dataset_version_id=version.id,
+            dataset_version_id=source.dataset_version_id,
+            correction_set_id=source.correction_set_id,
             trainer=trainer_id,
             spec=spec.model_dump(mode="json"),
             fingerprint=fingerprint,
@@ -274,6 +371,46 @@ def _prepare_input(
     return TrainingInput(
         character=character_name,
         dataset_version=version.label,
+        items=tuple(items),
+        dataset_dir=dataset_dir,
+        work_dir=work_dir,
+    )
+
+
+def _prepare_editor_input(
+    project: Project, character_name: str, corrections: CorrectionSet, trainer: Trainer, work_dir: Path
+) -> TrainingInput:
+    """A correction set as an editor trainer's input: the targets with their instructions as `items`, and the
+    trainer's own layout with the sources as control images (ai-toolkit folders, fal's start/end zip)."""
+    from flenwheel.datasets.corrections import export_triplets
+
+    layouts = {"ai-toolkit": "ai-toolkit", "zip": "fal"}
+    if trainer.dataset_format not in layouts:
+        raise InvalidInput(
+            f"trainer {trainer.id!r} takes {trainer.dataset_format} datasets, which hold no control images: "
+            "train an editor with --trainer ai-toolkit or --trainer fal"
+        )
+    images_dir = work_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    items: list[TrainingImage] = []
+    for position, item in enumerate(corrections.items):
+        image_path = images_dir / f"{position + 1:04d}.{item['target']['format']}"
+        if not image_path.exists():
+            temporary = image_path.with_suffix(image_path.suffix + ".part")
+            temporary.write_bytes(project.blobs.get(item["target"]["sha256"]))
+            temporary.replace(image_path)
+        image_path.with_suffix(".txt").write_text(item["instruction"] + "\n")
+        items.append(TrainingImage(path=image_path, caption=item["instruction"]))
+    dataset_dir = work_dir / f"dataset-{trainer.dataset_format}"
+    if not dataset_dir.exists():
+        export_triplets(
+            project, character_name, layouts[trainer.dataset_format], dataset_dir, corrections.number
+        )
+    if trainer.dataset_format == "zip":
+        dataset_dir = next(dataset_dir.glob("*.zip"))
+    return TrainingInput(
+        character=character_name,
+        dataset_version=corrections.label,
         items=tuple(items),
         dataset_dir=dataset_dir,
         work_dir=work_dir,

@@ -235,7 +235,9 @@ class TrainingRun(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     character_id: Mapped[int] = mapped_column(ForeignKey("character.id", ondelete="CASCADE"), index=True)
-    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"))
+    # A character LoRA is trained from a dataset version; an editor LoRA (flywheel 2) from a correction set.
+    dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_version.id"), default=None)
+    correction_set_id: Mapped[int | None] = mapped_column(ForeignKey("correction_set.id"), default=None)
     trainer: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Hash of trainer + spec: running `train` again with the same settings resumes the unfinished run.

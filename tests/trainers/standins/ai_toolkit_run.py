@@ -90,9 +90,15 @@ def load_job(path: Path) -> tuple[str, dict]:
     for dataset in process["datasets"]:
         refuse_unknown("datasets[]", dataset, DATASET_KEYS)
         if "control_path" in dataset:
-            controls = {p.name for p in Path(dataset["control_path"]).iterdir()}
+            # ai-toolkit finds a target's control image by its stem, as .jpg, .jpeg, .png or .webp
+            # (toolkit/dataloader_mixins.py ControlFileItemDTOMixin)
+            controls = {
+                p.stem
+                for p in Path(dataset["control_path"]).iterdir()
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+            }
             for target in Path(dataset["folder_path"]).iterdir():
-                if target.suffix.lower() in IMAGE_EXTENSIONS and target.name not in controls:
+                if target.suffix.lower() in IMAGE_EXTENSIONS and target.stem not in controls:
                     raise ValueError(f"no control image for {target.name} in {dataset['control_path']}")
         folder = Path(dataset["folder_path"])
         images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
