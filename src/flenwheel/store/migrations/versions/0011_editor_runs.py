@@ -1,7 +1,7 @@
 """training runs of an editor LoRA: trained from a correction set instead of a dataset version
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-30 01:40:00
 
 - `training_run.correction_set_id`: the correction set (flywheel 2) an editor LoRA was trained from.
@@ -12,8 +12,8 @@ Create Date: 2026-11-30 01:40:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
