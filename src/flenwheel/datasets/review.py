@@ -52,6 +52,26 @@ def review_asset(project: Project, character_name: str, ref: str, label: str, re
         return review
 
 
+def undo_review(project: Project, character_name: str, ref: str) -> Review | None:
+    """Withdraw the asset's newest user label (undo): the label before it — the user's previous one, else
+    curate's suggestion — is current again. Returns the withdrawn review; raises InvalidInput when the user
+    has not labelled the asset. Curate's suggestions are never withdrawn."""
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        asset = find_asset(session, character.id, character_name, ref)
+        newest = session.scalar(
+            select(Review)
+            .where(Review.asset_id == asset.id, Review.source == ReviewSource.USER.value)
+            .order_by(Review.id.desc())
+            .limit(1)
+        )
+        if newest is None:
+            raise InvalidInput(f"asset {asset.id} has no label of yours to undo")
+        session.delete(newest)
+        session.flush()
+        return newest
+
+
 def set_caption(project: Project, character_name: str, ref: str, caption: str) -> str:
     with project.db.session() as session:
         character = get_character(session, character_name)

@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 
 from flenwheel import __version__
 from flenwheel.config import Settings
 from flenwheel.jobs.base import JobBackend
 from flenwheel.pipeline.kinds import register_pipeline_kinds
 from flenwheel.store.project import Project
+from flenwheel.web import pages
 from flenwheel.web.errors import add_error_handlers
 from flenwheel.web.limits import MAX_FILES_PER_UPLOAD, BodyLimit
 from flenwheel.web.routes import assets, characters, datasets, jobs, reviews, stats, wizard
@@ -26,6 +28,8 @@ log = logging.getLogger("uvicorn.error")  # shown with the server's own messages
 DESCRIPTION = """\
 Keep an AI character the same person: upload photos, review them, build dataset versions, and run the
 pipeline's stages as background jobs whose progress you can follow live (Server-Sent Events).
+
+**The web app** is at `/`: sign in with the same token; the pages use a session cookie.
 
 **Authentication.** Every route except `/health` needs `Authorization: Bearer <token>`. Make a user and
 its token on the machine that holds the project with `flenwheel user add NAME` (the token is printed once).
@@ -99,6 +103,9 @@ def create_app(settings: Settings, job_workers: int = 0, job_shutdown_timeout_s:
     app.include_router(jobs.submit_router(settings))
     for module in (characters, assets, reviews, datasets, jobs, wizard, stats):
         app.include_router(module.router)
+    # The web app a person uses in a browser (web/pages.py): its pages and their static files.
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")
 
     @app.get("/health", tags=["system"], response_model=HealthPublic)
     def health(request: Request) -> HealthPublic:

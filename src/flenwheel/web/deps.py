@@ -17,6 +17,7 @@ from flenwheel.jobs.base import JobBackend
 from flenwheel.store.models import Asset, Character
 from flenwheel.store.project import Project
 from flenwheel.web.auth import UserInfo, user_for_token
+from flenwheel.web.session import COOKIE, CSRF_HEADER, SAFE_METHODS, SessionProblem, csrf_ok, read_session
 
 HOW_TO_GET_A_TOKEN = (
     "send `Authorization: Bearer <token>`; a token is made with `flenwheel user add NAME` "
@@ -59,8 +60,14 @@ JobsDep = Annotated[JobBackend, Depends(get_jobs)]
 
 
 def current_user(
-    project: ProjectDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    project: ProjectDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> UserInfo:
+    """The caller: from `Authorization: Bearer <token>`, else from the web app's session cookie (web/session.py),
+    where a request that changes anything must also carry the session's CSRF token (X-CSRF-Token)."""
+    if (credentials is None or not credentials.credentials) and request.cookies.get(COOKIE):
+        return _session_user(request, project)
     if credentials is None or not credentials.credentials:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -86,6 +93,20 @@ def current_user(
 
 
 CurrentUser = Annotated[UserInfo, Depends(current_user)]
+
+
+def _session_user(request: Request, project: Project) -> UserInfo:
+    try:
+        session = read_session(project, request.cookies.get(COOKIE))
+    except SessionProblem as problem:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=problem.message) from None
+    if request.method not in SAFE_METHODS and not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"missing or wrong {CSRF_HEADER} header: a request made with the web app's session must "
+            "carry the CSRF token of its page (reload the page)",
+        )
+    return session.user
 
 
 class CharacterRef(Frozen):

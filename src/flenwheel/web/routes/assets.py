@@ -143,6 +143,34 @@ def download_image(ref: OwnedAsset, project: ProjectDep, request: Request) -> Re
     return Response(data, media_type=MIME_TYPES.get(ref.format, "application/octet-stream"), headers=headers)
 
 
+@router.get(
+    "/assets/{asset_id}/thumb",
+    summary="Download an asset's thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}}},
+)
+async def download_thumbnail(ref: OwnedAsset, project: ProjectDep, request: Request) -> Response:
+    """A WebP of the image at most 256 px on its longer side, made once per image and cached (web/thumbs.py):
+    what galleries show instead of the full-size image."""
+    from starlette.concurrency import run_in_threadpool
+
+    from flenwheel.web.thumbs import THUMB_PX, thumbnail
+
+    etag = f'"{ref.sha256}-{THUMB_PX}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    try:
+        data = await run_in_threadpool(thumbnail, project, ref.sha256)
+    except FileNotFoundError:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"the image of asset {ref.id} is missing from the blob store ({ref.sha256[:12]}…): "
+            "restore the project's blobs folder",
+        ) from None
+    return Response(data, media_type="image/webp", headers=headers)
+
+
 @router.post(
     "/characters/{character_id}/assets",
     summary="Upload images",

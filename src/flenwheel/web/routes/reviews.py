@@ -32,6 +32,17 @@ def add_review(ref: OwnedAsset, body: ReviewCreate, project: ProjectDep) -> Revi
     return ReviewPublic.model_validate(review)
 
 
+@router.delete("/reviews/latest", summary="Undo your newest label", response_model=AssetPublic)
+def undo_review(ref: OwnedAsset, project: ProjectDep) -> AssetPublic:
+    """Withdraw your newest label of the asset (the review screen's undo): the label before it is current
+    again — your previous one, else curate's suggestion. 400 when you have not labelled it."""
+    from flenwheel.datasets.review import undo_review as undo
+
+    undo(project, ref.character.key, str(ref.id))
+    with project.db.session() as session:
+        return get_asset(ref, session)
+
+
 @router.get("/reviews", summary="List an asset's labels", response_model=list[ReviewPublic])
 def list_reviews(ref: OwnedAsset, session: SessionDep) -> list[ReviewPublic]:
     """Every label the asset was given, oldest first (curate's suggestions and yours)."""
