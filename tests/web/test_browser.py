@@ -239,12 +239,12 @@ def test_train_on_the_tiny_model_evaluate_and_generate_in_the_studio(app: App) -
     page.get_by_text("active at strength 0.8").wait_for()  # the user's own choice of checkpoint and strength
 
     page.goto(f"/c/{character}/studio")
-    page.get_by_label("Prompt").fill("reading in a cafe")
+    page.get_by_label("Prompt", exact=True).fill("reading in a cafe")
     page.get_by_label("Outfit").fill("a green raincoat")
     page.get_by_text("Image size (advanced)").click()
     page.get_by_label("Width").fill("64")
     page.get_by_label("Height").fill("64")
-    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Steps", exact=True).fill("2")
     page.get_by_role("button", name="Generate").click()
     _wait_for(page, 'li[data-job][data-status="succeeded"]')
     page.locator("#results .tile img").first.wait_for()
@@ -252,6 +252,24 @@ def test_train_on_the_tiny_model_evaluate_and_generate_in_the_studio(app: App) -
     page.locator("#results .tile").first.click()
     page.locator("#prov-body").get_by_text(re.compile("green raincoat")).first.wait_for()  # its provenance
     assert "lora" in page.locator("p.mode .badge").inner_text()  # drawn with the chosen checkpoint
+
+    # Inpaint under a mask painted on the canvas, then upscale the edit 2×.
+    canvas = page.locator("#paint")
+    page.wait_for_function("document.getElementById('paint').width > 0")
+    box = canvas.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=5)
+    page.mouse.up()
+    page.get_by_label("Edit prompt").fill("a red scarf")
+    page.get_by_label("Edit steps").fill("2")
+    page.get_by_role("button", name="Edit", exact=True).click()
+    _wait_for(page, '#results .tile:has-text("edited")')
+    page.locator("#results .tile", has_text="edited").first.click()
+    page.get_by_role("button", name="Upscale 2×").click()
+    _wait_for(page, '#results .tile:has-text("upscaled")')
+    assert all(w > 0 for w in _images_render(page, "#results .tile img"))
     app.shot(page, "06-studio")
 
     page.goto("/activity")

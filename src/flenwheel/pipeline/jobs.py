@@ -122,6 +122,24 @@ class StudioPayload(_Payload):
     negative: str = Field(default="", max_length=2000)
 
 
+class StudioEditPayload(_Character):
+    """Edit one of the character's images: inpaint under `mask_png` (a PNG, base64, white = redraw; the web
+    app paints it on a canvas) or, without a mask, image-to-image of the whole image at `strength`."""
+
+    asset_id: int = Field(ge=1, le=2**31 - 1)
+    prompt: str = Field(min_length=1, max_length=2000)
+    mask_png: str | None = Field(default=None, max_length=8_000_000)  # base64 of a PNG (≤ 6 MB)
+    # Default: 1.0 under a mask (studio_inpaint), 0.6 for image-to-image (studio_edit).
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
+    steps: int = Field(default=20, ge=1, le=150)
+    seed: int | None = Field(default=None, ge=0, lt=2**31)
+
+
+class StudioUpscalePayload(_Character):
+    asset_id: int = Field(ge=1, le=2**31 - 1)
+    factor: Literal[2, 4] = 2
+
+
 class TrainingOptions(Frozen):
     """Overrides of the training spec (trainers/base.py TrainingSpec), bounded to what one server should be
     asked for; a field left out keeps the spec's default (the trigger always comes from the character)."""
@@ -493,6 +511,58 @@ def studio_generate_job(project: Project, payload: dict[str, Any], ctx: JobConte
         size=p.render,
         ctx=ctx,
     )
+    return {**_json(result), "asset_ids": [o.asset_id for o in result.outputs]}
+
+
+def _own_image(project: Project, character: str, asset_id: int) -> bytes:
+    """The stored bytes of one of this character's images (InvalidInput names it when it is not one)."""
+    from flenwheel.datasets.review import find_asset
+    from flenwheel.store.project import get_character
+
+    with project.db.session() as session:
+        found = get_character(session, character)
+        asset = find_asset(session, found.id, character, str(asset_id))
+        sha256 = asset.sha256
+    return project.blobs.get(sha256)
+
+
+def _mask_bytes(encoded: str) -> bytes:
+    import base64
+    import binascii
+
+    data = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(
+            "mask_png is not base64: send the mask as a base64 PNG (white = redraw, black = keep)"
+        ) from None
+
+
+def studio_edit_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Inpaint under a painted mask, or image-to-image at a strength, of one of the character's images."""
+    from flenwheel.pipeline.studio import studio_edit, studio_inpaint
+
+    p = parse(StudioEditPayload, payload, "studio_edit")
+    image = _own_image(project, p.character, p.asset_id)
+    common: dict[str, Any] = {"seed": p.seed, "steps": p.steps, "parents": (p.asset_id,), "ctx": ctx}
+    if p.mask_png:
+        mask = _mask_bytes(p.mask_png)
+        result = studio_inpaint(
+            project, p.character, image, mask, p.prompt, strength=p.strength or 1.0, **common
+        )
+    else:
+        result = studio_edit(project, p.character, image, p.prompt, strength=p.strength or 0.6, **common)
+    return {**_json(result), "asset_ids": [o.asset_id for o in result.outputs]}
+
+
+def studio_upscale_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Upscale one of the character's images 2× or 4×."""
+    from flenwheel.pipeline.studio import studio_upscale
+
+    p = parse(StudioUpscalePayload, payload, "studio_upscale")
+    image = _own_image(project, p.character, p.asset_id)
+    result = studio_upscale(project, p.character, image, p.factor, parents=(p.asset_id,), ctx=ctx)
     return {**_json(result), "asset_ids": [o.asset_id for o in result.outputs]}
 
 

@@ -56,6 +56,8 @@ PIPELINE_KINDS: dict[str, PipelineKind] = {
     "sheet": _gpu("sheet_job", "SheetPayload"),
     "enrich": _gpu("enrich_job", "EnrichPayload"),
     "studio_generate": _gpu("studio_generate_job", "StudioPayload"),
+    "studio_edit": _gpu("studio_edit_job", "StudioEditPayload"),
+    "studio_upscale": _gpu("studio_upscale_job", "StudioUpscalePayload"),
     "train": _gpu("train_job", "TrainPayload"),
     "evaluate": _gpu("evaluate_job", "EvaluatePayload"),
     # Flywheel 1 (pipeline/flywheel.py): rounds of generate → filter → review → v(N+1) → retrain → compare.

@@ -429,8 +429,90 @@ function setUpGrid() {
     if (!grid || grid.dataset.ready) continue;
     grid.dataset.ready = "1";
     grid.addEventListener("keydown", onGridKey);
-    grid.addEventListener("click", (e) => { const t = e.target.closest(".tile"); if (t) { t.focus(); provenance(t); } });
+    grid.addEventListener("click", (e) => {
+      const t = e.target.closest(".tile");
+      if (t) { t.focus(); provenance(t); openEditor(t); }
+    });
   }
+}
+
+// ---- studio: edit with a painted mask, upscale ----------------------------------------------------------
+
+const editor = { asset: null, mask: null, painted: false };
+
+function openEditor(tile) {
+  const box = document.getElementById("editor");
+  if (!box) return;
+  editor.asset = Number(tile.dataset.id);
+  editor.painted = false;
+  document.getElementById("edit-id").textContent = "#" + editor.asset;
+  const canvas = document.getElementById("paint");
+  const image = new Image();
+  image.onload = () => {
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    canvas.style.width = Math.max(256, Math.min(512, image.naturalWidth)) + "px";
+    canvas.getContext("2d").drawImage(image, 0, 0);
+    editor.image = image;
+    editor.mask = document.createElement("canvas"); // white = redraw, black = keep
+    editor.mask.width = image.naturalWidth;
+    editor.mask.height = image.naturalHeight;
+    const m = editor.mask.getContext("2d");
+    m.fillStyle = "#000";
+    m.fillRect(0, 0, image.naturalWidth, image.naturalHeight);
+  };
+  image.src = `/assets/${editor.asset}/image`;
+  box.hidden = false;
+}
+
+function setUpEditor() {
+  const canvas = document.getElementById("paint");
+  if (!canvas) return;
+  let down = false;
+  const paint = (event) => {
+    if (!down || !editor.mask) return;
+    const rect = canvas.getBoundingClientRect();
+    const x = (event.clientX - rect.left) * canvas.width / rect.width;
+    const y = (event.clientY - rect.top) * canvas.height / rect.height;
+    const r = Number(document.getElementById("brush").value) * canvas.width / rect.width / 2;
+    const view = canvas.getContext("2d");
+    view.fillStyle = "rgba(255, 40, 40, 0.5)";
+    view.beginPath(); view.arc(x, y, r, 0, 2 * Math.PI); view.fill();
+    const mask = editor.mask.getContext("2d");
+    mask.fillStyle = "#fff";
+    mask.beginPath(); mask.arc(x, y, r, 0, 2 * Math.PI); mask.fill();
+    editor.painted = true;
+  };
+  canvas.addEventListener("pointerdown", (e) => { down = true; canvas.setPointerCapture(e.pointerId); paint(e); });
+  canvas.addEventListener("pointermove", paint);
+  canvas.addEventListener("pointerup", () => { down = false; });
+  document.getElementById("clear-mask").addEventListener("click", () => {
+    const tile = document.querySelector(`.tile[data-id="${editor.asset}"]`);
+    if (tile) openEditor(tile);
+  });
+  const run = async (kind, payload) => {
+    const character = Number(document.getElementById("editor").dataset.character);
+    let job;
+    try {
+      job = await api("POST", "/jobs", { kind, character_id: character, payload });
+    } catch (error) { toast(error.message, true); return; }
+    const li = jobItem(job);
+    document.getElementById("edit-jobs").prepend(li);
+    showJob(li, job);
+    const seen = new Set();
+    followJob(li, () => showResults(job, seen));
+  };
+  document.getElementById("edit-go").addEventListener("click", () => {
+    const prompt = document.getElementById("e-prompt").value.trim();
+    if (!prompt) { toast("Say what to draw in the edit prompt", true); return; }
+    const payload = { asset_id: editor.asset, prompt, steps: Number(document.getElementById("e-steps").value || 20) };
+    const strength = document.getElementById("e-strength").value;
+    if (strength) payload.strength = Number(strength);
+    if (editor.painted) payload.mask_png = editor.mask.toDataURL("image/png");
+    run("studio_edit", payload);
+  });
+  document.querySelectorAll("button.upscale").forEach((button) => button.addEventListener("click", () =>
+    run("studio_upscale", { asset_id: editor.asset, factor: Number(button.dataset.factor) })));
 }
 
 function setUpCurate() {
@@ -452,5 +534,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpUpload();
   setUpGrid();
   setUpCurate();
+  setUpEditor();
   followPageJobs();
 });
