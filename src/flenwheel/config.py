@@ -27,9 +27,11 @@ class Settings(BaseSettings):
     # Default: a folder inside the project; s3://bucket/prefix shares the blobs between hosts.
     blob_url: str | None = None
     s3_endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); default: AWS_ENDPOINT_URL
-    # Identity gate: dlib embedding distance at or below which a face is the character.
-    # Calibrated on ../shared/faces with bench/calibrate_identity.py (see README "Identity threshold").
-    identity_threshold: float = Field(default=0.48, gt=0.0, lt=2.0)
+    # Identity gate (dlib embedding distance to the nearest agreeing reference): at or below the strict
+    # `identity_threshold` a face is the character; up to `identity_review_threshold` it needs review; beyond,
+    # another person. Calibrated with bench/calibrate_identity.py (see README "Identity threshold").
+    identity_threshold: float = Field(default=0.42, gt=0.0, lt=2.0)
+    identity_review_threshold: float = Field(default=0.60, gt=0.0, lt=2.0)
     # Perceptual-hash Hamming distance at or below which two images are near-duplicates.
     near_duplicate_bits: int = Field(default=6, ge=0, le=32)
     # Faces are detected on a copy whose long side is at most this many pixels.

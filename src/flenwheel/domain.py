@@ -33,18 +33,23 @@ DATASET_KINDS = tuple(kind.value for kind in AssetKind if kind is not AssetKind.
 
 
 class ReviewLabel(StrEnum):
-    """The three labels of seed 001 step 1.3, and step 1.7's `pristine`: a synthetic image that passed the
-    strict bar (perfect match, anatomy, no artifacts, fills a gap) and enters the next dataset version.
-    Pristine is counted apart from good; a synthetic image enters a dataset only as pristine."""
+    """The three labels of seed 001 step 1.3; step 1.7's `pristine`: a synthetic image that passed the
+    strict bar (perfect match, anatomy, no artifacts, fills a gap) and enters the next dataset version
+    (pristine is counted apart from good; a synthetic image enters a dataset only as pristine); and the
+    gate's `needs_review` for a photo it could not decide (identity in the band between the strict and loose
+    thresholds): a person looks first; not for training until they label it. Users set USER_LABELS."""
 
     GOOD = "good"
     NEEDS_CORRECTION = "needs_correction"
     REJECT = "reject"
     PRISTINE = "pristine"
+    NEEDS_REVIEW = "needs_review"
 
 
 # Labels that put an image into the next dataset version (datasets/versions.py).
 TRAINING_LABELS = (ReviewLabel.GOOD, ReviewLabel.PRISTINE)
+# Labels a user may set (needs_review is the gate's alone).
+USER_LABELS = (ReviewLabel.GOOD, ReviewLabel.NEEDS_CORRECTION, ReviewLabel.REJECT, ReviewLabel.PRISTINE)
 
 
 class ReviewSource(StrEnum):
@@ -86,6 +91,9 @@ class QualityMetrics(Frozen):
     clipped_dark: float  # fraction of the subject's pixels at the bottom of the range
     clipped_bright: float
     phash: str  # 64-bit perceptual hash, 16 hex digits
+    phash_mirror: str | None = (
+        None  # the same of the mirror image; None in analyses made before it was measured
+    )
     # Share of the frame that is a plain, border-connected background, left out of the exposure figures
     # (quality.uniform_background); None in analyses made before it was measured.
     background: float | None = None

@@ -54,6 +54,19 @@ class IdentityUnknown(FlenwheelError):
     """The identity gate cannot tell who the character is."""
 
 
+class ReferenceUnusable(IdentityUnknown):
+    """A photo the user marked `--reference` cannot define the identity; `problems` names each file and why."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "These reference photos cannot define who the character is: "
+            + "; ".join(problems)
+            + ". Replace each with a clear photo of the character's face (`flenwheel ingest NAME PHOTO "
+            "--reference`), or unmark it with `flenwheel reference NAME ASSET --off`."
+        )
+
+
 class DatasetEmpty(FlenwheelError):
     pass
 

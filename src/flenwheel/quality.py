@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from flenwheel.domain import QualityMetrics
 
@@ -56,6 +56,7 @@ def measure_quality(image: Image.Image, faces: Sequence[Box] = ()) -> QualityMet
         clipped_dark=float((subject <= 5).mean()),
         clipped_bright=float((subject >= 250).mean()),
         phash=perceptual_hash(image),
+        phash_mirror=perceptual_hash(ImageOps.mirror(image)),
         background=round(float(background.mean()), 4),
         chroma=round(float((colour.max(axis=2) - colour.min(axis=2)).mean() / 255.0), 4),
     )

@@ -829,3 +829,21 @@ def test_a_malformed_database_url_is_one_clear_error(flow: Flow) -> None:
     env = {"FLENWHEEL_DATABASE_URL": "not a url"}
     message = clean_error(run_cli("--project", flow.root, "character", "list", env=env))
     assert "FLENWHEEL_DATABASE_URL" in message
+
+
+def test_curate_json_puts_the_review_band_first_and_a_bad_reference_is_named(tmp_path: Path) -> None:
+    """Issue 13: needs_review (label, reason, thresholds) leads curate --json; a reference without a face is
+    one clear error naming the file, and `flenwheel reference … --off` unmarks it."""
+    root = tmp_path / "p"
+    ok("init", root)
+    ok("--project", root, "character", "create", "bo", "--token", "ohwx_bo", "--class", "person")
+    ok("--project", root, "ingest", "bo", london(13), FACES / "non_face" / "4_brick.jpg", "--reference")
+    ok("--project", root, "ingest", "bo", london(13, "smiling"))
+    error = clean_error(run_cli("--project", root, "curate", "bo"))
+    assert "4_brick.jpg: no face found" in error and "neutral.jpg" not in error
+    assert ok_json("--project", root, "reference", "bo", "4_brick.jpg", "--off")["is_reference"] is False
+    curated = ok_json("--project", root, "curate", "bo")
+    assert curated["threshold"] == 0.42 and curated["review_threshold"] == 0.6 and curated["warnings"] == []
+    first = curated["decisions"][0]
+    assert first["file"].endswith("smiling.jpg") and first["label"] == "needs_review"
+    assert first["reason"].startswith("needs review: maybe the character (distance 0.43 is between 0.42")

@@ -10,7 +10,13 @@ from flenwheel.config import Settings
 from flenwheel.domain import Angle, Expression, Shot
 from flenwheel.faces.calibration import gate_distances, pair_distances
 from flenwheel.faces.dlib_backend import DlibFaceAnalyzer
-from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
+from flenwheel.faces.geometry import (
+    angle_bucket,
+    expression_confidence,
+    expression_of,
+    shot_type,
+    sure_expression,
+)
 
 from photos import FACES, LISA, london
 
@@ -31,23 +37,38 @@ def people(analyzer: DlibFaceAnalyzer) -> dict[str, list]:
     return found
 
 
-def test_configured_threshold_separates_everyone_in_the_fixtures(people: dict[str, list]) -> None:
+def test_configured_thresholds_on_the_fixtures(people: dict[str, list]) -> None:
+    """Strict: no stranger accepted; loose: none of the person's own photos rejected outright (the band
+    between them goes to review)."""
     embeddings = {name: [np.asarray(face.embedding) for _, face in photos] for name, photos in people.items()}
-    threshold = Settings().identity_threshold
+    strict, loose = Settings().identity_threshold, Settings().identity_review_threshold
     for distances in (pair_distances(embeddings), gate_distances(embeddings)):
-        rates = distances.rates(threshold)
-        assert rates.false_accepts == 0 and rates.false_rejects == 0
-        assert rates.impostor_trials > 3000 and rates.genuine_trials >= 68
-    # face_recognition's 0.6 default lets strangers through on this very set: the reason to calibrate.
+        assert distances.rates(strict).false_accepts == 0
+        assert distances.rates(loose).false_rejects == 0
+        assert len(distances.impostor) > 3000 and len(distances.genuine) >= 68
+    gate = gate_distances(embeddings).rates(strict)
+    assert gate.false_rejects <= 2 and gate.genuine_trials == 88  # london_013's pair (0.43): to review
+    # face_recognition's 0.6 default lets strangers through on this very set: why 0.60 only asks for review.
     assert pair_distances(embeddings).rates(0.6).false_accepts > 0
 
 
-def test_expression_rule_on_neutral_and_smiling_pairs(people: dict[str, list]) -> None:
+def test_expression_tag_on_labelled_photos(people: dict[str, list]) -> None:
+    """Labels: the London set's file names, and Lisa's eight photos, all neutral (checked by eye). Main's
+    width-only rule got 65 of 80 London photos right and called one neutral photo in six smiling."""
     labelled = [
-        (stem, face) for photos in people.values() for stem, face in photos if stem in ("neutral", "smiling")
-    ]
-    right = sum(expression_of(face) == Expression(stem) for stem, face in labelled)
-    assert len(labelled) == 80 and right / len(labelled) >= 0.8
+        (Expression(stem), face)
+        for photos in people.values()
+        for stem, face in photos
+        if stem in ("neutral", "smiling")
+    ] + [(Expression.NEUTRAL, face) for _, face in people["lisa"]]
+    assert len(labelled) == 88
+    right = sum(expression_of(face) == truth for truth, face in labelled)
+    neutral = [face for truth, face in labelled if truth == Expression.NEUTRAL]
+    assert right >= 79 and sum(expression_of(face) == Expression.SMILING for face in neutral) <= 4
+    # What captions get: confident calls only; the unsure rest leave the expression out.
+    sure = [(truth, sure_expression(face)) for truth, face in labelled if sure_expression(face) is not None]
+    assert len(sure) >= 75 and sum(call != truth for truth, call in sure) <= 4
+    assert all(0.0 <= expression_confidence(face) <= 1.0 for _, face in labelled)
 
 
 def test_turned_faces_get_mirrored_yaw(analyzer: DlibFaceAnalyzer) -> None:

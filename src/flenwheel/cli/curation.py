@@ -18,7 +18,7 @@ from flenwheel.cli.common import (
     safe,
 )
 
-LABEL_STYLE = {"good": "green", "reject": "red", "needs_correction": "yellow"}
+LABEL_STYLE = {"needs_review": "magenta", "good": "green", "reject": "red", "needs_correction": "yellow"}
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
     app.command("curate")(curate)
     app.command("review")(review)
     app.command("caption")(caption)
+    app.command("reference")(reference)
 
 
 def ingest(
@@ -85,17 +86,36 @@ def curate(
     threshold: Annotated[
         float | None,
         typer.Option(
-            "--threshold", min=0.05, max=1.5, help="Identity distance cut-off (default 0.48, calibrated)"
+            "--threshold",
+            min=0.05,
+            max=1.5,
+            help="Identity distance at or below which a photo is the character (default 0.42, calibrated)",
+        ),
+    ] = None,
+    review_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--review-threshold",
+            min=0.05,
+            max=1.5,
+            help="Up to this distance a photo needs review instead of being rejected (default 0.60)",
         ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Measure quality, find faces and run the identity gate; every image gets a suggested label with a reason."""
+    """Measure quality, find faces and run the identity gate; every image gets a suggested label with a reason.
+    Photos the gate could not decide are labelled needs_review and listed first."""
     from flenwheel.datasets.curate import curate as run_curate
 
     project = open_project()
     with progress_bar("Analysing faces and poses", 1, enabled=not json_output) as advance:
-        report = run_curate(project, name, on_progress=advance, identity_threshold=threshold)
+        report = run_curate(
+            project,
+            name,
+            on_progress=advance,
+            identity_threshold=threshold,
+            review_threshold=review_threshold,
+        )
     if json_output:
         print_json(report)
         return
@@ -135,10 +155,14 @@ def print_curate_report(report: Any) -> None:
         for path, _code, detail in report.ingest_rejections:
             rejected.add_row(safe(path), safe(detail))
         console.print(rejected)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]Warning:[/] {safe(warning)}")
     counts = {label: sum(1 for d in report.decisions if d.label.value == label) for label in LABEL_STYLE}
     console.print(
-        f"Identity from {safe(report.identity_source)}, threshold {report.threshold:.2f}. "
-        f"good {counts['good']}, reject {counts['reject']}, needs_correction {counts['needs_correction']}; "
+        f"Identity from {safe(report.identity_source)}: the character at distance ≤ {report.threshold:.2f}, "
+        f"needs review up to {report.review_threshold:.2f}. good {counts['good']}, needs_review "
+        f"{counts['needs_review']} (listed first: label them with `flenwheel review`), reject "
+        f"{counts['reject']}, needs_correction {counts['needs_correction']}; "
         f"{report.analysed_now} analysed now, the rest from cache."
     )
 
@@ -159,6 +183,24 @@ def review(
         print_json(result)
     else:
         console.print(f"Asset {saved.asset_id} labelled {safe(saved.label)}.")
+
+
+def reference(
+    name: Annotated[str, typer.Argument(help="Character name")],
+    asset: Annotated[str, typer.Argument(help="Asset id, sha256 prefix or original file name")],
+    off: Annotated[
+        bool, typer.Option("--off", help="Unmark: the photo no longer defines the identity")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Mark an ingested photo as a reference (it defines who the character is), or unmark it with --off."""
+    from flenwheel.datasets.review import set_reference
+
+    asset_id = set_reference(open_project(), name, asset, not off)
+    if json_output:
+        print_json({"asset_id": asset_id, "is_reference": not off})
+    else:
+        console.print(f"Asset {asset_id} {'is no longer' if off else 'is now'} a reference.")
 
 
 def caption(

@@ -13,7 +13,7 @@ from PIL import Image
 
 from flenwheel.domain import AssetAnalysis
 from flenwheel.faces.base import FaceAnalyzer
-from flenwheel.faces.geometry import angle_bucket, expression_of, shot_type
+from flenwheel.faces.geometry import angle_bucket, shot_type, sure_expression
 from flenwheel.images import open_stored
 from flenwheel.poses.base import PoseAnalyzer
 from flenwheel.quality import measure_quality
@@ -33,7 +33,7 @@ def analyze_image(
         faces=faces,
         angle=angle_bucket(main.yaw) if main else None,
         shot=shot_type(main, image.height) if main else None,
-        expression=expression_of(main) if main else None,
+        expression=sure_expression(main) if main else None,
         pose_analyzer=pose_analyzer.id if pose_analyzer else None,
         body=pose_analyzer.analyze(image) if pose_analyzer else None,
     )

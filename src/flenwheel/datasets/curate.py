@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
 from flenwheel.datasets.analysis import analyze_files, with_pose
-from flenwheel.datasets.gate import GateInput, run_gates
+from flenwheel.datasets.gate import GateInput, SameContent, run_gates
 from flenwheel.datasets.subsets import subset_of, tagged
 from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
+from flenwheel.faces.content import same_photograph
 from flenwheel.images import FLATTENED_TRANSPARENCY, open_stored
 from flenwheel.quality import QualityThresholds, measure_quality, quality_grade
 from flenwheel.store.models import Analysis, Asset, Character, IngestRejection, Review
@@ -45,12 +47,18 @@ class AssetDecision:
 
 @dataclass(frozen=True)
 class CurateReport:
+    """What curate decided. `decisions` are in review order: needs_review first (the gate could not decide,
+    a person should look), then by asset id. `threshold` is the strict identity threshold, `review_threshold`
+    the loose one (dlib distance); `warnings` concern the whole batch (references that disagree)."""
+
     character: str
     identity_source: str
     threshold: float
     analysed_now: int
     decisions: list[AssetDecision]
     ingest_rejections: list[tuple[str, str, str]]  # path, reason code, detail
+    review_threshold: float = 0.0
+    warnings: tuple[str, ...] = ()
 
     def count(self, label: ReviewLabel) -> int:
         return sum(1 for decision in self.decisions if decision.label == label)
@@ -62,8 +70,12 @@ def curate(
     thresholds: QualityThresholds | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     identity_threshold: float | None = None,
+    review_threshold: float | None = None,
 ) -> CurateReport:
-    """Analyse new assets (cached), then label every asset; `identity_threshold` overrides the setting."""
+    """Analyse new assets (cached), then label every asset; `identity_threshold` (strict) and
+    `review_threshold` (loose) override the settings.
+
+    Raises ReferenceUnusable when a `--reference` photo shows no usable face (the message names each file)."""
     thresholds = thresholds or QualityThresholds()
     settings = project.settings
     with project.db.session() as session:
@@ -115,12 +127,15 @@ def curate(
                     a.is_reference,
                     _was_transparent(a),
                     subset_of(a.attributes).gate,
+                    a.sha256,
                 )
                 for a in assets
             ],
             identity_threshold or settings.identity_threshold,
             settings.near_duplicate_bits,
             thresholds,
+            review_threshold or settings.identity_review_threshold,
+            _content_judge(project),
         )
         decisions = []
         for asset in assets:
@@ -142,6 +157,7 @@ def curate(
                     subset_of(asset.attributes),
                 )
             decisions.append(_decision(asset, analysis, suggestion.identity_distance, thresholds))
+        decisions.sort(key=lambda d: (d.label != ReviewLabel.NEEDS_REVIEW, d.asset_id))
         rejections = [
             (r.path, r.reason, r.detail)
             for r in session.scalars(
@@ -161,7 +177,30 @@ def curate(
         analysed_now=len(pending),
         decisions=decisions,
         ingest_rejections=rejections,
+        review_threshold=gate.review_threshold,
+        warnings=gate.warnings,
     )
+
+
+def _content_judge(project: Project) -> SameContent:
+    """Same photograph or another of the sitting: the two stored images' faces compared (faces.content)."""
+
+    def same(kept: GateInput, candidate: GateInput, mirrored: bool) -> bool:
+        if not kept.analysis.faces or not candidate.analysis.faces:
+            return True  # no face to tell them apart by: the frame hash decides
+        return same_photograph(
+            _stored_image(project, kept.sha256),
+            kept.analysis.faces[0],
+            _stored_image(project, candidate.sha256),
+            candidate.analysis.faces[0],
+            mirrored,
+        )
+
+    return same
+
+
+def _stored_image(project: Project, sha256: str) -> Image.Image:
+    return open_stored(project.blobs.get(sha256))
 
 
 def _was_transparent(asset: Asset) -> bool:
@@ -171,12 +210,15 @@ def _was_transparent(asset: Asset) -> bool:
 def _refresh_quality(
     project: Project, assets: list[Asset], analyses: dict[int, AssetAnalysis]
 ) -> dict[int, AssetAnalysis]:
-    """Re-measure quality in analyses cached before the background and chroma were measured (no face
-    detection again), so an upgraded project stops judging exposure on its white backgrounds."""
+    """Re-measure quality in analyses cached before the background, chroma and mirror hash were measured (no
+    face detection again), so an upgraded project stops judging exposure on its white backgrounds and finds
+    mirrored copies."""
     refreshed = {}
     for asset in assets:
         analysis = analyses.get(asset.id)
-        if analysis is None or asset.analysis is None or analysis.quality.background is not None:
+        if analysis is None or asset.analysis is None:
+            continue
+        if analysis.quality.background is not None and analysis.quality.phash_mirror is not None:
             continue
         image = open_stored(project.blobs.get(asset.sha256))
         quality = measure_quality(image, [face.box for face in analysis.faces])

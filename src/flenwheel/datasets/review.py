@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flenwheel.captions import check_caption
-from flenwheel.domain import TRAINING_LABELS, ReviewLabel, ReviewSource
+from flenwheel.domain import TRAINING_LABELS, USER_LABELS, ReviewSource
 from flenwheel.errors import AssetNotFound, InvalidInput
 from flenwheel.store.models import Asset, Review
 from flenwheel.store.project import Project, get_character
@@ -34,10 +34,9 @@ def find_asset(session: Session, character_id: int, character_name: str, ref: st
 
 
 def review_asset(project: Project, character_name: str, ref: str, label: str, reason: str = "") -> Review:
-    try:
-        parsed = ReviewLabel(label)
-    except ValueError:
-        allowed = ", ".join(item.value for item in ReviewLabel)
+    parsed = next((item for item in USER_LABELS if item.value == label), None)
+    if parsed is None:  # needs_review is the gate's: a user decides good, needs_correction or reject
+        allowed = ", ".join(item.value for item in USER_LABELS)
         raise InvalidInput(f"unknown label {label!r}: use one of {allowed}") from None
     if parsed not in TRAINING_LABELS and not reason.strip():
         raise InvalidInput(
@@ -79,3 +78,12 @@ def set_caption(project: Project, character_name: str, ref: str, caption: str) -
         asset.caption = check_caption(caption, character.token)
         asset.caption_edited = True
         return asset.caption
+
+
+def set_reference(project: Project, character_name: str, ref: str, on: bool) -> int:
+    """Mark (or with `on=False` unmark) an asset as one of the photos that define the character; its id."""
+    with project.db.session() as session:
+        character = get_character(session, character_name)
+        asset = find_asset(session, character.id, character_name, ref)
+        asset.is_reference = on
+        return asset.id
