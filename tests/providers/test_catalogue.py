@@ -87,6 +87,13 @@ def test_a_family_picks_the_services_endpoint_for_the_kind(engines: dict[str, An
         fal.payload(TextToImage(prompt="x", model="z-image-turbo", loras=lora))[0]
         == "fal-ai/z-image/turbo/lora"
     )
+    studio = TextToImage(prompt="x", model="flux-dev", steps=12, guidance=7.0, tier="draft")
+    assert (
+        fal.payload(studio)[1]["num_inference_steps"] == 20
+        and fal.payload(studio)[1]["guidance_scale"] == 3.5
+    )
+    turbo = fal.payload(TextToImage(prompt="x", model="z-image-turbo", steps=12, tier="hq"))[1]
+    assert turbo["num_inference_steps"] == 9 and "guidance_scale" not in turbo
     edit = ImageToImage(prompt="turn her head", image=png((1, 1, 1)), model="qwen-image-edit-2509")
     assert fal.payload(edit)[0] == "fal-ai/qwen-image-edit-plus"
     assert replicate.payload(edit)[0] == "qwen/qwen-image-edit-plus"

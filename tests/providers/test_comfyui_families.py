@@ -173,6 +173,15 @@ def test_the_seed_003_pod_setting_generates_edits_and_refuses_with_the_missing_f
         with pytest.raises(ProviderError) as raised:  # the server's own validation: the weights are absent
             provider.generate(request, LocalContext())
         assert "z_image_turbo_bf16.safetensors" in str(raised.value) and not raised.value.transient
+    # The studio sends its generic tier values (12 steps, guidance 7); the family's own tier wins.
+    studio = TextToImage(prompt="x", steps=12, guidance=7.0, width=512, height=512, tier="hq")
+    sampler = provider.workflow(studio, seed=1)[0].nodes["sampler"]["inputs"]
+    assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (9, 1.0, "res_multistep")
+    explicit = provider.workflow(TextToImage(prompt="x", steps=12, guidance=2.0), seed=1)[0]
+    assert (explicit.nodes["sampler"]["inputs"]["steps"], explicit.nodes["sampler"]["inputs"]["cfg"]) == (
+        12,
+        2.0,
+    )
     t2i, _ = provider.workflow(TextToImage(prompt="x"), seed=1)
     assert (t2i.nodes["latent"]["inputs"]["width"], t2i.nodes["latent"]["inputs"]["height"]) == (1024, 1024)
     edit, _ = provider.workflow(

@@ -184,6 +184,10 @@ def edit(
     provider: ProviderOption = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1)] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, max=150)] = 20,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Engine model id, or a model family such as qwen-image-edit-2509"),
+    ] = None,
     out: OutOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -208,6 +212,7 @@ def edit(
             parents=parents,
             provider=provider,
             ctx=_progress_context(advance),
+            model=model,
         )
     _report(outcome, out or project.root / "outputs", json_output)
 

@@ -225,9 +225,11 @@ def studio_generate(
     if not 1 <= count <= 10:
         raise InvalidInput(f"count {count}: give 1 to 10")
     ctx = ctx or LocalJobContext()
+    tier_asked: str | None = None
     if size is None:
         width, height, steps = size_for(aspect, tier)
         size = RenderSize(width=width, height=height, steps=steps)
+        tier_asked = tier  # an engine that knows the model family takes that family's steps for the tier
     decision = decide_mode(project, character_name, mode)
     engines = StageEngines.for_project(project, providers)
     seed = _fresh_seed() if seed is None else seed
@@ -242,6 +244,7 @@ def studio_generate(
         "count": count,
         "nsfw": nsfw,
         "loras": tuple(loras),
+        "tier": tier_asked,
     }
     parents: tuple[int, ...] = ()
     request: GenerationRequest
@@ -314,6 +317,7 @@ def studio_edit(
     provider: str | None = None,
     providers: Sequence[ImageProvider] | None = None,
     ctx: JobContext | None = None,
+    model: str | None = None,
 ) -> StudioResult:
     """Inpaint under a mask (white is redrawn, black keeps the original pixel for pixel), or image-to-image
     of the whole image at `strength` when no mask is given."""
@@ -333,6 +337,7 @@ def studio_edit(
         "width": width,
         "height": height,
         "strength": strength,
+        "model": model,  # an engine's model, or a model family (qwen-image-edit-2509, flux-kontext, …)
     }
     request: GenerationRequest
     if mask is not None:

@@ -66,6 +66,9 @@ class _Sized(_Common):
     height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=20, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+    # The studio tier asked for: an engine that knows the model family (families.py) then takes the family's
+    # own steps and guidance for that tier (Z-Image Turbo draft: 8 steps, CFG 1) over `steps` / `guidance`.
+    tier: Literal["draft", "hq"] | None = None
     control: ControlImage | None = None  # steer the drawing (a pose skeleton…) where an engine can
 
 

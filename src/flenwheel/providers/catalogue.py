@@ -787,3 +787,23 @@ def for_family(service: Service, family: str, kind: str, loras: int) -> Endpoint
 def refuse_kind(entry: Endpoint, kind: str) -> None:
     if kind not in entry.kinds:
         raise InvalidInput(f"{entry.id} does not do {kind}; it does {', '.join(sorted(entry.kinds))}")
+
+
+def apply_tier(entry: Endpoint, payload: dict[str, Any], tier: str | None) -> dict[str, Any]:
+    """The payload with the steps and guidance of the endpoint's model family for a studio `tier`, where the
+    endpoint takes them (Z-Image Turbo draft: 8 steps; FLUX dev: guidance 3.5); unchanged without a tier."""
+    from flenwheel.families import FAMILIES
+
+    if tier is None or entry.family not in FAMILIES:
+        return payload
+    sampling = FAMILIES[entry.family].sampling(tier)
+    guidance = sampling.distilled_guidance if sampling.distilled_guidance is not None else sampling.cfg
+    updated = dict(payload)
+    for name, value in (
+        ("num_inference_steps", sampling.steps),
+        ("guidance_scale", guidance),
+        ("guidance", guidance),
+    ):
+        if name in updated:
+            updated[name] = value
+    return updated

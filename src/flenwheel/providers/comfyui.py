@@ -310,9 +310,9 @@ class ComfyUIProvider:
         self, family: ModelFamily, file: str | None, request: GenerationRequest, seed: int
     ) -> GraphInputs:
         """The request's values with the family's draft tier for what the request left unset."""
-        sampling = family.sampling("draft")
         assert not isinstance(request, Upscale)
-        given = request.model_fields_set
+        sampling = family.sampling(request.tier or "draft")
+        given = request.model_fields_set - ({"steps", "guidance"} if request.tier else set())
         cfg, distilled = sampling.cfg, sampling.distilled_guidance
         if "guidance" in given:
             if distilled is not None:  # FLUX: the user's guidance is the distilled guidance, as on fal

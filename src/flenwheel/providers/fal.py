@@ -175,6 +175,7 @@ class FalProvider:
             return catalogue.raw_id(endpoint_for(request)), arguments
         try:
             fitted, dropped = catalogue.fit(entry, arguments)
+            fitted = catalogue.apply_tier(entry, fitted, getattr(request, "tier", None))
         except InvalidInput as exc:
             raise self._permanent(str(exc)) from None
         if dropped:

@@ -158,6 +158,7 @@ class ReplicateProvider:
             return model, fields
         try:
             fitted, dropped = catalogue.fit(entry, fields)
+            fitted = catalogue.apply_tier(entry, fitted, getattr(request, "tier", None))
         except InvalidInput as exc:
             raise self._permanent(str(exc)) from None
         if dropped:
