@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     comfyui_models_dir: Path | None = None
     comfyui_checkpoint: str | None = None  # checkpoint name on the server for text-to-image and edits
     comfyui_upscale_model: str | None = None  # upscale model name on the server
+    # The OpenPose ControlNet for pose control images (a name in the server's models/controlnet, or a file)
+    comfyui_controlnet_pose: str | None = None
     # The model family a request without a `model` runs on (families.py: z-image-turbo, flux-dev, …);
     # unset: the sd15 checkpoint path (FLENWHEEL_COMFYUI_CHECKPOINT or the server's first checkpoint).
     comfyui_family: str | None = None

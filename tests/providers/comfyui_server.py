@@ -349,5 +349,52 @@ def tiny_sd15() -> TinySD15:
     return ensure_tiny_sd15()
 
 
+def build_tiny_controlnet(path: Path) -> Path:
+    """A random SD1.5 ControlNet (the SD1.5 UNet's encoder, diffusers layout, fp16, ~720 MB) that ComfyUI's
+    ControlNetLoader reads as an SD1.5 ControlNet. Its zero-initialised convolutions get random weights and
+    its condition encoder He-initialised ones without biases, so a skeleton changes the drawing."""
+    import torch
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1507)
+    controlnet: Any = ControlNetModel(
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        layers_per_block=2,
+    )
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith("controlnet_cond_embedding"):
+                if name.endswith("weight"):
+                    torch.nn.init.kaiming_normal_(parameter, nonlinearity="relu")
+                else:
+                    parameter.zero_()
+            elif name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) and name.endswith(
+                "weight"
+            ):
+                parameter.normal_(0.0, 0.05)
+    weights = {key: value.half().contiguous() for key, value in controlnet.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path) + ".part")
+    os.replace(str(path) + ".part", path)
+    return path
+
+
+def ensure_tiny_controlnet() -> Path:
+    """The cached random SD1.5 ControlNet, built (a minute, ~3 GB RAM) in a child process if absent."""
+    key = hashlib.sha256(inspect.getsource(build_tiny_controlnet).encode()).hexdigest()[:16]
+    path = cache_root() / "models" / f"tiny-sd15-controlnet-{key}" / "tiny-sd15-controlnet.safetensors"
+    if not path.exists():
+        subprocess.run(
+            [sys.executable, __file__, "build-controlnet", str(path)], check=True
+        )  # ours: it exits
+    return path
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["build-sd15"]:
     build_tiny_sd15(Path(sys.argv[2]))
+if __name__ == "__main__" and sys.argv[1:2] == ["build-controlnet"]:
+    build_tiny_controlnet(Path(sys.argv[2]))

@@ -459,3 +459,36 @@ def test_image_to_image_redraws_at_the_requested_size(
 
     (image,) = result.images
     assert (image.width, image.height) == (64, 64) and image.seed == 5
+
+
+def test_a_pose_skeleton_steers_the_sampler_through_controlnet_apply_advanced(
+    comfyui_server: ComfyUIServer, tiny_sd15: TinySD15
+) -> None:
+    """ControlNetLoader + ControlNetApplyAdvanced on the real server with a random SD1.5 ControlNet: the
+    skeleton changes the drawing, strength 0 draws as without it; no ControlNet configured, no capability.
+    (That different skeletons draw differently is shown on the local engine, test_diffusers_local.py.)"""
+    from comfyui_server import ensure_tiny_controlnet
+
+    from flenwheel.poses.skeleton import render_skeleton
+    from flenwheel.providers.base import Capability, ControlImage, ControlType
+
+    provider = ComfyUIProvider(
+        comfyui_server.url,
+        models_dir=comfyui_server.models_dir,
+        controlnets={ControlType.POSE: str(ensure_tiny_controlnet())},
+    )
+    assert Capability.CONTROLNET in provider.capabilities
+    assert Capability.CONTROLNET not in ComfyUIProvider(comfyui_server.url).capabilities
+    plain = sd15_request(tiny_sd15, None)
+    pose = ControlImage(image=render_skeleton("t_pose", 64, 64), strength=1.0)
+    steered = provider.generate(plain.model_copy(update={"control": pose}), LocalContext())
+    off = provider.generate(
+        plain.model_copy(update={"control": pose.model_copy(update={"strength": 0.0})}), LocalContext()
+    )
+    without = provider.generate(plain, LocalContext())
+    images = [pixels(result.images[0].data) for result in (steered, off, without)]
+    assert np.abs(images[0] - images[2]).mean() > 1  # measured 8.5 (64 px, 3 steps)
+    assert np.abs(images[1] - images[2]).max() <= 1
+    workflow, _model = provider.workflow(plain.model_copy(update={"control": pose}), 42)
+    assert workflow.nodes["sampler"]["inputs"]["positive"] == ["control", 0]
+    assert workflow.nodes["control"]["class_type"] == "ControlNetApplyAdvanced"

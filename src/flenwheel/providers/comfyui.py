@@ -36,6 +36,7 @@ from flenwheel.families import FAMILIES, ModelFamily, family_of_file, get_family
 from flenwheel.images import decode_image, encode_png
 from flenwheel.providers.base import (
     Capability,
+    ControlType,
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
@@ -116,6 +117,35 @@ class _Workflow:
                 ):
                     node["inputs"][field] = [source, value[1]]
 
+    def add_control(self, controlnet: str, image: str, strength: float) -> None:
+        """Steer the sampler with a ControlNet: LoadImage (`image`, an uploaded name) → ControlNetLoader
+        (`controlnet`, a name in the server's controlnet folder) → ControlNetApplyAdvanced on the sampler's
+        positive and negative conditioning, over the whole schedule, at `strength`."""
+        sampler = self.nodes.get("sampler")
+        if sampler is None or "positive" not in sampler["inputs"]:
+            raise comfy_error(
+                f"a control image needs the {self.name} workflow's KSampler `sampler`", transient=False
+            )
+        self.nodes["control_image"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        self.nodes["controlnet"] = {
+            "class_type": "ControlNetLoader",
+            "inputs": {"control_net_name": controlnet},
+        }
+        self.nodes["control"] = {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {
+                "positive": sampler["inputs"]["positive"],
+                "negative": sampler["inputs"]["negative"],
+                "control_net": ["controlnet", 0],
+                "image": ["control_image", 0],
+                "strength": strength,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+            },
+        }
+        sampler["inputs"]["positive"] = ["control", 0]
+        sampler["inputs"]["negative"] = ["control", 1]
+
     def _add_model_loras(self, names: list[tuple[str, float]]) -> None:
         source = "model"
         chain = []
@@ -192,6 +222,7 @@ class ComfyUIProvider:
         timeout_s: float = 3600.0,
         family: str | None = None,
         user_workflows_dir: Path | None = None,
+        controlnets: dict[ControlType, str] | None = None,
     ) -> None:
         self.client = ComfyUIClient(url, timeout_s=timeout_s)
         self.models_dir = models_dir
@@ -202,6 +233,10 @@ class ComfyUIProvider:
         self.family = get_family(family) if family else None
         # The user's own API-format workflows: <dir>/<family id>/<request kind>.json, checked on load.
         self.user_workflows_dir = user_workflows_dir
+        # ControlNet per control type: a name in the server's controlnet folder, or a local file placed there
+        self.controlnets = dict(controlnets or {})
+        if self.controlnets:  # this engine takes a control image only when it has a ControlNet to apply it
+            self.capabilities = ComfyUIProvider.capabilities | {Capability.CONTROLNET}
         self._object_info: dict[str, Any] | None = None
         self.prices = prices or PriceTable.load()
         self._hashes: dict[tuple[str, int, int], str] = {}
@@ -219,6 +254,11 @@ class ComfyUIProvider:
             prices=PriceTable.load(settings.prices),
             family=settings.comfyui_family,
             user_workflows_dir=settings.comfyui_workflows_dir or settings.project / "workflows",
+            controlnets=(
+                {ControlType.POSE: settings.comfyui_controlnet_pose}
+                if settings.comfyui_controlnet_pose
+                else None
+            ),
         )
 
     def estimate_cost(self, request: GenerationRequest) -> float:
@@ -264,7 +304,16 @@ class ComfyUIProvider:
             workflow.add_loras([(self._place(lora.path, "loras"), lora.strength) for lora in request.loras])
             return workflow, model
         family, file = self.family_for(request.model)
+        control = getattr(request, "control", None)
+        if control is not None and not isinstance(request, TextToImage | ImageToImage):
+            raise comfy_error("a control image steers text-to-image and image-to-image here", transient=False)
         user = self._user_workflow(family, request.kind)
+        if control is not None and (user is not None or family.loading.kind == "split"):
+            raise comfy_error(
+                f"a control image is applied to the checkpoint workflows (sd15, sdxl), not to {family.id}'s "
+                "built graph or your own workflow: add ControlNetApplyAdvanced to your workflow instead",
+                transient=False,
+            )
         if user is not None:
             return self._fill_user_workflow(user, family, file, request, seed)
         if family.loading.kind == "split":
@@ -294,8 +343,26 @@ class ComfyUIProvider:
             self._add_references(workflow, request.references)
             workflow.set("faceid", "weight", request.identity_strength)
             workflow.set("faceid", "weight_faceidv2", request.identity_strength)
+        if isinstance(request, TextToImage | ImageToImage) and request.control is not None:
+            workflow.add_control(
+                self._controlnet_name(request.control.type),
+                self.client.upload_image(
+                    encode_png(_prepared(request.control.image, (request.width, request.height)))
+                ),
+                request.control.strength,
+            )
         workflow.add_loras([(self._place(lora.path, "loras"), lora.strength) for lora in request.loras])
         return workflow, model
+
+    def _controlnet_name(self, kind: ControlType) -> str:
+        configured = self.controlnets.get(kind)
+        if configured is None:
+            raise comfy_error(
+                f"no {kind.value} ControlNet configured for ComfyUI: set FLENWHEEL_COMFYUI_CONTROLNET_POSE to a "
+                "file in the server's models/controlnet folder (an OpenPose ControlNet for your checkpoint)",
+                transient=False,
+            )
+        return self._model_name(configured, "controlnet", None)
 
     def family_for(self, model: str | None) -> tuple[ModelFamily, str | None]:
         """The family a request's `model` names (a family id, or a file the family loads by default), else
