@@ -6,6 +6,7 @@ sees none of it. Every screen is saved as a screenshot under test-artifacts/brow
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,7 +44,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FLENWHEEL = Path(sys.executable).parent / "flenwheel"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # installed by scripts/setup (npm ci)
+SERIOUS = ("serious", "critical")
 WAIT_MS = HANG_S * 1000  # waits end on the real condition; this only stops a hung run
 PHOTOS = [*LISA[:4]]
 NOT_A_PHOTO = FACES / "ATTRIBUTION.md"
@@ -67,8 +71,18 @@ class App:
     state: dict[str, object] = field(default_factory=dict)
 
     def shot(self, page: object, name: str) -> None:
+        """Save the screen, and check it with axe-core: its serious and critical violations are kept for
+        the last test to report (all screens at once)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+        page.add_script_tag(path=str(AXE))  # type: ignore[attr-defined]
+        violations = page.evaluate(  # type: ignore[attr-defined]
+            """() => axe.run(document, {resultTypes: ["violations"]}).then(r => r.violations.map(v => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))})))"""
+        )
+        serious = [v for v in violations if v["impact"] in SERIOUS]
+        self.state.setdefault("axe", {})[name] = serious  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +321,8 @@ def test_a_second_user_sees_none_of_it_and_an_expired_session_says_so(app: App) 
     assert "/signin" in page.url
     assert "session has expired" in page.locator("p.notice").inner_text()
     app.shot(page, "09-expired")
+
+    checked = app.state["axe"]
+    assert len(checked) >= 10, sorted(checked)  # type: ignore[arg-type]
+    found = {name: v for name, v in checked.items() if v}  # type: ignore[union-attr]
+    assert not found, json.dumps(found, indent=1)

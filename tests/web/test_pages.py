@@ -86,6 +86,7 @@ def test_another_users_character_is_a_404_page_and_the_api_stays_closed(sqlite_a
         f"/c/{character}/studio",
         f"/c/{character}/datasets",
         f"/c/{character}/wizard",
+        f"/c/{character}/flywheel",
         "/c/99999999999",
     ):
         page = client.get(path)
@@ -172,3 +173,19 @@ def test_thumbnails_are_small_webp_made_once_and_undo_restores_the_previous_labe
     undone = client.delete(f"/assets/{asset}/reviews/latest", headers=alice)
     assert undone.status_code == 200 and undone.json()["label"] == "good"
     assert client.delete(f"/assets/{asset}/reviews/latest", headers=sqlite_api.bob).status_code == 404
+
+
+def test_every_screen_renders_for_its_owner(sqlite_api: Api) -> None:
+    character = sqlite_api.character()
+    sqlite_api.upload(character, LISA[0])
+    _sign_in(sqlite_api, sqlite_api.alice)
+    for path in (
+        "/",
+        "/activity",
+        *(f"/c/{character}{tab}" for tab in ("", "/datasets", "/runs", "/studio", "/wizard", "/flywheel")),
+    ):
+        page = sqlite_api.client.get(path)
+        assert page.status_code == 200, path
+        assert "lisa" in page.text or path == "/activity", path
+    filtered = sqlite_api.client.get(f"/c/{character}?label=none&kind=source&angle=front&page=1")
+    assert filtered.status_code == 200 and "0 images" in filtered.text  # not analysed yet: no angle

@@ -681,3 +681,37 @@ def wizard_page(request: Request, session: PageSession, project: ProjectDep, cha
         jobs=_jobs(project, session.user, character["id"], 10),
         tab="wizard",
     )
+
+
+# ---- flywheel ----------------------------------------------------------------------------------------------
+
+
+@router.get("/c/{character_id}/flywheel", response_class=HTMLResponse)
+def flywheel_page(request: Request, session: PageSession, project: ProjectDep, character_id: int) -> Response:
+    """The flywheel's rounds (pipeline/flywheel.py): each round's stage and status, its review queue (reviewed
+    on the Photos screen with the same keys) and the round-over-round comparison."""
+    from flenwheel.pipeline.flywheel import flywheel_rounds
+
+    character = _owned(project, session, _id(character_id))
+    rounds = [
+        {
+            "number": r.number,
+            "status": r.status,
+            "stage": r.stage,
+            "advice": (r.record.get("review") or {}).get("advice", ""),
+            "queue": len((r.record.get("filter") or {}).get("queue", [])),
+            "candidates": len(r.record.get("candidates") or []),
+            "comparison": r.record.get("comparison") or {},
+            "stopped": r.record.get("stopped", ""),
+        }
+        for r in reversed(flywheel_rounds(project, f"#{character['id']}"))
+    ]
+    return render(
+        request,
+        "flywheel.html",
+        session,
+        character=character,
+        rounds=rounds,
+        jobs=_jobs(project, session.user, character["id"], 10),
+        tab="flywheel",
+    )
