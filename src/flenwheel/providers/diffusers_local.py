@@ -280,9 +280,9 @@ class LocalDiffusersProvider:
             arguments.update({key: condition, "controlnet_conditioning_scale": request.control.strength})
             if isinstance(request, ImageToImage):
                 arguments.update(width=request.width, height=request.height)
-            if isinstance(request, Inpaint):
-                mask = Image.open(io.BytesIO(request.mask)).convert("L").resize(source.size)
-                arguments.update(mask_image=mask, width=request.width, height=request.height)
+        if isinstance(request, Inpaint):  # every inpaint, steered or not, is drawn under its mask
+            mask = Image.open(io.BytesIO(request.mask)).convert("L").resize(source.size)
+            arguments.update(mask_image=mask, width=request.width, height=request.height)
         with torch.inference_mode():
             image = pipeline(**arguments).images[0]
         if ctx.cancelled():
