@@ -488,6 +488,30 @@ def test_demo_json_rerun_reports_nothing_reanalysed(demo: DemoRuns, tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_stats_after_the_demo_show_its_own_jobs_against_seed_003(demo: DemoRuns) -> None:
+    """`flenwheel --project demo-project stats` (issue 16's "done when"): the demo's own requests, counted as
+    its job table and its direct calls say, each SLA judged or said to have too few samples, on the tiny model."""
+    figures = ok_json("--project", demo.out, "stats", "--json")
+    rows = {(row["area"], row["engine"]): row for row in figures["engines"]}
+    trained = ok_json("--project", demo.out, "jobs", "ls", "--kind", "chain_train", "--json")
+    evaluated = ok_json("--project", demo.out, "jobs", "ls", "--kind", "chain_evaluate", "--json")
+
+    def requests_in(area: str) -> int:  # every engine's (a rerun that reused everything ran none)
+        return sum(row["requests"] for row in figures["engines"] if row["area"] == area)
+
+    assert requests_in("training") == len(trained) >= 1 and ("training", "local") in rows
+    assert requests_in("evaluation") == len(evaluated) >= 1 and ("evaluation", "local") in rows
+    studio = rows[("studio_generate", "local")]  # the first image and the studio's, drawn directly
+    assert studio["models"] == ["tiny"] and studio["failed"] == 0 and studio["requests"] >= 3
+    assert rows[("upscale", "esrgan")]["succeeded"] >= 1
+    slas = {(s["area"], s["measure"]): s for s in figures["slas"]}
+    assert "tiny model on a CPU" in slas[("studio_generate", "first")]["note"]
+    identity = {row["mode"]: row for row in figures["identity"]}
+    assert identity["lora"]["not_measurable"] >= 1 and identity["lora"]["passed"] == 0  # no faces to pass
+    table = ok("--project", demo.out, "stats").stdout
+    assert "Seed 003 SLAs" in table and "upscale < 30 s" in table and "lisa" in table
+
+
 def test_demo_trains_evaluates_recommends_and_activates_only_as_the_user(demo: DemoRuns) -> None:
     out = demo.first.stdout
     for stage in ("gate", "dataset", "train", "evaluate", "activate"):

@@ -96,12 +96,15 @@ def _report(outcome: Any, out: Path, json_output: bool) -> None:
                 "mode_reason": outcome.mode_reason,
                 "method": outcome.method,
                 "note": outcome.note,
+                "identity": [check.model_dump() for check in outcome.identity],
             }
         )
         return
-    for output, file in zip(outcome.outputs, files, strict=True):
+    checks = list(outcome.identity) or [None] * len(files)
+    for output, file, check in zip(outcome.outputs, files, checks, strict=True):
+        said = f"  identity: {safe(check.reason)}" if check is not None else ""
         console.print(
-            f"asset {output.asset_id}  seed {output.seed}  {output.width}x{output.height}  {safe(file)}"
+            f"asset {output.asset_id}  seed {output.seed}  {output.width}x{output.height}  {safe(file)}{said}"
         )
     console.print(
         f"{len(files)} image(s) from {safe(outcome.provider)} ({safe(outcome.model)}), ${outcome.cost_usd:.4f}"

@@ -77,7 +77,9 @@ ASSET_AREAS: dict[str, Area] = {
 CREATION_AREAS = frozenset({Area.BASE_IMAGES, Area.SKIN_PASS, Area.PROFILE_SET, Area.REGENERATE})
 LORA_AREAS = CREATION_AREAS | {Area.SHEET, Area.ENRICH, Area.TRAINING, Area.EVALUATION}
 MAY_BILL = ("reserved", "submitted", "abandoned")  # the call's money is still held (store/run.py)
-NO_ENGINE = "none"  # failed before any engine was called (budget, NSFW policy, no engine could take it)
+# No engine ran for the request: it failed before one was called (budget, NSFW policy, no engine could take
+# it), or it reused everything an earlier request had stored (a rerun of a finished stage).
+NO_ENGINE = "none"
 
 
 @dataclass(frozen=True)
