@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -132,3 +133,29 @@ def test_operators_are_made_and_unmade_from_the_cli(sqlite_api: Api) -> None:
     off = runner.invoke(app, ["--project", root, "user", "operator", "ops", "--off"])
     assert off.exit_code == 0, off.output
     assert sqlite_api.client.get("/metrics", headers=bearer(token["token"])).status_code == 403
+
+
+def _sign_in(api: Api, headers: dict[str, str]) -> None:
+    """Sign the test client in to the web app with a user's token (the sign-in form and its CSRF token)."""
+    api.client.cookies.clear()
+    form = api.client.get("/signin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    token = headers["Authorization"].removeprefix("Bearer ")
+    signed = api.client.post("/signin", data={"token": token, "csrf": csrf.group(1)}, follow_redirects=False)
+    assert signed.status_code == 303, signed.text
+
+
+def test_the_jobs_and_character_pages_show_the_same_figures(sqlite_api: Api, history: dict[str, int]) -> None:
+    figures = sqlite_api.client.get("/stats", headers=sqlite_api.alice).json()
+    [paint] = figures["engines"]
+    _sign_in(sqlite_api, sqlite_api.alice)
+    for path in ("/activity", f"/c/{history['alice']}"):
+        page = sqlite_api.client.get(path)
+        assert page.status_code == 200, path
+        assert "Speed, failures and cost" in page.text and "paint (paint-v1)" in page.text, path
+        assert f"{paint['succeeded']} / {paint['failed']} of {paint['requests']}" in page.text, path
+        assert "$0.0200" in page.text and "refusing" not in page.text, path  # bob's engine never shows
+    _sign_in(sqlite_api, sqlite_api.bob)
+    theirs = sqlite_api.client.get("/activity").text
+    assert "refusing HTTP 451 ×1" in theirs and "paint" not in theirs.split("Speed, failures and cost")[1]

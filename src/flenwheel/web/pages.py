@@ -378,6 +378,7 @@ def photos(
         expressions=EXPRESSIONS,
         coverage=_coverage(project, character["id"]),
         versions=versions or 0,
+        stats=_stats(project, frozenset({character["id"]})),
         tab="photos",
     )
 
@@ -493,7 +494,24 @@ def jobs_page(request: Request, session: PageSession, project: ProjectDep) -> Re
                 select(Character.id, Character.name).where(Character.owner_id == session.user.id)
             )
         }
-    return render(request, "jobs.html", session, jobs=_jobs(project, session.user), names=names, tab="jobs")
+    return render(
+        request,
+        "jobs.html",
+        session,
+        jobs=_jobs(project, session.user),
+        names=names,
+        stats=_stats(project, frozenset(names)),
+        tab="jobs",
+    )
+
+
+def _stats(project: Any, character_ids: frozenset[int]) -> Any:
+    """Seed 003's figures over these characters' last 7 days: what GET /stats answers (flenwheel.metrics)."""
+    from flenwheel.metrics import compute_stats
+    from flenwheel.metrics.figures import parse_since
+
+    with project.db.session() as db:
+        return compute_stats(db, parse_since("7d"), character_ids)
 
 
 # ---- runs and evaluation -------------------------------------------------------------------------------------
