@@ -863,7 +863,10 @@ def test_curate_json_puts_the_review_band_first_and_a_bad_reference_is_named(tmp
     ok("--project", root, "character", "create", "bo", "--token", "ohwx_bo", "--class", "person")
     ok("--project", root, "ingest", "bo", london(13), FACES / "non_face" / "4_brick.jpg", "--reference")
     ok("--project", root, "ingest", "bo", london(13, "smiling"))
-    error = clean_error(run_cli("--project", root, "curate", "bo"))
+    failed = run_cli("--project", root, "curate", "bo")
+    no_traceback(failed)
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    [error] = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert "4_brick.jpg: no face found" in error and "neutral.jpg" not in error
     assert ok_json("--project", root, "reference", "bo", "4_brick.jpg", "--off")["is_reference"] is False
     curated = ok_json("--project", root, "curate", "bo")
