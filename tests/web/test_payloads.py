@@ -24,6 +24,7 @@ BAD_PAYLOADS = [  # kind, payload, the field the 422 must name
     ("studio_generate", {"prompt": "a cafe", "tier": "ultra"}, "tier"),
     ("studio_generate", {"prompt": "a cafe", "colour": "red"}, "colour"),
     ("curate", {"identity_threshold": "abc"}, "identity_threshold"),
+    ("curate", {"review_threshold": 5}, "review_threshold"),
     ("chain", {"options": {"training": {"epochs": 100_000}}}, "epochs"),
     ("chain", {"options": {"evaluation": {"strengths": [1.0] * 100}}}, "strengths"),
     ("chain", {"options": {"sheet": {"x": 1}}}, "sheet"),

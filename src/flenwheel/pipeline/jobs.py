@@ -236,7 +236,8 @@ class ChainStagePayload(_Character):
 
 
 class CuratePayload(_Character):
-    identity_threshold: float | None = Field(default=None, gt=0.0, lt=2.0)
+    identity_threshold: float | None = Field(default=None, gt=0.0, lt=2.0)  # strict: the character
+    review_threshold: float | None = Field(default=None, gt=0.0, lt=2.0)  # loose: needs review up to here
 
 
 class DatasetBuildPayload(_Character):
@@ -329,7 +330,13 @@ def curate_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> di
         if ctx.cancelled():
             raise JobCancelled("curation cancelled; analyses stored so far are kept")
 
-    report = curate(project, p.character, on_progress=on_progress, identity_threshold=p.identity_threshold)
+    report = curate(
+        project,
+        p.character,
+        on_progress=on_progress,
+        identity_threshold=p.identity_threshold,
+        review_threshold=p.review_threshold,
+    )
     return {
         "character": report.character,
         "identity_source": report.identity_source,
