@@ -254,6 +254,8 @@ def test_the_cli_lists_and_exports(corrections: Corrections, tmp_path: Path) -> 
     assert "triplets" in exported.stdout
     with corrections.project.db.session() as session:
         assert session.scalar(select(Asset.id).where(Asset.kind == AssetKind.CORRECTED)) is not None
+    no_run = cli("compare", "lisa", "--run", "99999")
+    assert no_run.returncode != 0 and "has no run 99999" in no_run.stderr, no_run.stderr
     bad = cli("attach", "lisa", "12345", str(LISA[0]))
     assert (
         bad.returncode != 0 and "no correction triplet 12345" in bad.stderr and "Traceback" not in bad.stderr
@@ -307,3 +309,85 @@ def test_an_editor_lora_trains_on_a_correction_set_through_ai_toolkit(
         evaluate_run(project, "lisa", run_id=outcome.run_id)
     again = train_editor(project, "lisa", trainer, max_steps=4, save_every_steps=2, reuse_finished=True)
     assert again.run_id == outcome.run_id and again.resumed  # the same set and settings: not trained twice
+
+
+def _editor_run(corrections: Corrections, tmp_path: Path) -> int:
+    """An editor run on the current set (trained once per set and settings; reused after)."""
+    import shutil
+
+    from flenwheel.pipeline.training import train_editor
+    from flenwheel.trainers.ai_toolkit import AiToolkitTrainer
+
+    _complete_set(corrections)
+    install = tmp_path / "ai-toolkit"
+    install.mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).parents[1] / "trainers" / "standins" / "ai_toolkit_run.py", install / "run.py")
+    trainer = AiToolkitTrainer(install, Path(sys.executable))
+    return train_editor(
+        corrections.project, "lisa", trainer, max_steps=4, save_every_steps=2, reuse_finished=True
+    ).run_id
+
+
+def test_enrichment_with_the_editor_lora_is_compared_with_the_base_editor_on_the_same_edits(
+    corrections: Corrections, tmp_path: Path
+) -> None:
+    """Seed 001 step 2.3. Real photos stand in for the edits: without the LoRA the engine answers with another
+    woman's face (drift), with it with lisa's own — six paired edits decide "better" by the exact McNemar test.
+    The request with the editor carries its LoRA and the editor's model family; the plain one carries neither."""
+    import sys as _sys
+
+    from flenwheel.jobs.base import LocalJobContext
+    from flenwheel.pipeline.editor import compare_editor
+    from flenwheel.pipeline.enrich import editor_lora
+
+    _sys.path.insert(0, str(Path(__file__).parents[1] / "pipeline"))
+    from face_engines import PhotoEngine
+    from photos import london
+
+    project = corrections.project
+    run_id = _editor_run(corrections, tmp_path)
+    editor = editor_lora(project, "lisa", run_id)
+    assert editor.model == "qwen-image-edit-2509" and Path(editor.lora.path).is_file()
+    engine = PhotoEngine("comfyui", pick=lambda r: LISA[5] if r.loras else london(7))
+    sources = [corrections.source, corrections.photo]
+    result = compare_editor(
+        project, "lisa", LocalJobContext(), editor, per_source=3, source_ids=sources, providers=[engine]
+    )
+    assert (result.without.measured, result.with_editor.measured) == (6, 6)
+    assert (result.without.drifted, result.with_editor.drifted) == (6, 0)
+    assert result.pairs == 6 and result.discordant == (0, 6) and result.verdict == "better"
+    assert result.p_value == pytest.approx(2 / 64, abs=1e-4)
+    plain = [r for r in engine.calls if not r.loras]
+    tuned = [r for r in engine.calls if r.loras]
+    assert len(plain) == len(tuned) == 6 and all(r.model is None for r in plain)
+    assert all(r.model == "qwen-image-edit-2509" and r.loras[0].path == editor.lora.path for r in tuned)
+    assert sorted(r.seed for r in plain) == sorted(r.seed for r in tuned)  # the same edits on both arms
+    again = compare_editor(
+        project, "lisa", LocalJobContext(), editor, per_source=3, source_ids=sources, providers=[engine]
+    )
+    assert again.verdict == "better" and len(engine.calls) == 12  # drawn once: the comparison is reused
+
+
+def test_an_editor_comparison_with_nothing_measured_says_so(corrections: Corrections, tmp_path: Path) -> None:
+    from flenwheel.jobs.base import LocalJobContext
+    from flenwheel.pipeline.editor import compare_editor
+    from flenwheel.pipeline.enrich import editor_lora
+    from flenwheel.pipeline.stage import RenderSize
+
+    project = corrections.project
+    editor = editor_lora(project, "lisa", _editor_run(corrections, tmp_path))
+    from engines import ScriptedEngine  # draws flat colours: no face to measure
+
+    engine = ScriptedEngine("comfyui")
+    result = compare_editor(
+        project,
+        "lisa",
+        LocalJobContext(),
+        editor,
+        per_source=1,
+        source_ids=[corrections.edited],  # the tiny model's edit: no face to compare with
+        size=RenderSize(width=64, height=64, steps=1),
+        providers=[engine],
+    )
+    assert result.verdict == "not measurable" and result.p_value is None
+    assert result.without.drift_rate is None and "not measurable" in result.summary

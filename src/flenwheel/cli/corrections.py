@@ -202,3 +202,37 @@ def train(
         f"{outcome.status}: editor run {outcome.run_id} on {outcome.dataset_version} with {outcome.trainer}, "
         f"{outcome.steps} steps, {len(outcome.checkpoints)} checkpoint(s), ${outcome.cost_usd:.2f}"
     )
+
+
+@app.command("compare")
+def compare(
+    name: Name,
+    run: Annotated[int | None, typer.Option("--run", help="Editor run id (default: the newest)")] = None,
+    per_source: Annotated[int, typer.Option("--per-source", min=1, max=15, help="Edits per image")] = 2,
+    asset: Annotated[list[int] | None, typer.Option("--asset", help="Source asset id, repeatable")] = None,
+    strength: Annotated[float, typer.Option("--strength", help="Editor LoRA strength")] = 1.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Enrich the same images with and without the editor LoRA and compare how often the character drifts."""
+    from flenwheel.jobs.base import LocalJobContext
+    from flenwheel.pipeline.editor import compare_editor
+    from flenwheel.pipeline.enrich import editor_lora
+
+    project = open_project()
+    chosen = editor_lora(project, name, run, strength)
+    result = compare_editor(project, name, LocalJobContext(), chosen, per_source=per_source, source_ids=asset)
+    if json_output:
+        print_json(result.model_dump(mode="json"))
+        return
+    table = Table("arm", "edits", "measured", "drifted", "drift rate (95 % CI)", "cost")
+    for arm in (result.without, result.with_editor):
+        rate = (
+            f"{arm.drift_rate:.0%} ({arm.interval[0]:.0%}–{arm.interval[1]:.0%})"
+            if arm.drift_rate is not None and arm.interval is not None
+            else "not measurable"
+        )
+        table.add_row(
+            arm.label, str(arm.edits), str(arm.measured), str(arm.drifted), rate, f"${arm.cost_usd:.2f}"
+        )
+    console.print(table)
+    console.print(f"{result.verdict}: {safe(result.summary)}")

@@ -152,19 +152,30 @@ def enrich(
     asset: Annotated[
         list[int] | None, typer.Option("--asset", help="Enrich this asset id, repeatable")
     ] = None,
+    editor: Annotated[
+        int | None,
+        typer.Option("--editor", help="Edit with this editor LoRA run (`flenwheel corrections train`)"),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Edit good images with background / lighting / style / camera-angle templates; each output is linked
     to its source and checked by the identity gate."""
+    from flenwheel.pipeline.enrich import editor_lora, enrichment_sources
     from flenwheel.pipeline.enrich import enrich as run_enrich
-    from flenwheel.pipeline.enrich import enrichment_sources
 
     project = open_project()
+    chosen_editor = editor_lora(project, name, editor) if editor is not None else None
     sources = len(asset) if asset else len(enrichment_sources(project, name)[0])
     total = max(1, sources * (len(template) if template else per_source))
     with progress_bar("Enriching", total, enabled=not json_output) as advance:
         result = run_enrich(
-            project, name, _context(advance), per_source=per_source, template_ids=template, source_ids=asset
+            project,
+            name,
+            _context(advance),
+            per_source=per_source,
+            template_ids=template,
+            source_ids=asset,
+            editor=chosen_editor,
         )
     if json_output:
         print_json(result.model_dump(mode="json"))

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Literal
 
 from pydantic import Field
+from sqlalchemy import select
 
 from flenwheel.domain import AssetKind, Frozen, ReviewLabel
 from flenwheel.errors import InvalidInput
@@ -28,7 +29,7 @@ from flenwheel.pipeline.stage import (
     run_parallel,
     stage_assets,
 )
-from flenwheel.providers.base import GenerationRequest, ImageProvider, ImageToImage
+from flenwheel.providers.base import GenerationRequest, ImageProvider, ImageToImage, LoraRef
 from flenwheel.store.models import Asset
 from flenwheel.store.project import Project, get_character
 
@@ -172,9 +173,14 @@ def enrich(
     size: RenderSize | None = None,
     providers: Sequence[ImageProvider] | None = None,
     identity_retries: int = 1,
+    editor: EditorLora | None = None,
 ) -> EnrichResult:
     """Edit every good image with `per_source` templates (or the named ones); each output is an `enriched`
-    asset whose parent is its source, its face checked against the source's."""
+    asset whose parent is its source, its face checked against the source's.
+
+    `editor` (flywheel 2, seed 001 step 2.3): every edit runs on the editor's model family with its LoRA, and
+    the outputs are kept apart from the plain ones (attribute `editor` = its run id), so both can be compared
+    on the same sources, templates and seeds."""
     if not 1 <= per_source <= len(ENRICHMENT_TEMPLATES):
         raise InvalidInput(f"per_source {per_source}: give 1 to {len(ENRICHMENT_TEMPLATES)}")
     chosen_templates = [template(t) for t in template_ids] if template_ids else None
@@ -207,9 +213,15 @@ def enrich(
             engines,
             probe,
             progress,
-            partial(_request, spec, item, project.blobs.get(source.sha256), source, size),
+            partial(_request, spec, item, project.blobs.get(source.sha256), source, size, editor),
             AssetKind.ENRICHED,
-            {"stage": "enriched", "template": item.id, "group": item.group, "source": source.id},
+            {
+                "stage": "enriched",
+                "template": item.id,
+                "group": item.group,
+                "source": source.id,
+                "editor": editor.run_id if editor else None,
+            },
             source.id,
             probe.embedding(source.id),
             identity_retries,
@@ -257,6 +269,7 @@ def _request(
     source_bytes: bytes,
     source: Asset,
     size: RenderSize,
+    editor: EditorLora | None,
     attempt: int,
 ) -> GenerationRequest:
     return ImageToImage(
@@ -265,5 +278,48 @@ def _request(
         image=source_bytes,
         strength=item.strength,
         seed=derive_seed(spec.fingerprint(), "enriched", source.sha256, item.id, attempt),
+        model=editor.model if editor else None,
+        loras=(editor.lora,) if editor else (),
         **request_size(source, size, item.strength),
+    )
+
+
+class EditorLora(Frozen):
+    """An editor LoRA to edit with: its training run, the LoRA (its newest checkpoint at a strength) and the
+    model family it runs on (what the router and the engines pick an endpoint or a workflow by)."""
+
+    run_id: int
+    lora: LoraRef
+    model: str
+
+
+# A training architecture → the model family the engines know it by (families.py).
+_EDITOR_MODELS = {"qwen-image-edit": "qwen-image-edit-2509"}
+
+
+def editor_lora(
+    project: Project, character_name: str, run_id: int | None = None, strength: float = 1.0
+) -> EditorLora:
+    """The character's editor LoRA of run `run_id` (default: the newest editor run), at its newest checkpoint.
+    Raises InvalidInput when the run is not a finished editor run with a checkpoint."""
+    from flenwheel.pipeline.training import latest_run
+    from flenwheel.store.models import Checkpoint
+
+    run = latest_run(project, character_name, run_id, editor=True)
+    if run.correction_set_id is None:
+        raise InvalidInput(f"run {run.id} trained a character LoRA, not an editor: give an editor run's id")
+    with project.db.session() as session:
+        newest = session.scalars(
+            select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step.desc()).limit(1)
+        ).first()
+    if newest is None:
+        raise InvalidInput(
+            f"editor run {run.id} has no checkpoint yet ({run.status}): finish it with "
+            f"`flenwheel corrections train {character_name}`"
+        )
+    family = str(run.spec.get("family", "qwen-image-edit"))
+    return EditorLora(
+        run_id=run.id,
+        lora=LoraRef(path=str(project.root / newest.path), strength=strength),
+        model=_EDITOR_MODELS.get(family, family),
     )
