@@ -688,6 +688,7 @@ def wizard_page(request: Request, session: PageSession, project: ProjectDep, cha
                         "picked": bool(asset.attributes.get("picked")),
                         "position": asset.attributes.get("position", ""),
                         "attributes": asset.attributes,
+                        "parents": [p for p in asset.parents if isinstance(p, int)],
                     }
                 )
     return render(

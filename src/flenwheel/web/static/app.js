@@ -165,6 +165,7 @@ async function submitJobForm(form) {
   const seen = new Set();
   followJob(li, async (data) => {
     if (form.dataset.done === "results") await showResults(job, seen);
+    if (form.dataset.stream) await streamImages(job, document.querySelector(form.dataset.stream), seen);
     if (data.status === "succeeded" && form.dataset.done === "reload") location.reload();
   });
 }
@@ -183,6 +184,20 @@ async function showResults(job, seen) {
       el("div", { class: "meta" }, el("span", { class: "kind", text: asset.kind + " · " + (asset.provider || "") }),
         el("p", { class: "reason", text: asset.prompt || "" })));
     grid.prepend(tile);
+  }
+}
+
+async function streamImages(job, box, seen) {
+  // The images a job has made so far, as each lands (the wizard's base images and profile set).
+  if (!box) return;
+  const page = await api("GET", `/characters/${job.character_id}/assets?job_id=${job.id}&limit=50`);
+  for (const asset of page.items) {
+    if (seen.has(asset.id)) continue;
+    seen.add(asset.id);
+    const a = asset.attributes || {};
+    box.append(el("figure", { class: "landed" },
+      el("img", { src: `/assets/${asset.id}/thumb`, alt: `${a.stage || asset.kind} image ${asset.id}`, width: 128, height: 128 }),
+      el("figcaption", { text: a.position || (a.slot !== undefined ? "slot " + a.slot : "") })));
   }
 }
 
