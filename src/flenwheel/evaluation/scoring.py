@@ -55,7 +55,9 @@ class ImageScore(Frozen):
 
     face_found: bool
     faces: int
-    identity_distance: float | None  # median dlib distance of the main face to the references
+    identity_distance: (
+        float | None
+    )  # dlib distance of the main face to the nearest reference (faces.identity)
     near_copy: bool
     near_copy_of: int | None  # the training asset it copies
     nsfw_score: float | None

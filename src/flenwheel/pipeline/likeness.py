@@ -1,7 +1,7 @@
 """The studio's likeness check: each image it draws is compared with the character's face and the verdict is
 kept on the asset, so the identity pass rate per mode (seed 000 step 6: ~80 % in identity-reference mode,
-> 95 % with the LoRA) is measured, not assumed. The distance is the median dlib distance to the reference
-faces, as the identity gate measures it (faces/identity.py); the threshold is FLENWHEEL_IDENTITY_THRESHOLD."""
+> 95 % with the LoRA) is measured, not assumed. The distance is the dlib distance to the nearest reference
+face, as the identity gate measures it (faces/identity.py); the threshold is FLENWHEEL_IDENTITY_THRESHOLD."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import select
 
+from flenwheel.faces.identity import IdentityReference
 from flenwheel.pipeline.stage import NOT_MEASURABLE, FaceProbe, IdentityCheck, picked_base, update_attributes
 from flenwheel.store.models import Asset, DatasetItem, DatasetVersion
 from flenwheel.store.project import Project, get_character
@@ -62,8 +63,8 @@ def reference_faces(project: Project, character_name: str, probe: FaceProbe) -> 
 def check_identity(
     project: Project, character_name: str, asset_ids: Sequence[int]
 ) -> tuple[IdentityCheck, ...]:
-    """Compare each studio image's face with the character's (`reference_faces`; the median distance, as the
-    identity gate measures it) and record the verdict on the asset (`attributes.identity`, `identity_distance`),
+    """Compare each studio image's face with the character's (`reference_faces`; the distance to the nearest,
+    as the identity gate measures it) and record the verdict on the asset (`attributes.identity`, `identity_distance`),
     so the studio's identity pass rate per mode can be counted (flenwheel.metrics). `not measurable` — no face
     in the image (the tiny model draws none) or none to compare with — is recorded as such, never as a pass."""
     probe = FaceProbe(project)
@@ -81,7 +82,8 @@ def check_identity(
             )
         else:
             faces, source = reference
-            distance = round(float(np.median(np.linalg.norm(faces - face, axis=1))), 4)
+            identity = IdentityReference(tuple(range(len(faces))), faces, source)
+            distance = round(identity.distance(face), 4)
             passed = distance <= threshold
             check = IdentityCheck(
                 status="passed" if passed else "drifted",
