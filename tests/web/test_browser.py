@@ -320,6 +320,18 @@ def test_the_wizard_draws_three_bases_then_pick_skin_pass_and_profile_set(app: A
     assert all(w > 0 for w in _images_render(page, "main img"))
     app.shot(page, "08-wizard")
 
+    # The sheet (seed 004): anchors × candidates, the automatic picks, then the user's own pick.
+    page.goto(f"/c/{character}/sheet")
+    form = page.locator("form[data-kind=sheet]")
+    _draw(form)
+    _wait_for(page, "figure.picked")
+    front = page.locator("section", has=page.locator("h2#anchor-front"))
+    assert front.locator("figure").count() >= 2  # K candidates of the anchor
+    front.locator("button.pick-anchor").first.click()
+    front.locator("figure.picked", has_text="by user").wait_for()
+    assert "strength" in page.locator("section", has=page.locator("h2#anchor-front")).inner_text()
+    app.shot(page, "08b-sheet")
+
 
 class TwoDaysAgo(TimestampSigner):
     def get_timestamp(self) -> int:
@@ -349,6 +361,6 @@ def test_a_second_user_sees_none_of_it_and_an_expired_session_says_so(app: App) 
     app.shot(page, "09-expired")
 
     checked = app.state["axe"]
-    assert len(checked) >= 10, sorted(checked)  # type: ignore[arg-type]
+    assert len(checked) >= 11, sorted(checked)  # type: ignore[arg-type]
     found = {name: v for name, v in checked.items() if v}  # type: ignore[union-attr]
     assert not found, json.dumps(found, indent=1)

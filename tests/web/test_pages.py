@@ -87,6 +87,7 @@ def test_another_users_character_is_a_404_page_and_the_api_stays_closed(sqlite_a
         f"/c/{character}/datasets",
         f"/c/{character}/wizard",
         f"/c/{character}/flywheel",
+        f"/c/{character}/sheet",
         "/c/99999999999",
     ):
         page = client.get(path)
@@ -182,7 +183,10 @@ def test_every_screen_renders_for_its_owner(sqlite_api: Api) -> None:
     for path in (
         "/",
         "/activity",
-        *(f"/c/{character}{tab}" for tab in ("", "/datasets", "/runs", "/studio", "/wizard", "/flywheel")),
+        *(
+            f"/c/{character}{tab}"
+            for tab in ("", "/datasets", "/runs", "/studio", "/wizard", "/flywheel", "/sheet")
+        ),
     ):
         page = sqlite_api.client.get(path)
         assert page.status_code == 200, path

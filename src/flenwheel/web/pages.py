@@ -734,3 +734,55 @@ def flywheel_page(request: Request, session: PageSession, project: ProjectDep, c
         jobs=_jobs(project, session.user, character["id"], 10),
         tab="flywheel",
     )
+
+
+# ---- sheet -------------------------------------------------------------------------------------------------
+
+
+@router.get("/c/{character_id}/sheet", response_class=HTMLResponse)
+def sheet_page(request: Request, session: PageSession, project: ProjectDep, character_id: int) -> Response:
+    """The character sheet (seed 004): per anchor its K candidates (click one to pick it), and the variations
+    drawn from the picked anchor with their strength and identity check."""
+    from flenwheel.pipeline.sheet import load_sheet_config
+
+    character = _owned(project, session, _id(character_id))
+    config = load_sheet_config(project, f"#{character['id']}")
+    strengths = {v.id: v.strength for v in config.variations}
+    with project.db.session() as db:
+        drawn = db.scalars(
+            select(Asset)
+            .where(Asset.character_id == character["id"], Asset.kind.in_(("anchor", "variation")))
+            .order_by(Asset.id)
+        ).all()
+        anchors: dict[str, dict[str, Any]] = {
+            a.id: {"id": a.id, "prompt": a.prompt, "candidates": [], "variations": []} for a in config.anchors
+        }
+        for asset in drawn:
+            a = asset.attributes
+            group = anchors.get(str(a.get("anchor", "")))
+            if group is None:
+                continue
+            item = {
+                "id": asset.id,
+                "picked": bool(a.get("picked")),
+                "by": a.get("pick", ""),
+                "reason": a.get("pick_reason", ""),
+                "identity": a.get("identity"),
+                "distance": a.get("identity_distance"),
+                "pose": (a.get("pose") or {}).get("status")
+                if isinstance(a.get("pose"), dict)
+                else a.get("pose"),
+                "variation": a.get("variation", ""),
+                "strength": strengths.get(str(a.get("variation", ""))),
+            }
+            group["candidates" if a.get("stage") == "anchor" else "variations"].append(item)
+    return render(
+        request,
+        "sheet.html",
+        session,
+        character=character,
+        anchors=list(anchors.values()),
+        threshold=project.settings.identity_threshold,
+        jobs=_jobs(project, session.user, character["id"], 10),
+        tab="sheet",
+    )

@@ -213,6 +213,7 @@ document.addEventListener("submit", (event) => {
 document.addEventListener("click", async (event) => {
   const activate = event.target.closest("button.activate");
   const pick = event.target.closest("button.pick-base");
+  const anchor = event.target.closest("button.pick-anchor");
   try {
     if (activate) {
       const strength = document.getElementById(activate.dataset.strengthFrom)?.value;
@@ -220,6 +221,10 @@ document.addEventListener("click", async (event) => {
         { checkpoint_id: Number(activate.dataset.checkpoint), strength: strength ? Number(strength) : null });
       toast(mode.reason);
       setTimeout(() => location.reload(), 600);
+    } else if (anchor) {
+      await api("POST", `/characters/${anchor.dataset.character}/anchors/pick`,
+        { anchor: anchor.dataset.anchor, asset_id: Number(anchor.dataset.asset) });
+      location.reload();
     } else if (pick) {
       await api("POST", `/characters/${pick.dataset.character}/pick-base`, { asset_id: Number(pick.dataset.asset) });
       location.reload();
