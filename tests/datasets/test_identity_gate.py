@@ -12,7 +12,9 @@ from flenwheel.characters import create_character
 from flenwheel.datasets.curate import curate
 from flenwheel.datasets.ingest import ingest
 from flenwheel.datasets.review import review_asset, set_reference
+from flenwheel.datasets.versions import build_dataset_version
 from flenwheel.errors import InvalidInput, ReferenceUnusable
+from flenwheel.report.curation import write_curation_report
 from flenwheel.store.project import Project
 
 from photos import FACES, LISA, london
@@ -103,6 +105,14 @@ def test_references_that_disagree_are_flagged_never_rejected(project: Project, t
     lookalike = decisions["smiling.jpg"]
     assert lookalike.label == "needs_review" and "disagrees with the others" in lookalike.reason
     assert [d.label for d in report.decisions[:2]] == ["needs_review", "needs_review"]
+    # The HTML report shows the warning and lists the two to review first, with their reasons.
+    version = build_dataset_version(project, "lisa").version
+    page = write_curation_report(project, report, version, [], tmp_path / "report.html").read_text()
+    assert "references disagree: odd_reference.jpg" in page
+    rows = page.split("<tr>")
+    labelled = [row for row in rows if 'class="needs_review"' in row or 'class="good"' in row]
+    assert ['class="needs_review"' in row for row in labelled[:3]] == [True, True, False]
+    assert "disagrees with the other references" in labelled[0] + labelled[1]
 
 
 def test_the_review_band_comes_first_and_others_present_are_weighed(project: Project, tmp_path: Path) -> None:
