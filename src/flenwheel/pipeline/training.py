@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -355,10 +356,7 @@ def _prepare_input(
     for item in version.items:
         name = f"{token}_{item.position + 1:03d}.{formats[item.asset_id]}"
         image_path = images_dir / name
-        if not image_path.exists():
-            temporary = image_path.with_suffix(image_path.suffix + ".part")
-            temporary.write_bytes(project.blobs.get(item.sha256))
-            temporary.replace(image_path)
+        _write_once(image_path, partial(project.blobs.get, item.sha256))
         image_path.with_suffix(".txt").write_text(item.caption + "\n")
         items.append(TrainingImage(path=image_path, caption=item.caption))
     dataset_dir = images_dir
@@ -375,6 +373,14 @@ def _prepare_input(
         dataset_dir=dataset_dir,
         work_dir=work_dir,
     )
+
+
+def _write_once(path: Path, data: Callable[[], bytes]) -> None:
+    """Write `data()` to `path` unless it is there; through a `.part` file, so a crash leaves no torn image."""
+    if not path.exists():
+        temporary = path.with_suffix(path.suffix + ".part")
+        temporary.write_bytes(data())
+        temporary.replace(path)
 
 
 def _prepare_editor_input(
@@ -395,10 +401,7 @@ def _prepare_editor_input(
     items: list[TrainingImage] = []
     for position, item in enumerate(corrections.items):
         image_path = images_dir / f"{position + 1:04d}.{item['target']['format']}"
-        if not image_path.exists():
-            temporary = image_path.with_suffix(image_path.suffix + ".part")
-            temporary.write_bytes(project.blobs.get(item["target"]["sha256"]))
-            temporary.replace(image_path)
+        _write_once(image_path, partial(project.blobs.get, item["target"]["sha256"]))
         image_path.with_suffix(".txt").write_text(item["instruction"] + "\n")
         items.append(TrainingImage(path=image_path, caption=item["instruction"]))
     dataset_dir = work_dir / f"dataset-{trainer.dataset_format}"
