@@ -317,6 +317,14 @@ def test_the_wizard_draws_three_bases_then_pick_skin_pass_and_profile_set(app: A
     _draw(page.locator("form[data-kind=profile_set]"))
     _wait_for(page, "#profile-landing + .grid figure")
     assert page.locator("#profile-landing + .grid figure").count() >= 7  # seed 003: 7–10 positions
+    profiles = page.locator("#profile-landing + .grid figure")
+    count, first = profiles.count(), profiles.first
+    position = first.locator("figcaption").inner_text()
+    before = first.locator("img").get_attribute("src")
+    first.get_by_role("button").click()  # redraw one position
+    figure = f'#profile-landing + .grid figure:has(figcaption:text-is("{position}"))'
+    _wait_for(page, f'{figure} img:not([src="{before}"])')  # the page came back with the new image
+    assert profiles.count() == count and page.locator(figure).count() == 1  # it replaced the old one
     assert all(w > 0 for w in _images_render(page, "main img"))
     app.shot(page, "08-wizard")
 

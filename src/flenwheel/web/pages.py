@@ -689,6 +689,8 @@ def wizard_page(request: Request, session: PageSession, project: ProjectDep, cha
                         "position": asset.attributes.get("position", ""),
                         "attributes": asset.attributes,
                         "parents": [p for p in asset.parents if isinstance(p, int)],
+                        "width": asset.width,
+                        "height": asset.height,
                     }
                 )
     return render(
