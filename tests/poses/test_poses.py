@@ -9,6 +9,7 @@ from flenwheel.domain import Arms, BodyPose, Facing, Posture
 from flenwheel.poses.geometry import LEFT_SHOULDER, classify_pose
 from flenwheel.poses.mediapipe_backend import MediaPipePoseAnalyzer
 
+from patience import HANG_S
 from photos import FACES, POSES
 
 
@@ -75,3 +76,20 @@ def test_shoulders_in_mirror_order_face_away(analyzer: MediaPipePoseAnalyzer) ->
     assert swapped[LEFT_SHOULDER][0] < swapped[LEFT_SHOULDER + 1][0]
     with pytest.raises(ValueError, match="33 landmarks"):
         classify_pose(swapped[:17], image.width, image.height)
+
+
+def test_mediapipe_says_nothing_on_stderr() -> None:
+    """MediaPipe's C++ side (TFLite, absl) logs each graph start to stderr, which buried the CLI's one-line
+    errors; the analyser keeps it quiet, and still finds the person."""
+    import subprocess
+    import sys
+
+    script = (
+        "from PIL import Image\n"
+        "from flenwheel.poses.mediapipe_backend import MediaPipePoseAnalyzer\n"
+        f"image = Image.open({str(POSES / 'standing.jpg')!r})\n"
+        "print(MediaPipePoseAnalyzer().analyze(image) is not None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True" and done.stderr == ""

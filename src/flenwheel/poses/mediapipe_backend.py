@@ -9,7 +9,10 @@ person per image (the most prominent, as BlazePose detects); 33 landmarks with v
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,13 +33,15 @@ class MediaPipePoseAnalyzer:
 
     def __init__(self, max_side: int = DETECT_MAX_SIDE) -> None:
         pose_module = self.load_module()
-        self._graph: Any = pose_module.Pose(
-            static_image_mode=True,
-            model_complexity=1,
-            enable_segmentation=False,
-            min_detection_confidence=0.5,
-        )
+        with _native_stderr_silenced():
+            self._graph: Any = pose_module.Pose(
+                static_image_mode=True,
+                model_complexity=1,
+                enable_segmentation=False,
+                min_detection_confidence=0.5,
+            )
         self._lock = threading.Lock()
+        self._started = False
         self.max_side = max_side
 
     @staticmethod
@@ -58,7 +63,12 @@ class MediaPipePoseAnalyzer:
             rgb_image = rgb_image.resize(size, Image.Resampling.BILINEAR)
         rgb = np.ascontiguousarray(np.asarray(rgb_image))
         with self._lock:
-            result = self._graph.process(rgb)
+            if self._started:
+                result = self._graph.process(rgb)
+            else:  # the graph's C++ side logs its start to stderr (TFLite, absl): not the user's business
+                with _native_stderr_silenced():
+                    result = self._graph.process(rgb)
+                self._started = True
         if result.pose_landmarks is None:
             return None
         width, height = image.width, image.height
@@ -70,6 +80,26 @@ class MediaPipePoseAnalyzer:
 
     def close(self) -> None:
         self._graph.close()
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside: MediaPipe's C++ logging ignores GLOG_minloglevel before
+    absl::InitializeLog, which Python cannot call. Held while a graph is built and runs its first image (well
+    under a second)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        libc.fflush(None)  # TFLite writes through C stdio: what it buffered inside goes to /dev/null too
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 _SHARED: MediaPipePoseAnalyzer | None = None
