@@ -30,6 +30,10 @@ class AssetKind(StrEnum):
 
 # Kinds that curation labels and datasets may contain (evaluation images measure a LoRA; they never train one).
 DATASET_KINDS = tuple(kind.value for kind in AssetKind if kind is not AssetKind.EVALUATION)
+# Kinds that curate gates and labels. Synthetic images (flywheel 1) are judged by the flywheel's own filter
+# and review (pipeline/flywheel.py) and enter a dataset only as pristine; the character's identity is never
+# defined by images a LoRA drew.
+CURATED_KINDS = tuple(kind for kind in DATASET_KINDS if kind != AssetKind.SYNTHETIC.value)
 
 
 class ReviewLabel(StrEnum):

@@ -535,6 +535,32 @@ def test_demo_trains_evaluates_recommends_and_activates_only_as_the_user(demo: D
 
 
 @pytest.mark.slow
+def test_demo_runs_one_flywheel_round_and_links_its_report(demo: DemoRuns) -> None:
+    """Issue 11: one flywheel round with the LoRA the demo activated; the tiny model draws no faces, so the
+    filter removes every candidate, no version is built, and the flywheel report says "not measurable"."""
+    assert "Flywheel round 1: 2 synthetic image(s), filter kept 0" in demo.first.stdout
+    assert "Flywheel round 2:" in demo.second.stdout  # the second demo runs the next round
+    page = (demo.out / "report.html").read_text(encoding="utf-8")
+    assert 'href="reports/lisa-flywheel.html"' in page and "no candidate was labelled pristine" in page
+    flywheel = (demo.out / "reports" / "lisa-flywheel.html").read_text(encoding="utf-8")
+    assert "Not measurable" in flywheel and "round 2 (finished)" in flywheel
+
+    # `flenwheel flywheel NAME --rounds 2` on the demo character: two complete rounds, nothing claimed
+    outcome = ok_json(
+        "--project", demo.out, "flywheel", "lisa", "--rounds", "2", "--prompts", "1", "--variants", "1"
+    )
+    rounds = outcome["rounds"]
+    assert [(r["number"], r["status"]) for r in rounds] == [(3, "finished"), (4, "finished")]
+    for item in rounds:
+        record = item["record"]
+        assert record["filter"]["kept"] == 0 and record["filter"]["removed_by"]["no face"] == 1
+        assert record["dataset"]["created"] is False and "comparison" not in record
+    assert rounds[0]["record"]["prompts"][0]["seeds"] != rounds[1]["record"]["prompts"][0]["seeds"]
+    assert outcome["stopped_because"] == "ran the 2 round(s) asked for"
+    assert "Not measurable" in Path(outcome["report"]).read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
 def test_demo_rerun_lists_each_broken_file_once(demo: DemoRuns) -> None:
     broken = _demo_photos("broken")
     paths = [path for path, _code, _detail in demo.curate_after_second["ingest_rejections"]]

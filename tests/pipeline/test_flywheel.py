@@ -135,8 +135,8 @@ def test_a_round_with_real_photos_filters_reviews_builds_v2_retrains_and_decides
     queue = [item["asset_id"] for item in filtered["queue"]]
     assert sorted(queue) == sorted(genuine_ids)
 
-    # curate's gate calls the genuine candidates "good": not enough for a synthetic image to enter a dataset
-    curate(project, "lisa")
+    # curate leaves synthetic images to the flywheel's filter: they never define who the character is
+    assert not set(queue) & {d.asset_id for d in curate(project, "lisa").decisions}
 
     # 2. the user picks the best candidate as pristine; the policy takes the rest above its margin
     review_asset(project, "lisa", str(queue[0]), "pristine")

@@ -102,3 +102,27 @@ def test_delete_is_refused_while_a_job_is_queued(api: Api) -> None:
     assert refused.status_code == 409 and f"[{job['id']}]" in refused.json()["detail"]
     api.client.post(f"/jobs/{job['id']}/cancel", headers=api.alice)
     assert api.client.delete(f"/characters/{character_id}", headers=api.alice).status_code == 204
+
+
+def test_flywheel_rounds_are_listed_only_to_their_owner(api: Api) -> None:
+    from flenwheel.store.models import FlywheelRound
+
+    character = api.character("lisa")
+    assert api.client.get(f"/characters/{character}/flywheel", headers=api.alice).json() == []
+    with api.project.db.session() as session:
+        session.add(
+            FlywheelRound(
+                character_id=character,
+                number=1,
+                stage="filtered",
+                status="review",
+                record={"filter": {"candidates": 8, "kept": 3}},
+            )
+        )
+    [round_one] = api.client.get(f"/characters/{character}/flywheel", headers=api.alice).json()
+    assert (round_one["number"], round_one["status"], round_one["record"]["filter"]["kept"]) == (
+        1,
+        "review",
+        3,
+    )
+    assert api.client.get(f"/characters/{character}/flywheel", headers=api.bob).status_code == 404

@@ -81,6 +81,7 @@ def demo(
                 "activation": result.activation.model_dump(mode="json") if result.activation else None,
                 "studio_lora": result.studio_lora.model_dump(mode="json") if result.studio_lora else None,
                 "evaluation_report": result.evaluation_report,
+                "flywheel": result.flywheel.model_dump(mode="json") if result.flywheel else None,
                 "report": result.report,
             }
         )
@@ -122,6 +123,15 @@ def demo(
         _print_studio(result.project, result.studio_lora)
     if result.evaluation_report is not None:
         console.print(f"Evaluation report: [bold]{safe(result.evaluation_report)}[/]")
+    if result.flywheel is not None:
+        for item in result.flywheel.rounds:
+            filtered = item.record.get("filter") or {}
+            console.print(
+                f"Flywheel round {item.number}: {len(item.record.get('candidates', []))} synthetic image(s), "
+                f"filter kept {filtered.get('kept', 0)} (removed: {safe(filtered.get('removed_by', {}))}); "
+                f"{safe((item.record.get('dataset') or {}).get('why') or 'a new dataset version')}"
+            )
+        console.print(f"Flywheel report: [bold]{safe(result.flywheel.report)}[/]")
     console.print(f"Report: [bold]{safe(result.report)}[/]  (open it in a browser)")
 
 

@@ -14,7 +14,7 @@ from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
 from flenwheel.datasets.analysis import analyze_files, with_pose
 from flenwheel.datasets.gate import GateInput, SameContent, run_gates
 from flenwheel.datasets.subsets import subset_of, tagged
-from flenwheel.domain import DATASET_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
+from flenwheel.domain import CURATED_KINDS, AssetAnalysis, ReviewLabel, ReviewSource
 from flenwheel.faces.content import same_photograph
 from flenwheel.images import FLATTENED_TRANSPARENCY, open_stored
 from flenwheel.quality import QualityThresholds, measure_quality, quality_grade
@@ -86,7 +86,7 @@ def curate(
             .outerjoin(Analysis, Analysis.asset_id == Asset.id)
             .where(
                 Asset.character_id == character_id,
-                Asset.kind.in_(DATASET_KINDS),
+                Asset.kind.in_(CURATED_KINDS),
                 Analysis.asset_id.is_(None),
             )
             .order_by(Asset.id)
@@ -255,7 +255,7 @@ def _assets_with_analysis(session: Session, character_id: int) -> list[Asset]:
     return list(
         session.scalars(
             select(Asset)
-            .where(Asset.character_id == character_id, Asset.kind.in_(DATASET_KINDS))
+            .where(Asset.character_id == character_id, Asset.kind.in_(CURATED_KINDS))
             .options(selectinload(Asset.analysis), selectinload(Asset.reviews))
             .order_by(Asset.id)
         )

@@ -60,8 +60,11 @@ class DemoResult:
     studio_lora: Any  # StudioResult drawn after that activation (LoRA mode), else None
     evaluation_report: Path | None
     report: Path
+    flywheel: Any = None  # FlywheelOutcome of the one round the demo runs with the active LoRA, else None
 
 
+# One flywheel round with the active LoRA: a quick look (seed 001 asks 4–8 variants a prompt; the demo draws 2).
+DEMO_FLYWHEEL = {"rounds": 1, "prompts": 1, "variants": 2}
 # The chain's settings for the demo: small enough for a few minutes on 2 CPU cores.
 DEMO_CHAIN_OPTIONS: dict[str, Any] = {
     "skip": ["sheet"],  # the demo character comes from photos, not from a picked base image
@@ -158,6 +161,14 @@ def run_demo(
             activation = activate(project, DEMO_CHARACTER, checkpoint, strength)
             on_stage("Studio: drawing again, now in LoRA mode")
             studio_lora = studio_generate(project, DEMO_CHARACTER, prompt, seed=77, size=_demo_size())
+        flywheel = None
+        if decide_mode(project, DEMO_CHARACTER).mode == "lora":
+            from flenwheel.pipeline.flywheel import FlywheelOptions, run_flywheel
+
+            on_stage("Flywheel: one round with the active LoRA — generate → filter → review → next version")
+            flywheel = run_flywheel(
+                project, DEMO_CHARACTER, FlywheelOptions(**DEMO_FLYWHEEL), on_stage=on_stage
+            )
         studio_images = [(f"studio ({studio.mode})", studio)]
         if studio_lora is not None:
             studio_images.append(
@@ -178,6 +189,7 @@ def run_demo(
             sections=[
                 ("Background chain", chain_section(chain, evaluation_report, project_dir)),
                 ("Studio mode", _mode_section(studio, activation)),
+                *([("Flywheel", _flywheel_section(flywheel, project_dir))] if flywheel is not None else []),
             ],
         )
     finally:
@@ -196,6 +208,7 @@ def run_demo(
         studio_lora,
         evaluation_report,
         report,
+        flywheel,
     )
 
 
@@ -235,6 +248,14 @@ def run_chain_in_process(project: Project, on_stage: Callable[[str], None]) -> l
     if failed:
         raise FlenwheelError(f"the demo chain stopped at {failed[0]['stage']}: {failed[0]['error']}")
     return stages
+
+
+def _flywheel_section(flywheel: Any, project_dir: Path) -> Markup:
+    """The demo's flywheel round in a line each, and the link to the flywheel report."""
+    link = (
+        os.path.relpath(Path(flywheel.report).resolve(), project_dir.resolve()) if flywheel.report else None
+    )
+    return render("demo_flywheel.html", flywheel=flywheel, link=link)
 
 
 def _mode_section(studio: Any, activation: Any) -> Markup:

@@ -600,6 +600,7 @@ def next_version(
         "base_version": base_version_id,
         "pristine": [{"asset_id": i, **reasons.get(i, {})} for i in review["pristine"]],
     }
+    caption_pristine(project, name, review["pristine"])
     built = build_dataset_version(project, name, lineage=lineage)
     with project.db.session() as session:
         base = session.get_one(DatasetVersion, base_version_id)
@@ -619,6 +620,31 @@ def next_version(
         "coverage_change": coverage_change(old_cov, new_cov),
         "lineage": lineage,
     }
+
+
+def caption_pristine(project: Project, name: str, asset_ids: list[int]) -> None:
+    """Caption pristine images as curate captions the character's photos (template, trigger, measured angle,
+    shot and expression); a caption the user edited stays."""
+    from flenwheel.captions import DEFAULT_TEMPLATE, render_caption
+    from flenwheel.domain import AssetAnalysis
+    from flenwheel.store.models import Analysis
+
+    with project.db.session() as session:
+        character = get_character(session, name)
+        for asset_id in asset_ids:
+            asset = session.get_one(Asset, asset_id)
+            stored = session.get(Analysis, asset_id)
+            if asset.caption_edited or stored is None:
+                continue
+            analysis = AssetAnalysis.model_validate(stored.data)
+            asset.caption = render_caption(
+                character.caption_template or DEFAULT_TEMPLATE,
+                character.token,
+                character.class_word,
+                analysis.angle,
+                analysis.shot,
+                analysis.expression,
+            )
 
 
 def _train(r: RoundRun, record: dict[str, Any]) -> dict[str, Any]:

@@ -170,6 +170,18 @@ class ReviewCreate(Body):
     reason: str = Field(default="", max_length=2000, description="required for needs_correction and reject")
 
 
+class FlywheelRoundPublic(Public):
+    """One round of flywheel 1 (pipeline/flywheel.py): the stage it reached and its record — coverage, prompts
+    and seeds, candidates, filter numbers, who labelled what, the dataset version, run, evaluations, comparison."""
+
+    number: int
+    status: str  # running | review | stopped | finished
+    stage: str
+    record: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+
+
 class ReviewPublic(Public):
     id: int
     asset_id: int

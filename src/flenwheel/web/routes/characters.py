@@ -9,9 +9,9 @@ from sqlalchemy import func, select
 
 from flenwheel.characters import create_character, delete_character
 from flenwheel.jobs.base import JobStatus
-from flenwheel.store.models import Asset, Character, Job
+from flenwheel.store.models import Asset, Character, FlywheelRound, Job
 from flenwheel.web.deps import CurrentUser, OwnedCharacter, ProjectDep, SessionDep
-from flenwheel.web.schemas import CharacterCreate, CharacterPage, CharacterPublic
+from flenwheel.web.schemas import CharacterCreate, CharacterPage, CharacterPublic, FlywheelRoundPublic
 
 router = APIRouter(prefix="/characters", tags=["characters"])
 
@@ -103,6 +103,19 @@ def get(ref: OwnedCharacter, session: SessionDep) -> CharacterPublic:
     character = session.get_one(Character, ref.id)
     count = session.scalar(select(func.count(Asset.id)).where(Asset.character_id == ref.id)) or 0
     return _public(character, count)
+
+
+@router.get(
+    "/{character_id}/flywheel",
+    summary="List the character's flywheel rounds",
+    response_model=list[FlywheelRoundPublic],
+)
+def flywheel_rounds(ref: OwnedCharacter, session: SessionDep) -> list[FlywheelRoundPublic]:
+    """Every round of flywheel 1, oldest first, with its record (run rounds with the `flywheel` job kind)."""
+    rows = session.scalars(
+        select(FlywheelRound).where(FlywheelRound.character_id == ref.id).order_by(FlywheelRound.number)
+    )
+    return [FlywheelRoundPublic.model_validate(row) for row in rows]
 
 
 @router.delete(
