@@ -138,7 +138,10 @@ def _images_render(page: object, selector: str) -> list[int]:
     )
 
 
-FAILED = 'li[data-job][data-status="failed"], li[data-job][data-status="interrupted"], form p.error'
+# A failed job, a form's error, or the page's error toast (a refused API call): a wait ends on these too.
+FAILED = (
+    'li[data-job][data-status="failed"], li[data-job][data-status="interrupted"], form p.error, #toast.error'
+)
 
 
 def _wait_for(page: object, selector: str) -> None:
@@ -190,29 +193,31 @@ def test_upload_curate_review_with_the_keyboard_and_download_a_dataset(app: App)
     widths = _images_render(page, "#grid .tile img")
     assert len(widths) == 4 and all(0 < w <= 256 for w in widths), widths  # real pixels, thumbnails only
 
+    version = int(page.evaluate("Number(document.body.dataset.gridVersion || 0)"))
     page.get_by_role("button", name="Run curate").click()
     _wait_for(page, 'li[data-job][data-status="succeeded"]')
-    page.locator("#grid .tile .identity:not(.na)").first.wait_for()  # the grid came back with measurements
+    page.locator(f'body[data-grid-version="{version + 1}"]').wait_for()  # the grid came back after curate
+    assert page.locator("#grid .tile .identity:not(.na)").count() == 4  # each photo measured
     # Each tile: the measured distance against the threshold the gate used.
     assert re.search(r"identity \d\.\d{3} [≤>] \d\.\d{2}", page.locator("#grid .tile").first.inner_text())
 
     tiles = page.locator("#grid .tile")
     tiles.nth(0).focus()
     page.keyboard.press("g")
-    tiles.nth(0).locator(".label.good").wait_for()
+    _wait_for(page, "#grid .tile:nth-child(1) .label.good")
     page.keyboard.press("ArrowRight")
     assert tiles.nth(1).evaluate("t => t === document.activeElement")
     page.keyboard.press("r")
     page.get_by_label("Reason for").fill("eyes closed")
     page.keyboard.press("Enter")
-    tiles.nth(1).locator(".label.reject").wait_for()
+    _wait_for(page, "#grid .tile:nth-child(2) .label.reject")
     assert tiles.nth(1).locator(".reason").inner_text() == "eyes closed"
     page.keyboard.press("u")  # undo: curate's suggestion is current again
-    tiles.nth(1).locator(".label.good").wait_for()
+    _wait_for(page, "#grid .tile:nth-child(2) .label.good")
     for index in (1, 2, 3):
         tiles.nth(index).focus()
         page.keyboard.press("g")
-        tiles.nth(index).locator(".label.good").wait_for()
+        _wait_for(page, f"#grid .tile:nth-child({index + 1}) .label.good")
     page.keyboard.press("Enter")
     page.locator("#provenance:not([hidden])").get_by_text("Open the full-size image").wait_for()
     app.shot(page, "03-photos-review")

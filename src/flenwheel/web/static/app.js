@@ -242,6 +242,7 @@ async function refreshGrid() {
     if (fresh) document.getElementById(id).replaceWith(fresh);
   }
   setUpGrid();
+  document.body.dataset.gridVersion = String(Number(document.body.dataset.gridVersion || 0) + 1);
 }
 
 async function upload(files) {
