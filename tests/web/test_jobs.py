@@ -160,3 +160,31 @@ def test_generate_on_the_tiny_model_and_fetch_the_images(working_api: Api) -> No
     assert [a["id"] for a in made["items"]] == done["result"]["asset_ids"]
     image = api.client.get(made["items"][0]["image_url"], headers=api.alice)
     assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
+
+
+def test_the_studio_draws_on_the_engine_the_user_chose(working_api: Api) -> None:
+    """Seed 003's studio: engine choice. The chosen engine draws (esrgan is configured too, and cannot);
+    an engine that is not configured fails the job naming the configured ones; the page offers each."""
+    api = working_api
+    character_id = api.character()
+    size = {"width": 64, "height": 64, "steps": 2}
+
+    def studio(provider: str) -> dict:
+        payload = {"prompt": "reading in a cafe", "provider": provider, "size": size}
+        job = api.client.post(
+            "/jobs",
+            json={"kind": "studio_generate", "character_id": character_id, "payload": payload},
+            headers=api.alice,
+        )
+        assert job.status_code == 202, job.text
+        follow(api, job.json()["id"])
+        return dict(api.client.get(f"/jobs/{job.json()['id']}", headers=api.alice).json())
+
+    chosen = studio("local")
+    assert chosen["status"] == "succeeded", chosen
+    made = api.client.get(
+        f"/characters/{character_id}/assets?job_id={chosen['id']}", headers=api.alice
+    ).json()
+    assert made["total"] == 1 and made["items"][0]["provider"] == "local"
+    unknown = studio("nowhere")
+    assert unknown["status"] == "failed" and "nowhere" in unknown["error"] and "local" in unknown["error"]

@@ -193,3 +193,14 @@ def test_every_screen_renders_for_its_owner(sqlite_api: Api) -> None:
         assert "lisa" in page.text or path == "/activity", path
     filtered = sqlite_api.client.get(f"/c/{character}?label=none&kind=source&angle=front&page=1")
     assert filtered.status_code == 200 and "0 images" in filtered.text  # not analysed yet: no angle
+
+
+def test_the_studio_offers_each_configured_engine_and_says_which_keep_nsfw_at_home(sqlite_api: Api) -> None:
+    character = sqlite_api.character()
+    _sign_in(sqlite_api, sqlite_api.alice)
+    page = sqlite_api.client.get(f"/c/{character}/studio").text
+    select = re.search(r'<select id="s-engine" name="provider">(.*?)</select>', page, re.S)
+    assert select is not None
+    options = dict(re.findall(r'<option value="([^"]*)">([^<]*)</option>', select.group(1)))
+    assert options[""].startswith("automatic") and "local" in options and "esrgan" in options
+    assert "no NSFW" not in options["local"]  # self-hosted

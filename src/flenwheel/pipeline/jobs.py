@@ -120,6 +120,7 @@ class StudioPayload(_Payload):
     mode: Literal["auto", "text", "identity_reference", "lora"] = "auto"
     seed: int | None = Field(default=None, ge=0, lt=2**31)
     negative: str = Field(default="", max_length=2000)
+    provider: Name | None = None  # an engine by id (`flenwheel providers`); None: the router picks
 
 
 class StudioEditPayload(_Character):
@@ -515,6 +516,7 @@ def studio_generate_job(project: Project, payload: dict[str, Any], ctx: JobConte
         mode=p.mode,
         seed=seed,
         negative=p.negative,
+        provider=p.provider,
         size=p.render,
         ctx=ctx,
     )

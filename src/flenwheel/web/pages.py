@@ -642,7 +642,12 @@ def studio_page(request: Request, session: PageSession, project: ProjectDep, cha
 
     character = _owned(project, session, _id(character_id))
     mode = decide_mode(project, f"#{character['id']}")
-    engines = [name.strip() for name in project.settings.providers.split(",") if name.strip()]
+    from flenwheel.providers.registry import ProviderRegistry
+
+    engines = [
+        {"id": engine.id, "nsfw": bool(getattr(engine, "allows_nsfw", False))}
+        for engine in ProviderRegistry.shared(project.settings).all()
+    ]
     with project.db.session() as db:
         recent = [
             _tile(a, project.settings.identity_threshold)
