@@ -112,10 +112,10 @@ def test_unknown_endpoints_are_refused_with_the_list_unless_raw(engines: dict[st
     assert "fal-ai/z-image/turbo" in str(raised.value) and "raw:fal-ai/flux-realism" in str(raised.value)
     endpoint, payload = fal.payload(TextToImage(prompt="x", model="raw:fal-ai/flux-realism", width=512))
     assert endpoint == "fal-ai/flux-realism" and payload["image_size"] == {"width": 512, "height": 512}
-    with pytest.raises(ProviderError, match="does not do inpaint"):
-        fal.estimate_cost(
-            Inpaint(prompt="x", image=png((1, 1, 1)), mask=png((9, 9, 9)), model="fal-ai/flux/dev")
-        )
+    # A kind the named endpoint does not do (the studio's identity mode with a text model) runs on the
+    # kind's own FLUX endpoint, as it did before the catalogue.
+    inpaint = Inpaint(prompt="x", image=png((1, 1, 1)), mask=png((9, 9, 9)), model="fal-ai/flux/dev")
+    assert fal.payload(inpaint)[0] == "fal-ai/flux-lora/inpainting"
     with pytest.raises(ProviderError, match="has no input for loras"):
         fal.payload(
             TextToImage(prompt="x", model="fal-ai/flux/dev", loras=(LoraRef(path="https://e.test/a"),))

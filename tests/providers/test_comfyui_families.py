@@ -20,6 +20,7 @@ from PIL import Image
 
 from flenwheel.config import Settings
 from flenwheel.families import FAMILIES, family_of_file, get_family
+from flenwheel.pipeline.stage import RenderSize
 from flenwheel.providers.base import (
     ImageToImage,
     Inpaint,
@@ -177,6 +178,9 @@ def test_the_seed_003_pod_setting_generates_edits_and_refuses_with_the_missing_f
     studio = TextToImage(prompt="x", steps=12, guidance=7.0, width=512, height=512, tier="hq")
     sampler = provider.workflow(studio, seed=1)[0].nodes["sampler"]["inputs"]
     assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (9, 1.0, "res_multistep")
+    # Every pipeline stage (wizard, sheet, enrichment) sizes its requests with RenderSize: draft tier too.
+    stage = provider.workflow(TextToImage(prompt="x", **RenderSize().request_fields()), seed=1)[0]
+    assert (stage.nodes["sampler"]["inputs"]["steps"], stage.nodes["sampler"]["inputs"]["cfg"]) == (8, 1.0)
     explicit = provider.workflow(TextToImage(prompt="x", steps=12, guidance=2.0), seed=1)[0]
     assert (explicit.nodes["sampler"]["inputs"]["steps"], explicit.nodes["sampler"]["inputs"]["cfg"]) == (
         12,

@@ -45,9 +45,18 @@ class RenderSize(Frozen):
     height: int = 512
     steps: int = 20
     guidance: float = 7.0
+    # An engine that knows its model family (families.py) takes the family's steps and guidance for this tier
+    # instead of `steps` / `guidance` (Z-Image Turbo: 8 steps at CFG 1); None: `steps` / `guidance` as given.
+    tier: Literal["draft", "hq"] | None = "draft"
 
     def request_fields(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "steps": self.steps, "guidance": self.guidance}
+        return {
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "tier": self.tier,
+        }
 
     def edit_fields(self, strength: float) -> dict[str, Any]:
         """Fields for an edit at `strength`: an engine runs steps × strength steps, so at least one."""

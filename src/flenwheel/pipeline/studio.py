@@ -225,11 +225,9 @@ def studio_generate(
     if not 1 <= count <= 10:
         raise InvalidInput(f"count {count}: give 1 to 10")
     ctx = ctx or LocalJobContext()
-    tier_asked: str | None = None
-    if size is None:
+    if size is None:  # an engine that knows the model family takes that family's steps for the tier
         width, height, steps = size_for(aspect, tier)
-        size = RenderSize(width=width, height=height, steps=steps)
-        tier_asked = tier  # an engine that knows the model family takes that family's steps for the tier
+        size = RenderSize.model_validate({"width": width, "height": height, "steps": steps, "tier": tier})
     decision = decide_mode(project, character_name, mode)
     engines = StageEngines.for_project(project, providers)
     seed = _fresh_seed() if seed is None else seed
@@ -244,7 +242,6 @@ def studio_generate(
         "count": count,
         "nsfw": nsfw,
         "loras": tuple(loras),
-        "tier": tier_asked,
     }
     parents: tuple[int, ...] = ()
     request: GenerationRequest

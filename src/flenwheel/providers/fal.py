@@ -64,7 +64,12 @@ def endpoint_for(request: GenerationRequest) -> str:
     if request.model in FAMILIES:
         return catalogue.for_family("fal", request.model, request.kind, len(request.loras)).id
     if request.model:
-        return request.model
+        entry = catalogue.CATALOGUE.get(("fal", request.model))
+        if entry is None or request.kind in entry.kinds:
+            return request.model
+        # A pipeline mode the model cannot serve (the studio's identity mode with a text model): the kind's
+        # own FLUX endpoint runs it, as before the catalogue.
+        log.info("%s does not do %s; using fal's FLUX endpoint for it", request.model, request.kind)
     if isinstance(request, TextToImage):
         return TEXT_TO_IMAGE_LORA if request.loras else TEXT_TO_IMAGE
     if isinstance(request, ImageToImage):

@@ -59,7 +59,12 @@ def model_for(request: GenerationRequest) -> str:
     if request.model in FAMILIES:
         return catalogue.for_family("replicate", request.model, request.kind, len(request.loras)).id
     if request.model:
-        return request.model
+        entry = catalogue.CATALOGUE.get(("replicate", request.model.split(":")[0]))
+        if entry is None or request.kind in entry.kinds:
+            return request.model
+        # A pipeline mode the model cannot serve (the studio's identity mode with a text model): the kind's
+        # own FLUX model runs it, as before the catalogue.
+        log.info("%s does not do %s; using Replicate's FLUX model for it", request.model, request.kind)
     if isinstance(request, TextToImage | ImageToImage):
         return LORA if request.loras else TEXT_TO_IMAGE
     if isinstance(request, Inpaint):
