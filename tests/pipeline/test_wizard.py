@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from flenwheel.config import Settings
+from flenwheel.errors import InvalidInput
 from flenwheel.images import read_provenance
 from flenwheel.jobs.base import LocalJobContext
 from flenwheel.pipeline.spec import CharacterSpec, create_character_from_spec
@@ -207,6 +208,15 @@ def test_profile_set_streams_eight_positions_for_a_sfw_character(
     assert [a.id for a in current] == [new.image.asset_id]
     [retired] = assets(project, position="cafe", current=False)
     assert retired.attributes["replaced_by"] == new.image.asset_id
+    # with a prompt tweak (seed 003): added to the position's prompt and kept on the image
+    tweaked = regenerate_position(
+        project, "mara", "cafe", LocalJobContext(), size=TINY, providers=[tiny], tweak="  hands in   pockets "
+    )
+    [current] = assets(project, position="cafe", current=True)
+    assert current.id == tweaked.image.asset_id and current.attributes["tweak"] == "hands in pockets"
+    assert (current.prompt or "").count("hands in pockets") == 1 and "cafe" in (current.prompt or "")
+    with pytest.raises(InvalidInput, match="under 300"):
+        regenerate_position(project, "mara", "cafe", LocalJobContext(), providers=[tiny], tweak="x" * 400)
 
 
 def test_nsfw_positions_only_when_allowed_and_only_on_self_hosted_engines(project: Project) -> None:

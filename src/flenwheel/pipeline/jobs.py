@@ -98,6 +98,7 @@ class ProfileSetPayload(_Payload):
 class RegeneratePayload(_Payload):
     position: str = Field(min_length=1, max_length=64)
     mode: Literal["fast", "consistent"] = "fast"
+    tweak: str = Field(default="", max_length=300)  # added to the position's prompt ("hands in pockets")
 
 
 class SheetPayload(_Payload):
@@ -460,7 +461,7 @@ def regenerate_position_job(project: Project, payload: dict[str, Any], ctx: JobC
     from flenwheel.pipeline.wizard import regenerate_position
 
     p = parse(RegeneratePayload, payload, "regenerate_position")
-    image = regenerate_position(project, p.character, p.position, ctx, p.mode, p.render)
+    image = regenerate_position(project, p.character, p.position, ctx, p.mode, p.render, tweak=p.tweak)
     return {**_json(image), "asset_id": image.image.asset_id}
 
 

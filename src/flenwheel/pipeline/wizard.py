@@ -429,15 +429,23 @@ def regenerate_position(
     mode: ProfileMode = "fast",
     size: RenderSize | None = None,
     providers: Sequence[ImageProvider] | None = None,
+    tweak: str = "",
 ) -> ProfileImage:
-    """Draw one position again with a new seed; the new image replaces the old one in the set."""
+    """Draw one position again with a new seed; the new image replaces the old one in the set. `tweak` (seed
+    003: "regenerate one position with a prompt tweak") is added to the position's prompt, e.g. "hands in
+    pockets"; it is kept on the image (attribute `tweak`)."""
+    tweak = " ".join(tweak.split())
+    if len(tweak) > 300:
+        raise InvalidInput(f"the prompt tweak is {len(tweak)} characters: keep it under 300")
     engines = StageEngines.for_project(project, providers)
     plan = _ProfilePlan(project, character_name, mode, engines, size or RenderSize())
     chosen = _position(profile_positions(plan.spec.nsfw_allowed), position)
+    if tweak:
+        chosen = chosen.model_copy(update={"prompt": f"{chosen.prompt}, {tweak}"})
     earlier = stage_assets(project, character_name, "profile", position=chosen.id)
     attempt = 1 + max((a.attributes.get("attempt", 0) for a in earlier), default=0)
     ctx.progress(0, 1, f"regenerating {chosen.id}")
-    image = _draw_position(project, character_name, ctx, plan, engines, chosen, attempt)
+    image = _draw_position(project, character_name, ctx, plan, engines, chosen, attempt, tweak)
     ctx.progress(1, 1, f"profile {chosen.id} replaced")
     return image
 
@@ -450,10 +458,11 @@ def _draw_position(
     engines: StageEngines,
     position: ProfilePosition,
     attempt: int,
+    tweak: str = "",
 ) -> ProfileImage:
     request = plan.request(position, attempt)
     method = plan.method(position.nsfw)
-    attributes = {
+    attributes: dict[str, Any] = {
         "stage": "profile",
         "position": position.id,
         "attempt": attempt,
@@ -461,6 +470,8 @@ def _draw_position(
         "nsfw": position.nsfw,
         "current": True,
     }
+    if tweak:
+        attributes["tweak"] = tweak
     parents = (plan.base.id,) if plan.base is not None else ()
     image = generate_asset(
         project, character_name, request, AssetKind.GENERATED, attributes, engines, ctx, parents=parents
