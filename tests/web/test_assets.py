@@ -183,3 +183,35 @@ def test_upload_as_identity_reference(api: Api) -> None:
     )
     (result,) = response.json()["results"]
     assert api.client.get(f"/assets/{result['asset_id']}", headers=api.alice).json()["is_reference"] is True
+
+
+def test_an_asset_names_its_children_and_its_loras_by_file_name_only(sqlite_api: Api) -> None:
+    """The provenance panel: parents and children both ways; a LoRA is shown by its file name and strength,
+    never by its folder on the server."""
+    from flenwheel.pipeline.generation import run_generation
+    from flenwheel.providers.base import ImageToImage, LoraRef
+
+    from engines import ScriptedEngine, png
+
+    api = sqlite_api
+    character_id = api.character()
+    source = api.upload(character_id, LISA[0])["results"][0]["asset_id"]
+    secret = str(api.project.root / "training" / "7" / "run3" / "checkpoints" / "lisa-000004.safetensors")
+    edit = ImageToImage(
+        prompt="in a forest",
+        image=png(),
+        seed=5,
+        width=64,
+        height=64,
+        loras=(LoraRef(path=secret, strength=0.8),),
+    )
+    made = run_generation(
+        api.project, f"#{character_id}", edit, parents=(source,), providers=[ScriptedEngine("comfyui")]
+    )
+    child = made.outputs[0].asset_id
+    parent = api.client.get(f"/assets/{source}", headers=api.alice).json()
+    assert parent["children"] == [child] and parent["parents"] == []
+    shown = api.client.get(f"/assets/{child}", headers=api.alice)
+    assert shown.json()["parents"] == [source] and shown.json()["children"] == []
+    assert shown.json()["loras"] == [{"name": "lisa-000004.safetensors", "strength": 0.8}]
+    assert str(api.project.root) not in shown.text  # no server folder anywhere in the answer

@@ -122,12 +122,15 @@ class AssetPublic(Public):
     label_reason: str | None = None
     attributes: dict[str, Any]
     parents: list[Any]
+    children: list[int] = Field(
+        default_factory=list, description="the assets made from this one (edits, upscales, corrections)"
+    )
     prompt: str | None
     negative: str | None
     seed: int | None
     provider: str | None
     model: str | None
-    loras: list[Any]
+    loras: list[Any] = Field(description="each LoRA by file name and strength (never a path on the server)")
     denoise: float | None
     cost_usd: float
     nsfw_score: float | None

@@ -44,18 +44,30 @@ def current_label() -> ColumnElement[Any]:
     )
 
 
-def asset_public(asset: Asset) -> AssetPublic:
+def asset_public(asset: Asset, children: list[int] | None = None) -> AssetPublic:
     review = _current_review(asset)
     fields = {column.key: getattr(asset, column.key) for column in Asset.__table__.columns}
     return AssetPublic.model_validate(
         {
             **fields,
+            "loras": [_lora_public(lora) for lora in asset.loras or []],
+            "children": children or [],
             "label": review.label if review else None,
             "label_reason": review.reason if review else None,
             "analysis": asset.analysis.data if asset.analysis is not None else None,
             "image_url": f"/assets/{asset.id}/image",
         }
     )
+
+
+def _lora_public(lora: Any) -> Any:
+    """A LoRA as the API shows it: its file name and strength; the server's folders stay on the server."""
+    if isinstance(lora, dict) and isinstance(lora.get("path"), str):
+        shown = {k: v for k, v in lora.items() if k != "path"}
+        path = lora["path"]
+        shown["name"] = path if path.startswith("https://") else PurePosixPath(path).name
+        return shown
+    return lora
 
 
 def _current_review(asset: Asset) -> Review | None:
@@ -117,7 +129,11 @@ def get_asset(ref: OwnedAsset, session: SessionDep) -> AssetPublic:
         .where(Asset.id == ref.id)
         .options(selectinload(Asset.reviews), selectinload(Asset.analysis))
     ).one()
-    return asset_public(asset)
+    made_from = session.execute(
+        select(Asset.id, Asset.parents).where(Asset.character_id == asset.character_id, Asset.id != asset.id)
+    ).all()
+    children = [child for child, parents in made_from if asset.id in (parents or [])]
+    return asset_public(asset, children)
 
 
 @router.get(

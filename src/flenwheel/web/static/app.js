@@ -376,9 +376,10 @@ async function provenance(tile) {
   row(dl, "engine", asset.provider);
   row(dl, "model", asset.model);
   // A LoRA by its file name and strength (never a folder on the server).
-  row(dl, "LoRAs", (asset.loras || []).map((l) => `${String(l.path || l.name || "").split(/[\\/]/).pop()} @ ${l.strength}`).join(", "));
+  row(dl, "LoRAs", (asset.loras || []).map((l) => `${String(l.name || l.path || "").split(/[\\/]/).pop()} @ ${l.strength}`).join(", "));
   row(dl, "strength (denoise)", asset.denoise);
   row(dl, "parents", asset.parents);
+  row(dl, "children", asset.children);
   row(dl, "cost", asset.cost_usd ? "$" + asset.cost_usd.toFixed(4) : "$0");
   row(dl, "NSFW score", asset.nsfw_score);
   row(dl, "job", asset.job_id);
