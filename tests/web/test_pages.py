@@ -204,3 +204,42 @@ def test_the_studio_offers_each_configured_engine_and_says_which_keep_nsfw_at_ho
     options = dict(re.findall(r'<option value="([^"]*)">([^<]*)</option>', select.group(1)))
     assert options[""].startswith("automatic") and "local" in options and "esrgan" in options
     assert "no NSFW" not in options["local"]  # self-hosted
+
+
+def test_a_training_runs_loss_curve_and_step_follow_it_live(sqlite_api: Api) -> None:
+    """The Runs page polls a running run's figures (step, loss curve) without a reload; another user's run is
+    a 404, and a finished run is not polled."""
+    from flenwheel.store.models import DatasetVersion, TrainingRun
+
+    api = sqlite_api
+    character = api.character()
+    with api.project.db.session() as db:
+        version = DatasetVersion(character_id=character, number=1, composition={})
+        db.add(version)
+        db.flush()
+        run = TrainingRun(
+            character_id=character,
+            dataset_version_id=version.id,
+            trainer="local",
+            status="running",
+            step=3,
+            total_steps=10,
+            losses=[[1, 0.5], [2, 0.4], [3, 0.3]],
+        )
+        db.add(run)
+        db.flush()
+        run_id = run.id
+    _sign_in(api, api.alice)
+    page = api.client.get(f"/c/{character}/runs").text
+    assert f'data-live="/c/{character}/runs/{run_id}/progress"' in page
+    live = api.client.get(f"/c/{character}/runs/{run_id}/progress").json()
+    assert (live["status"], live["step"], live["total_steps"], live["points"]) == ("running", 3, 10, 3)
+    assert live["last"] == 0.3 and len(live["curve"].split()) == 3
+    with api.project.db.session() as db:
+        db.get_one(TrainingRun, run_id).losses = [[1, 0.5], [2, 0.4], [3, 0.3], [4, 0.25]]
+        db.get_one(TrainingRun, run_id).status = "succeeded"
+    later = api.client.get(f"/c/{character}/runs/{run_id}/progress").json()
+    assert later["points"] == 4 and later["last"] == 0.25 and later["status"] == "succeeded"
+    assert "data-live" not in api.client.get(f"/c/{character}/runs").text
+    _sign_in(api, api.bob)
+    assert api.client.get(f"/c/{character}/runs/{run_id}/progress").status_code == 404

@@ -569,6 +569,27 @@ def runs_page(request: Request, session: PageSession, project: ProjectDep, chara
     )
 
 
+@router.get("/c/{character_id}/runs/{run_id}/progress")
+def run_progress(session: PageSession, project: ProjectDep, character_id: int, run_id: int) -> dict[str, Any]:
+    """A run's live figures for the Runs page (polled while it trains): status, step of total, the loss curve's
+    SVG points and first/last loss. Another user's run — or one of another character — is a 404."""
+    character = _owned(project, session, _id(character_id))
+    with project.db.session() as db:
+        run = db.get(TrainingRun, _id(run_id))
+        if run is None or run.character_id != character["id"]:
+            raise HTTPException(status_code=404, detail="no such run")
+        losses = list(run.losses or [])
+        return {
+            "status": run.status,
+            "step": run.step,
+            "total_steps": run.total_steps,
+            "curve": _loss_path(losses),
+            "points": len(losses),
+            "first": float(losses[0][1]) if losses else None,
+            "last": float(losses[-1][1]) if losses else None,
+        }
+
+
 def _loss_path(losses: list[Any], width: int = 480, height: int = 160) -> str:
     """An SVG polyline's points for [[step, loss], …], scaled into width × height (empty when < 2 points)."""
     points = [(float(s), float(v)) for s, v in losses if v == v] if losses else []

@@ -559,3 +559,26 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpEditor();
   followPageJobs();
 });
+
+// ---- runs: the loss curve and step of a training run update live while it trains -------------------------
+
+function followRuns() {
+  for (const card of document.querySelectorAll("section.run[data-live]")) {
+    const tick = async () => {
+      let run;
+      try { run = await api("GET", card.dataset.live); } catch (error) { return; }
+      card.querySelector(".run-step").textContent = `${run.step}/${run.total_steps || "?"}`;
+      card.querySelector(".status").textContent = run.status;
+      const svg = card.querySelector("figure.loss svg");
+      const caption = card.querySelector("figure.loss figcaption");
+      if (run.curve) {
+        svg.querySelector("polyline").setAttribute("points", run.curve);
+        svg.hidden = false;
+        caption.textContent = `Loss: first ${run.first.toFixed(4)}, last ${run.last.toFixed(4)} (${run.points} steps logged)`;
+      }
+      if (run.status === "pending" || run.status === "running") setTimeout(tick, 2000);
+    };
+    tick();
+  }
+}
+document.addEventListener("DOMContentLoaded", followRuns);
