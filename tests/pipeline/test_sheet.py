@@ -313,3 +313,33 @@ def test_an_anchor_in_the_wrong_body_pose_is_flagged_and_not_picked(project: Pro
     assert "every candidate drifted from the pose" in picks["seated"].reason
     stored = assets(project, stage="anchor", anchor="arms_up", candidate=0)
     assert stored[0].attributes["pose"] == "drifted"
+
+
+def test_one_variation_is_redrawn_from_its_picked_anchor_with_new_seeds(project: Project) -> None:
+    """Seed 004's "redraw one": a new drawing of one variation from its picked anchor, through the same gate;
+    the earlier one stays on record. Real photos stand in for the drawings (the redraw gets lisa's face)."""
+    from flenwheel.pipeline.sheet import redraw_variation
+
+    create_character_from_spec(project, SPEC)
+    engine = PhotoEngine(
+        "comfyui", allows_nsfw=True, pick=lambda r: LISA[0] if r.kind == "text_to_image" else LISA[2]
+    )
+    picked_base_of(project, engine)
+    write_sheet(
+        project,
+        candidates=1,
+        anchors=[{"id": "front", "prompt": "standing"}, {"id": "back", "prompt": "from behind"}],
+        variations=[
+            {"id": "smile", "anchor": "front", "prompt": "smiling"},
+            {"id": "wave", "anchor": "back", "prompt": "waving"},
+        ],
+    )
+    run_sheet(project, "mara", LocalJobContext(), providers=[engine])
+    [first] = assets(project, stage="variation", variation="smile")
+    again = redraw_variation(project, "mara", "smile", LocalJobContext(), providers=[engine])
+    assert again.status == "passed" and again.image is not None and again.image.asset_id != first.id
+    drawn = assets(project, stage="variation", variation="smile")
+    assert [a.attributes.get("redraw") for a in drawn] == [None, 1]  # the first stays on record
+    assert drawn[1].seed != first.seed and drawn[1].parents == [first.parents[0]]  # the same anchor
+    with pytest.raises(InvalidInput, match="variations: smile, wave"):
+        redraw_variation(project, "mara", "frown", LocalJobContext(), providers=[engine])

@@ -105,6 +105,10 @@ class SheetPayload(_Payload):
     pick_auto: bool = True
 
 
+class RedrawVariationPayload(_Payload):
+    variation: str = Field(min_length=1, max_length=64)  # a variation id of the character's sheet
+
+
 class EnrichPayload(_Payload):
     per_source: int = Field(default=4, ge=1, le=20)
     templates: tuple[str, ...] | None = None
@@ -471,6 +475,15 @@ def sheet_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dic
 
     p = parse(SheetPayload, payload, "sheet")
     return _json(run_sheet(project, p.character, ctx, pick_auto=p.pick_auto, size=p.render))
+
+
+def redraw_variation_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """One sheet variation drawn again from its picked anchor (new seeds, the same identity gate)."""
+    from flenwheel.pipeline.sheet import redraw_variation
+
+    p = parse(RedrawVariationPayload, payload, "redraw_variation")
+    outcome = redraw_variation(project, p.character, p.variation, ctx, size=p.render)
+    return {**_json(outcome), "asset_id": outcome.image.asset_id if outcome.image else None}
 
 
 def enrich_job(project: Project, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:

@@ -54,6 +54,7 @@ PIPELINE_KINDS: dict[str, PipelineKind] = {
     "profile_set": _gpu("profile_set_job", "ProfileSetPayload"),
     "regenerate_position": _gpu("regenerate_position_job", "RegeneratePayload"),
     "sheet": _gpu("sheet_job", "SheetPayload"),
+    "redraw_variation": _gpu("redraw_variation_job", "RedrawVariationPayload"),
     "enrich": _gpu("enrich_job", "EnrichPayload"),
     "studio_generate": _gpu("studio_generate_job", "StudioPayload"),
     "studio_edit": _gpu("studio_edit_job", "StudioEditPayload"),

@@ -639,15 +639,79 @@ def generate_variations(
     )
 
 
+def redraw_variation(
+    project: Project,
+    character_name: str,
+    variation_id: str,
+    ctx: JobContext,
+    size: RenderSize | None = None,
+    providers: Sequence[ImageProvider] | None = None,
+) -> VariationOutcome:
+    """Draw one variation again from its picked anchor with new seeds (seed 004's "redraw one"), behind the same
+    identity gate; earlier drawings stay on record (attribute `redraw` numbers them). Raises InvalidInput for an
+    unknown variation or one whose anchor has no pick yet."""
+    config = load_sheet_config(project, character_name)
+    found = [v for v in config.variations if v.id == variation_id]
+    if not found:
+        known = ", ".join(v.id for v in config.variations) or "none"
+        raise InvalidInput(f"no variation {variation_id!r} in the sheet (variations: {known})")
+    variation = found[0]
+    anchor = picked_anchors(project, character_name).get(variation.anchor)
+    if anchor is None:
+        raise InvalidInput(
+            f"variation {variation.id!r} is drawn from anchor {variation.anchor!r}, which has no pick yet: pick one"
+        )
+    earlier = stage_assets(project, character_name, "variation", variation=variation.id)
+    redraw = 1 + max((int(a.attributes.get("redraw", 0)) for a in earlier), default=0)
+    spec = character_spec(project, character_name)
+    engines = StageEngines.for_project(project, providers)
+    probe = FaceProbe(project)
+    _, base_face = _reference(project, character_name, probe)
+    edit = gated_edit(
+        project,
+        character_name,
+        ctx,
+        engines,
+        probe,
+        StageProgress(ctx, 1, "variation"),
+        partial(
+            _variation_request,
+            spec,
+            variation,
+            project.blobs.get(anchor.sha256),
+            size or config.image,
+            redraw=redraw,
+        ),
+        AssetKind.VARIATION,
+        {
+            "stage": "variation",
+            "variation": variation.id,
+            "anchor": variation.anchor,
+            "anchor_asset": anchor.id,
+            "redraw": redraw,
+        },
+        anchor.id,
+        base_face if base_face is not None else probe.embedding(anchor.id),
+        config.identity_retries,
+    )
+    return _outcome(variation, edit)
+
+
 def _variation_request(
-    spec: CharacterSpec, variation: Variation, anchor_bytes: bytes, size: RenderSize, attempt: int
+    spec: CharacterSpec,
+    variation: Variation,
+    anchor_bytes: bytes,
+    size: RenderSize,
+    attempt: int,
+    redraw: int = 0,
 ) -> GenerationRequest:
+    key = (variation.id, attempt) if redraw == 0 else (variation.id, f"redraw{redraw}", attempt)
     return ImageToImage(
         prompt=spec.prompt(variation.prompt),
         negative=NEGATIVE,
         image=anchor_bytes,
         strength=variation.strength,
-        seed=derive_seed(spec.fingerprint(), "variation", variation.id, attempt),
+        seed=derive_seed(spec.fingerprint(), "variation", *key),
         **size.edit_fields(variation.strength),
     )
 

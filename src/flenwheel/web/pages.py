@@ -802,6 +802,8 @@ def sheet_page(request: Request, session: PageSession, project: ProjectDep, char
                 else a.get("pose"),
                 "variation": a.get("variation", ""),
                 "strength": strengths.get(str(a.get("variation", ""))),
+                "width": asset.width,
+                "height": asset.height,
             }
             group["candidates" if a.get("stage") == "anchor" else "variations"].append(item)
     return render(
