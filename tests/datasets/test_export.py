@@ -214,3 +214,32 @@ def test_the_kohya_toml_keeps_any_folder_name_and_class_tokens_exactly() -> None
             "caption_extension": ".txt",
         }
     ]
+
+
+def test_a_version_rebuilt_from_its_record_gives_the_same_bytes(built: Project, tmp_path: Path) -> None:
+    """Seed 001 step 1.8: a dataset version is a record, not a folder — exported again later (after more photos
+    and labels changed), every format gives the same files, byte for byte, as the first time."""
+    import hashlib
+
+    def digest(folder: Path) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            data = path.read_bytes().replace(str(folder).encode(), b"<out>")  # configs name their own folder
+            if path.suffix == ".zip":
+                with zipfile.ZipFile(path) as archive:
+                    data = b"".join(n.encode() + archive.read(n) for n in sorted(archive.namelist()))
+            found[path.relative_to(folder).as_posix()] = hashlib.sha256(data).hexdigest()
+        return found
+
+    version = 1
+    before = {
+        fmt: digest(export_dataset(built, "lisa", fmt, tmp_path / f"a-{fmt}", version).out)
+        for fmt in ("kohya", "ai-toolkit", "zip")
+    }
+    ingest(built, "lisa", [london(5)])  # the character moves on: a new photo, a changed label
+    review_asset(built, "lisa", "1", "reject", "changed my mind")
+    after = {
+        fmt: digest(export_dataset(built, "lisa", fmt, tmp_path / f"b-{fmt}", version).out)
+        for fmt in ("kohya", "ai-toolkit", "zip")
+    }
+    assert before == after and all(before.values())
