@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -391,3 +392,43 @@ def test_an_editor_comparison_with_nothing_measured_says_so(corrections: Correct
     )
     assert result.verdict == "not measurable" and result.p_value is None
     assert result.without.drift_rate is None and "not measurable" in result.summary
+
+
+def test_an_editor_lora_trains_on_fals_qwen_image_edit_trainer_but_never_for_an_nsfw_character(
+    corrections: Corrections,
+) -> None:
+    """fal-ai/qwen-image-edit-2509-trainer takes the fal export (ROOT_start / ROOT_end pairs with ROOT.txt);
+    the budget records what fal billed (at least 100 steps at $0.004); an NSFW character's corrections never
+    leave the machine."""
+    from flenwheel.pipeline.training import train_editor
+    from flenwheel.store.models import Character
+    from flenwheel.store.run import PolicyRefused
+    from flenwheel.trainers.fal import FalTrainer
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "trainers"))
+    from fal_training_server import EDIT_TRAINING, FalTrainingServer
+
+    project = corrections.project
+    expected = _complete_set(corrections)
+    server = FalTrainingServer().start()
+    try:
+        trainer = FalTrainer(server.key, queue_url=server.url, rest_url=server.url, poll_interval=0.01)
+        with project.db.session() as session:
+            session.scalar(select(Character).where(Character.name == "lisa")).nsfw = True
+        with pytest.raises(PolicyRefused, match="NSFW"):
+            train_editor(project, "lisa", trainer, max_steps=50)
+        assert server.uploads == [] and server.submissions == []
+        with project.db.session() as session:
+            session.scalar(select(Character).where(Character.name == "lisa")).nsfw = False
+        outcome = train_editor(project, "lisa", trainer, max_steps=50)
+        [submission] = server.submissions
+        assert submission.endpoint == EDIT_TRAINING and submission.arguments["steps"] == 50
+        with zipfile.ZipFile(io.BytesIO(server.uploads[0].data)) as archive:
+            names = sorted(archive.namelist())
+            instructions = [archive.read(n).decode().strip() for n in names if n.endswith(".txt")]
+        assert instructions == [e[2] for e in expected]
+        assert sum(n.endswith(("_start.png", "_start.jpg")) for n in names) == len(expected)
+        assert outcome.status == "succeeded" and outcome.cost_usd == 0.4  # 50 steps billed as 100 at $0.004
+        assert outcome.cost_usd == pytest.approx(sum(server.billed_usd(r) for r in server.requests))
+    finally:
+        server.stop()

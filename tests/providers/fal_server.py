@@ -49,7 +49,10 @@ TARIFF: dict[str, tuple[str, float]] = {
     "fal-ai/z-image/turbo/lora": ("megapixel", 0.0085),
     "fal-ai/qwen-image-edit-plus": ("megapixel", 0.03),
     "fal-ai/flux-lora-fast-training": ("step", 0.002),
+    "fal-ai/qwen-image-trainer": ("step", 0.002),  # at least 250 steps charged
+    "fal-ai/qwen-image-edit-2509-trainer": ("step", 0.004),  # at least 100 steps charged
 }
+MIN_BILLED_STEPS = {"fal-ai/qwen-image-trainer": 250, "fal-ai/qwen-image-edit-2509-trainer": 100}
 
 
 @dataclass
@@ -196,7 +199,8 @@ class FalServer:
             megapixels = sum(math.ceil(file["width"] * file["height"] / 1_000_000) for file in files)
             request.charged_usd = megapixels * price
         elif unit == "step":
-            request.charged_usd = int(request.arguments.get("steps", 1000)) * price
+            steps = max(int(request.arguments.get("steps", 1000)), MIN_BILLED_STEPS.get(request.endpoint, 0))
+            request.charged_usd = steps * price
 
     def _metrics(self, request: QueuedRequest) -> dict[str, float]:
         """inference_time: the GPU time billed for per-second endpoints, a fixed 0.42 s for the others."""

@@ -1,10 +1,12 @@
-"""A local fal.ai that also runs fal-ai/flux-lora-fast-training, on top of tests/providers/fal_server.py.
+"""A local fal.ai that also runs fal's LoRA trainers, on top of tests/providers/fal_server.py.
 
 Same queue and storage protocol (submit → request_id; status IN_QUEUE → IN_PROGRESS with logs → COMPLETED;
-result; cancel). The training "model" downloads the uploaded zip from storage, refuses what fal refuses
-(no images_data_url, an archive that is not a zip, fewer than 4 images, steps out of 1–10000), logs a tqdm
-bar with the loss while IN_PROGRESS, and answers {diffusers_lora_file, config_file} with a small real
-.safetensors LoRA (diffusers keys) and its JSON config in storage.
+result; cancel). Each training "model" downloads the uploaded zip from storage and refuses what its model page
+says it refuses: fal-ai/flux-lora-fast-training (`images_data_url`, at least 4 images, steps 1–10000),
+fal-ai/qwen-image-trainer (`image_data_url`, images with same-named .txt captions, steps 1–8000),
+fal-ai/qwen-image-edit-2509-trainer (`image_data_url`, ROOT_start/ROOT_end pairs with ROOT.txt instructions);
+it logs a tqdm bar with the loss while IN_PROGRESS, and answers {diffusers_lora_file, config_file} with a small
+real .safetensors LoRA (diffusers keys) and its JSON config in storage.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "providers"))  # share the qu
 from fal_server import BadInput, FalServer, QueuedRequest, Reply, StoredFile
 
 TRAINING = "fal-ai/flux-lora-fast-training"
+QWEN_TRAINING = "fal-ai/qwen-image-trainer"
+EDIT_TRAINING = "fal-ai/qwen-image-edit-2509-trainer"
+TRAINERS = {
+    TRAINING: ("images_data_url", 10_000),
+    QWEN_TRAINING: ("image_data_url", 8_000),
+    EDIT_TRAINING: ("image_data_url", 10_000),
+}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
@@ -36,7 +45,7 @@ class FalTrainingServer(FalServer):
         self.trained_on: list[list[str]] = []  # the image names each training found in its zip
 
     def _status(self, request: QueuedRequest, with_logs: bool) -> Reply:
-        if request.endpoint != TRAINING:
+        if request.endpoint not in TRAINERS:
             return super()._status(request, with_logs)
         with self._lock:
             first = not request.polls
@@ -71,28 +80,45 @@ class FalTrainingServer(FalServer):
         return 200, completed, {}
 
     def _run(self, request: QueuedRequest) -> tuple[int, Any]:
-        if request.endpoint != TRAINING:
+        if request.endpoint not in TRAINERS:
             return super()._run(request)
         try:
-            return 200, self._train(request.arguments)
+            return 200, self._train(request.endpoint, request.arguments)
         except BadInput as exc:
             return 422, {"detail": exc.detail}
 
-    def _train(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        url = arguments.get("images_data_url")
+    def _train(self, endpoint: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        field, max_steps = TRAINERS[endpoint]
+        url = arguments.get(field)
         if not isinstance(url, str):
-            raise BadInput("images_data_url", "Field required", "missing")
+            raise BadInput(field, "Field required", "missing")
         steps = arguments.get("steps", 1000)
-        if not isinstance(steps, int) or not 1 <= steps <= 10000:
-            raise BadInput("steps", "Input should be between 1 and 10000")
+        if not isinstance(steps, int) or not 1 <= steps <= max_steps:
+            raise BadInput("steps", f"Input should be between 1 and {max_steps}")
         try:
-            with zipfile.ZipFile(io.BytesIO(self.fetch(url, "images_data_url"))) as archive:
+            with zipfile.ZipFile(io.BytesIO(self.fetch(url, field))) as archive:
                 names = archive.namelist()
         except zipfile.BadZipFile:
-            raise BadInput("images_data_url", "The archive is not a zip file") from None
+            raise BadInput(field, "The archive is not a zip file") from None
         images = sorted(n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
-        if len(images) < 4:
-            raise BadInput("images_data_url", f"At least 4 images are required, found {len(images)}")
+        stems = {Path(n).stem for n in names if n.endswith(".txt")}
+        if endpoint == EDIT_TRAINING:
+            starts = {Path(n).stem[: -len("_start")] for n in images if Path(n).stem.endswith("_start")}
+            ends = {Path(n).stem[: -len("_end")] for n in images if Path(n).stem.endswith("_end")}
+            if not starts or starts != ends:
+                raise BadInput(
+                    field, "The zip should contain pairs of images: ROOT_start.EXT and ROOT_end.EXT"
+                )
+            if starts - stems and "default_caption" not in arguments:
+                raise BadInput(field, "No text file for a pair and no default_caption")
+        elif (
+            endpoint == QWEN_TRAINING
+            and {Path(n).stem for n in images} - stems
+            and "trigger_phrase" not in arguments
+        ):
+            raise BadInput(field, "Each image needs a caption text file, or give trigger_phrase")
+        if endpoint != EDIT_TRAINING and len(images) < 4:
+            raise BadInput(field, f"At least 4 images are required, found {len(images)}")
         self.trained_on.append(images)
         tensors = {
             "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": np.ones((16, 64), np.float32),

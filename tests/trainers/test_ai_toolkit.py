@@ -286,7 +286,7 @@ def test_qwen_z_image_and_flux_jobs_carry_seed_002s_settings_and_run(
     from flenwheel.trainers.fal import FalTrainer
     from flenwheel.trainers.kohya import KohyaTrainer
 
-    assert any("Flux only" in problem for problem in FalTrainer("k").validate(refused))
+    assert any("not z-image" in problem for problem in FalTrainer("k").validate(refused))
     [problem] = refuse_family("kohya", KohyaTrainer.trains, refused)
     assert "kohya does not train z-image" in problem and "--trainer ai-toolkit" in problem
     assert trainer.validate(refused.model_copy(update={"base_model": "tiny"})) == [

@@ -173,8 +173,39 @@ def test_validate_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     problems = FalTrainer("k").validate(
         TrainingSpec(trigger="ohwx woman", base_model="/models/sd15.safetensors")
     )
-    assert any("fal trains Flux only: set family flux" in p for p in problems)
-    assert any("FLUX.1 [dev] only" in p for p in problems)
+    assert any("fal trains flux, qwen-image, qwen-image-edit, not sd" in p for p in problems)
+    problems = FalTrainer("k").validate(
+        TrainingSpec(trigger="ohwx woman", family="flux", base_model="/models/sd15.safetensors")
+    )
+    assert any(
+        "trains black-forest-labs/FLUX.1-dev only, not /models/sd15.safetensors" in p for p in problems
+    )
     monkeypatch.setenv("FAL_KEY", "abc")
     configured = FalTrainer.from_settings(Settings(project=tmp_path))
     assert configured is not None and configured.validate(SPEC) == [] and not configured.allows_nsfw
+
+
+def test_a_qwen_image_lora_trains_on_fals_qwen_trainer_and_costs_what_fal_bills(
+    project: Project, server: FalTrainingServer, tmp_path: Path
+) -> None:
+    """fal-ai/qwen-image-trainer: image_data_url (images with same-named captions), steps, learning rate and
+    trigger phrase; fal charges at least 250 steps, and flenwheel reserves and records what fal bills."""
+    from fal_training_server import QWEN_TRAINING
+
+    data = training_input(project, "zip", tmp_path / "qwen")
+    spec = TrainingSpec(trigger="ohwx woman", family="qwen-image", epochs=1, repeats=2, learning_rate=2e-4)
+    trainer = trainer_for(server)
+    assert trainer.validate(spec) == []
+    result = trainer.run(spec, data, LocalTrainingContext())
+    [submission] = server.submissions
+    assert submission.endpoint == QWEN_TRAINING
+    assert {k: v for k, v in submission.arguments.items() if k != "image_data_url"} == {
+        "steps": 16,
+        "learning_rate": 2e-4,
+        "trigger_phrase": "ohwx",
+    }
+    assert result.cost_usd == trainer.estimate_cost(spec, 8) == 0.5  # 16 steps, billed as 250 at $0.002
+    assert result.cost_usd == pytest.approx(server.billed_usd(submission_id(server)))
+    assert trainer.validate(
+        spec.model_copy(update={"base_model": "Qwen/Qwen-Image-Edit-2509"})
+    )  # not this one

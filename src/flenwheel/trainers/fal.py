@@ -1,11 +1,16 @@
-"""fal.ai's flux-lora-fast-training through the queue API: upload the zip, submit, remember, poll, download.
+"""fal.ai's LoRA trainers through the queue API: upload the zip, submit, remember, poll, download.
 
-Protocol, errors and retries in remote/fal.py, shared with the fal engine (https://docs.fal.ai/model-endpoints/queue): the dataset zip goes through fal
-storage (initiate → signed PUT → file URL), POST {queue}/fal-ai/flux-lora-fast-training answers a
-request_id, which is remembered before any waiting so a restart resumes instead of paying twice; status,
-result and cancel live under {queue}/fal-ai/flux-lora-fast-training/requests/{id}. The result names
-`diffusers_lora_file` and `config_file`; both are copied into the run's checkpoints/ folder. The endpoint
-takes the step count and trigger word only: rank, learning rate and optimizer are fal's own.
+Protocol, errors and retries in remote/fal.py, shared with the fal engine (https://docs.fal.ai/model-endpoints/queue):
+the dataset zip goes through fal storage (initiate → signed PUT → file URL), POST {queue}/{endpoint} answers a
+request_id, which is remembered before any waiting so a restart resumes instead of paying twice; status, result
+and cancel live under {queue}/{endpoint}/requests/{id}. The result names `diffusers_lora_file` and `config_file`;
+both are copied into the run's checkpoints/ folder. One endpoint per training architecture (`ENDPOINTS`):
+
+- flux: fal-ai/flux-lora-fast-training — the zip of images + captions, the trigger word and the steps (rank,
+  learning rate and optimizer are fal's own).
+- qwen-image: fal-ai/qwen-image-trainer — images + captions, steps, learning rate, trigger phrase.
+- qwen-image-edit: fal-ai/qwen-image-edit-2509-trainer — an editor LoRA from ROOT_start / ROOT_end pairs with
+  ROOT.txt instructions (datasets/corrections.py's fal export), steps.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +40,84 @@ from flenwheel.trainers.subprocess_run import read_bar
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "fal-ai/flux-lora-fast-training"
 MISSING_KEY = "FAL_KEY is not set: export it or use --trainer local"
-# https://fal.ai/models/fal-ai/flux-lora-fast-training lists $2 per 1000 steps (not re-checked from here: no
-# internet on the build machine; correct it when fal's page says otherwise).
-PRICE_PER_STEP = 0.002
-MAX_STEPS = 10_000  # the endpoint's own limit on `steps`
-FLUX_MODELS = frozenset({"tiny", "black-forest-labs/FLUX.1-dev", ENDPOINT})  # "tiny" = not chosen: fal's FLUX
+
+
+@dataclass(frozen=True)
+class FalTrainingEndpoint:
+    """One fal trainer: what it trains, what it takes, what it costs (its model page, cited in `source`; not
+    re-checked from the build machine, which has no internet — override with a price file when fal changes)."""
+
+    id: str
+    family: str  # the training architecture (families.py)
+    base_models: frozenset[str]  # what it trains; "tiny" = the user chose none (fal's own)
+    price_per_step: float  # USD
+    min_billed_steps: int  # fal charges at least this many steps
+    max_steps: int
+    source: str
+
+    def cost(self, steps: int) -> float:
+        return round(max(steps, self.min_billed_steps) * self.price_per_step, 4)
+
+    def arguments(self, spec: TrainingSpec, data_url: str, steps: int) -> dict[str, Any]:
+        """The endpoint's own input schema."""
+        if self.family == "flux":  # faces get masks; the trigger word is the token only
+            return {
+                "images_data_url": data_url,
+                "trigger_word": spec.trigger.split()[0],
+                "steps": steps,
+                "create_masks": True,
+                "is_style": False,
+            }
+        if self.family == "qwen-image":
+            return {
+                "image_data_url": data_url,
+                "steps": steps,
+                "learning_rate": spec.learning_rate,
+                "trigger_phrase": spec.trigger.split()[0],
+            }
+        return {"image_data_url": data_url, "steps": steps}  # an editor: the pairs carry their instructions
+
+
+FLUX_TRAINING = "fal-ai/flux-lora-fast-training"
+ENDPOINTS: dict[str, FalTrainingEndpoint] = {
+    "flux": FalTrainingEndpoint(
+        FLUX_TRAINING,
+        "flux",
+        frozenset({"tiny", "black-forest-labs/FLUX.1-dev", FLUX_TRAINING}),
+        0.002,
+        0,
+        10_000,
+        "https://fal.ai/models/fal-ai/flux-lora-fast-training: $2 per 1000 steps",
+    ),
+    "qwen-image": FalTrainingEndpoint(
+        "fal-ai/qwen-image-trainer",
+        "qwen-image",
+        frozenset({"tiny", "Qwen/Qwen-Image", "fal-ai/qwen-image-trainer"}),
+        0.002,
+        250,
+        8_000,
+        "https://fal.ai/models/fal-ai/qwen-image-trainer: $0.002 per step, at least 250 steps charged",
+    ),
+    "qwen-image-edit": FalTrainingEndpoint(
+        "fal-ai/qwen-image-edit-2509-trainer",
+        "qwen-image-edit",
+        frozenset({"tiny", "Qwen/Qwen-Image-Edit-2509", "fal-ai/qwen-image-edit-2509-trainer"}),
+        0.004,
+        100,
+        10_000,
+        "https://fal.ai/models/fal-ai/qwen-image-edit-2509-trainer: $4 per 1000 steps, 100 steps at least",
+    ),
+}
 
 
 class FalTrainer:
-    """FLUX.1 [dev] LoRAs trained on fal.ai; the dataset leaves this machine, so no NSFW sets."""
+    """LoRAs trained on fal.ai (FLUX.1 [dev], Qwen-Image, and Qwen-Image-Edit-2509 editors); the dataset leaves
+    this machine, so no NSFW sets."""
 
     id = "fal"
     dataset_format: DatasetFormat = "zip"
-    trains = frozenset({"flux"})  # training architectures (families.py)
+    trains = frozenset(ENDPOINTS)  # training architectures (families.py)
     allows_nsfw = False
 
     paid = True  # fal bills every training: reserve `estimate_cost` before `run`
@@ -76,70 +145,81 @@ class FalTrainer:
             return None
         return cls(secret(settings.fal_key), queue_url=settings.fal_queue_url, rest_url=settings.fal_rest_url)
 
+    def endpoint(self, spec: TrainingSpec) -> FalTrainingEndpoint:
+        """The fal trainer for the spec's architecture. Raises TrainerError for one fal does not train."""
+        if spec.family not in ENDPOINTS:
+            raise TrainerError(self.id, f"fal does not train {spec.family}: {', '.join(sorted(ENDPOINTS))}")
+        return ENDPOINTS[spec.family]
+
     def validate(self, spec: TrainingSpec) -> list[str]:
         problems = []
         if not self.key:
             problems.append(MISSING_KEY)
-        if spec.family != "flux":
-            problems.append("fal trains Flux only: set family flux (--family flux) or use --trainer local")
-        if spec.base_model not in FLUX_MODELS:
+        if spec.family not in ENDPOINTS:
             problems.append(
-                f"fal's {ENDPOINT} trains FLUX.1 [dev] only, not {spec.base_model}: drop --base-model "
+                f"fal trains {', '.join(sorted(ENDPOINTS))}, not {spec.family}: set --family or use "
+                "--trainer ai-toolkit / local"
+            )
+            return problems
+        endpoint = ENDPOINTS[spec.family]
+        if spec.base_model not in endpoint.base_models:
+            named = sorted(endpoint.base_models - {"tiny", endpoint.id})
+            problems.append(
+                f"fal's {endpoint.id} trains {', '.join(named)} only, not {spec.base_model}: drop --base-model "
                 "or use --trainer ai-toolkit / kohya"
             )
-        if spec.max_steps is not None and spec.max_steps > MAX_STEPS:
-            problems.append(f"fal trains at most {MAX_STEPS} steps: lower --max-steps")
+        if spec.max_steps is not None and spec.max_steps > endpoint.max_steps:
+            problems.append(
+                f"fal's {endpoint.id} trains at most {endpoint.max_steps} steps: lower --max-steps"
+            )
         return problems
 
     def estimate_cost(self, spec: TrainingSpec, images: int) -> float:
-        return round(self.steps(spec, images) * PRICE_PER_STEP, 4)
+        endpoint = ENDPOINTS.get(spec.family, ENDPOINTS["flux"])
+        return endpoint.cost(self.steps(spec, images))
 
     def steps(self, spec: TrainingSpec, images: int) -> int:
-        return min(MAX_STEPS, planned_steps(spec, images)[0])
+        endpoint = ENDPOINTS.get(spec.family, ENDPOINTS["flux"])
+        return min(endpoint.max_steps, planned_steps(spec, images)[0])
 
     def arguments(self, spec: TrainingSpec, images_url: str, images: int) -> dict[str, Any]:
-        """The endpoint's input: the zip, the trigger word (token only), steps; faces get masks."""
-        return {
-            "images_data_url": images_url,
-            "trigger_word": spec.trigger.split()[0],
-            "steps": self.steps(spec, images),
-            "create_masks": True,
-            "is_style": False,
-        }
+        """The endpoint's input for this spec (see FalTrainingEndpoint.arguments)."""
+        return self.endpoint(spec).arguments(spec, images_url, self.steps(spec, images))
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, spec: TrainingSpec, data: TrainingInput, ctx: TrainingContext) -> TrainingResult:
         if self.client is None:
             raise TrainerError(self.id, MISSING_KEY)
         client = self.client
+        endpoint = self.endpoint(spec)
         steps = self.steps(spec, len(data.items))
         with translated(self._error):
-            request_id = self._resume(client, ctx)
+            request_id = self._resume(client, ctx, endpoint.id)
             if request_id is None:
                 if ctx.cancelled():
                     raise TrainingCancelled(f"{self.id}: cancelled before it was submitted")
                 images_url = client.upload(
                     data.dataset_dir.read_bytes(), "application/zip", data.dataset_dir.name
                 )
-                request_id = client.submit(ENDPOINT, self.arguments(spec, images_url, len(data.items)))
+                request_id = client.submit(endpoint.id, self.arguments(spec, images_url, len(data.items)))
                 ctx.remember_remote_id(request_id)  # before any waiting: a restart resumes, never re-pays
-            losses = self._wait(client, request_id, steps, ctx)
-            output = client.result(ENDPOINT, request_id)  # a failed training answers its error here
+            losses = self._wait(client, endpoint.id, request_id, steps, ctx)
+            output = client.result(endpoint.id, request_id)  # a failed training answers its error here
             checkpoint = self._download(client, output, data.work_dir / "checkpoints", request_id, steps)
         ctx.checkpoint_saved(checkpoint)
         return TrainingResult(
             checkpoints=(checkpoint,),
             losses=tuple(losses),
             total_steps=steps,
-            cost_usd=round(steps * PRICE_PER_STEP, 4),
+            cost_usd=endpoint.cost(steps),
         )
 
-    def _resume(self, client: FalClient, ctx: TrainingContext) -> str | None:
+    def _resume(self, client: FalClient, ctx: TrainingContext, endpoint: str) -> str | None:
         """The remembered training when fal still has it and it was not cancelled, else None (submit anew)."""
         known = ctx.known_remote_id()
         if not known:
             return None
-        status = client.status(ENDPOINT, known)
+        status = client.status(endpoint, known)
         if status is None:  # fal no longer knows it: nothing runs or bills, so submit again
             log.warning("fal training %s is unknown to fal; submitting again", known)
             return None
@@ -149,7 +229,7 @@ class FalTrainer:
         return known
 
     def _wait(
-        self, client: FalClient, request_id: str, steps: int, ctx: TrainingContext
+        self, client: FalClient, endpoint: str, request_id: str, steps: int, ctx: TrainingContext
     ) -> list[tuple[int, float]]:
         losses: dict[int, float] = {}
 
@@ -158,7 +238,7 @@ class FalTrainer:
 
         try:
             client.wait(
-                ENDPOINT,
+                endpoint,
                 request_id,
                 cancelled=ctx.cancelled,
                 on_status=on_status,
