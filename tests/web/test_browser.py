@@ -292,9 +292,19 @@ def test_train_on_the_tiny_model_evaluate_and_generate_in_the_studio(app: App) -
     assert all(w > 0 for w in _images_render(page, "#results .tile img"))
     app.shot(page, "06-studio")
 
+    # One flywheel round with the active checkpoint: the tiny model draws no faces, so the round says so
+    page.goto(f"/c/{character}/flywheel")
+    page.get_by_label("Prompts per round").fill("1")
+    page.get_by_label("Variants per prompt").fill("1")
+    page.get_by_role("button", name="Run the flywheel").click()
+    _wait_for(page, 'section.card h2:has-text("Round 1")')
+    round_one = page.locator("section.card", has_text="Round 1").first.inner_text()
+    assert "1 candidates drawn" in round_one and "not measurable" in round_one.lower(), round_one
+    app.shot(page, "06b-flywheel")
+
     page.goto("/activity")
     kinds = page.locator("li[data-job] strong").all_inner_texts()
-    assert {"curate", "train", "evaluate", "studio_generate"} <= set(kinds)
+    assert {"curate", "train", "evaluate", "studio_generate", "flywheel"} <= set(kinds)
     assert "0/0" not in page.locator("#jobs").inner_text()
     app.shot(page, "07-jobs")
 

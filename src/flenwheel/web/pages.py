@@ -750,6 +750,11 @@ def flywheel_page(request: Request, session: PageSession, project: ProjectDep, c
             "candidates": len(r.record.get("candidates") or []),
             "comparison": r.record.get("comparison") or {},
             "stopped": r.record.get("stopped", ""),
+            "filter": r.record.get("filter") or {},
+            # Every candidate lost for want of a face: nothing was measured (the tiny model draws none).
+            "no_face": bool((r.record.get("filter") or {}).get("removed"))
+            and ((r.record.get("filter") or {}).get("removed_by") or {}).get("no face")
+            == (r.record.get("filter") or {}).get("removed"),
         }
         for r in reversed(flywheel_rounds(project, f"#{character['id']}"))
     ]
