@@ -270,6 +270,8 @@ class GenerateRequest(Frozen):
     height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=20, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+    # draft / hq: an engine that knows the model family takes that family's own steps and guidance for it
+    tier: Literal["draft", "hq"] | None = None
 
 
 class GeneratePayload(_Character):
