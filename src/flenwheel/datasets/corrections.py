@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -242,8 +242,19 @@ def attach_target(
 def build_triplet_set(project: Project, character_name: str) -> tuple[CorrectionSet, bool]:
     """Freeze the complete triplets into the next version; returns (version, created).
 
-    The same triplets as the newest version give that version back (created False). Raises InvalidInput when no
+    The same triplets as the newest version give that version back (created False); two builds at once both
+    answer with one version (the loser of the number retries and compares with it). Raises InvalidInput when no
     triplet is complete, naming what the incomplete ones lack."""
+    for attempt in range(3):
+        try:
+            return _build_triplet_set(project, character_name)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _build_triplet_set(project: Project, character_name: str) -> tuple[CorrectionSet, bool]:
     with project.db.session() as session:
         character = get_character(session, character_name)
         rows = list(
@@ -278,12 +289,7 @@ def build_triplet_set(project: Project, character_name: str) -> tuple[Correction
         if newest is not None and newest.items == items:
             session.expunge(newest)
             return newest, False
-        number = (
-            session.scalar(
-                select(func.max(CorrectionSet.number)).where(CorrectionSet.character_id == character.id)
-            )
-            or 0
-        ) + 1
+        number = (newest.number if newest is not None else 0) + 1  # a concurrent build collides (versions.py)
         version = CorrectionSet(character_id=character.id, number=number, items=items)
         session.add(version)
         session.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
@@ -106,12 +106,11 @@ def _build(project: Project, character_name: str, lineage: dict[str, Any]) -> Bu
         ).first()
         if latest is not None and _fingerprint(latest.items) == _fingerprint(items):
             return BuildResult(latest, created=False)
-        number = (
-            session.scalar(
-                select(func.max(DatasetVersion.number)).where(DatasetVersion.character_id == character.id)
-            )
-            or 0
-        ) + 1
+        # From the version this build compared with, not a second query: SQLite runs each SELECT on its own
+        # (pysqlite opens no transaction for reads), so a max() read later could see a version committed in
+        # between and number a duplicate "v2". A version committed since `latest` was read now collides on
+        # uq_dataset_number, and the retry compares with it.
+        number = (latest.number if latest is not None else 0) + 1
         composition = composition_report(items, latest.items if latest else None, poses)
         if any("subset" in (asset.attributes or {}) for asset in good):
             composition["subsets"] = subsets_report([subset_of(asset.attributes) for asset in good])
