@@ -313,3 +313,15 @@ def test_output_parameters_keep_the_source_recipe_for_upscales_and_edits() -> No
     assert edited.settings["Denoising strength"] == "0.4" and edited.settings["Source Seed"] == "42"
     assert edited.settings["Source prompt"] == "ohwx woman, park"
     assert edited.settings["Source negative prompt"] == "blurry, lowres"
+
+
+def test_a_truncated_jpeg_is_corrupt_even_after_face_recognition_is_imported() -> None:
+    """face_recognition sets PIL's LOAD_TRUNCATED_IMAGES at import (its api.py); a process that imported it
+    (a bench, a plugin) must still refuse a half file rather than ingest it padded with grey."""
+    import face_recognition  # noqa: F401
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # what the import did
+    noise = Image.effect_noise((256, 256), 80).convert("RGB")
+    jpeg = encoded(noise, "JPEG", quality=90)
+    assert rejection(jpeg[: len(jpeg) // 2]).reason == "corrupt"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from flenwheel.errors import ImageRejected
@@ -77,6 +77,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
                 raise ImageRejected(
                     "animated", f"animated {fmt} with {frames} frames; export one frame as PNG"
                 )
+            # A truncated file is corrupt, whatever a library imported in this process set: face_recognition
+            # turns PIL's LOAD_TRUNCATED_IMAGES on at import, which would fill the missing part with grey.
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             image.load()
             if min(image.size) < MIN_SIDE:
                 raise ImageRejected(
